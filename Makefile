@@ -1,0 +1,43 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+STAMP   = $(VENV)/.stars-guard-installed
+
+.PHONY: setup venv models demo test unit integration bench lint clean
+
+setup: $(STAMP) models
+
+venv: $(STAMP)
+
+# torch comes first and alone, with pip, so the CPU build on local disk is used
+# (a dependency resolver asking for plain "torch" would fetch a multi-GB CUDA build).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[local,dev]"
+	touch $(STAMP)
+
+models: $(STAMP)
+	$(VENV)/bin/stars-guard models pull
+
+demo: setup
+	$(VENV)/bin/stars-guard chat "How do I keep my houseplants alive while I am on holiday?" --seed 7 --max-new-tokens 96
+
+test: setup
+	$(PY) -m pytest tests -q
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit -q
+
+bench: setup
+	$(PY) benchmarks/engine_bench.py --out benchmarks/results
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check stars_guard adapters tests benchmarks examples
+	$(VENV)/bin/ruff format --check stars_guard adapters tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
