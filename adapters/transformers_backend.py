@@ -1,0 +1,334 @@
+"""`TransformersBackend`: any Hugging Face causal LM, with token-level control.
+
+Token ids are kept end to end and the accepted prefix's KV cache is reused: a round of K drafts
+forks the prefix cache into K rows (as views: the first decoding step materialises them), the
+rows advance in lockstep, and committing a candidate narrows the cache back to its row. Every
+sampled token is forwarded exactly once, so `llm_forward_tokens == prompt_tokens + tokens_sampled`.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Candidate
+
+_LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+_LOAD_LOCK = threading.Lock()
+_DECODE_WINDOW = 8  # tokens of accepted text decoded together with a candidate (merges, UTF-8 pieces)
+
+
+def load_causal_lm(source: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
+    """(model, tokenizer) for a hub id, a local directory or a .gguf file; loaded once per process."""
+    key = (str(source), device, dtype)
+    with _LOAD_LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _load(str(source), device, dtype)
+        return _LOADED[key]
+
+
+def _load(source: str, device: str, dtype: str) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(source).expanduser()
+    kwargs: dict[str, Any] = {}
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file {path} does not exist")
+        location, kwargs["gguf_file"] = str(path.parent), path.name
+    elif path.is_dir():
+        location = str(path)
+    elif source.startswith((".", "/", "~")) or path.suffix:
+        raise ModelNotFoundError(f"model path {path} does not exist")
+    else:
+        location = source  # a hub id: works only where the hub (or its local cache) is reachable
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=getattr(torch, dtype), **kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"could not load causal LM {source!r}: {exc}. Pass a local directory or .gguf file; hub ids "
+            "need the model hub or its local cache."
+        ) from exc
+    model.to(device)
+    model.eval()
+    if getattr(model, "hf_quantizer", None) is not None and kwargs.get("gguf_file"):
+        model.hf_quantizer = None  # GGUF weights are dequantised on load; nothing stays quantised
+    return model, tokenizer
+
+
+class TransformersBackend:
+    """Drafts candidate segments from a local causal LM (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        loaded: tuple[Any, Any] | None = None,
+    ) -> None:
+        if loaded is None:
+            if model is None:
+                from stars_guard.models import require_default_lm
+
+                model = require_default_lm()
+            loaded = load_causal_lm(model, device, dtype)
+        self.model, self.tokenizer = loaded
+        self.device = torch.device(device)
+        self._model_name = _display_name(model, self.model)
+        self.context_window = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or None
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._cache_kwarg = (
+            "cache" if "cache" in inspect.signature(self.model.forward).parameters else ("past_key_values")
+        )
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of the chat-templated prompt, ready for the assistant's turn."""
+        turns = [message.as_dict() for message in messages]
+        if getattr(self.tokenizer, "chat_template", None):
+            rendered = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+            return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        text = "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns) + "\nassistant:"
+        return list(self.tokenizer(text)["input_ids"])
+
+    def open(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> TransformersGeneration:
+        prompt_ids = self.encode_chat(messages)
+        if self.context_window is not None and len(prompt_ids) + max_new_tokens > self.context_window:
+            raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self.context_window)
+        return TransformersGeneration(self, prompt_ids, temperature, top_p, seed)
+
+    def forward(self, input_ids: torch.Tensor, cache: Any = None, last_only: bool = True) -> Any:
+        """One model call; returns (logits of the last position(s), cache)."""
+        kwargs = {self._cache_kwarg: cache, "use_cache": True}
+        if last_only:
+            kwargs["logits_to_keep"] = 1
+        output = self.model(input_ids=input_ids.to(self.device), **kwargs)
+        new_cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+        return output.logits, new_cache
+
+
+@dataclass
+class _Draft:
+    """The latest round: its candidates and, for those that can continue, their cache rows."""
+
+    candidates: list[Candidate]
+    cache: Any
+    logits: torch.Tensor | None
+    rows: dict[int, int]  # candidate position -> row in cache/logits
+
+
+class TransformersGeneration:
+    """One answer on a `TransformersBackend`: accepted ids, their KV cache, next-token logits."""
+
+    def __init__(
+        self,
+        backend: TransformersBackend,
+        prompt_ids: list[int],
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> None:
+        self._backend = backend
+        self._temperature = temperature
+        self._top_p = top_p
+        self._generator = torch.Generator(device="cpu")
+        if seed is None:
+            self._generator.seed()
+        else:
+            self._generator.manual_seed(seed)
+        self.prompt_ids = list(prompt_ids)
+        self.response_ids: list[int] = []
+        self._draft: _Draft | None = None
+        self._retained: tuple[Candidate, Any, torch.Tensor] | None = None
+        self._calls = 0
+        with torch.inference_mode():
+            logits, self._cache = backend.forward(torch.tensor([self.prompt_ids]))
+        self._next_logits = logits[:, -1, :].float()
+        self._forward_tokens = len(self.prompt_ids)
+
+    # Protocol -------------------------------------------------------------------------------------
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def llm_forward_tokens(self) -> int:
+        return self._forward_tokens
+
+    @property
+    def llm_calls(self) -> int:
+        return self._calls
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Prompt and accepted response ids, exactly as the model saw them."""
+        return self.prompt_ids + self.response_ids
+
+    def next_token_logits(self) -> torch.Tensor:
+        """Logits for the token after the accepted prefix (from the cache: no recomputation)."""
+        return self._next_logits
+
+    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+        if self._cache is None:
+            raise RuntimeError("this generation is closed")
+        self._calls += 1
+        backend, eos = self._backend, self._backend.eos_ids
+        cache = _fork_cache(self._cache, num_candidates)
+        logits = self._next_logits.expand(num_candidates, -1)
+        sampled: list[list[int]] = [[] for _ in range(num_candidates)]
+        ended = [False] * num_candidates
+        alive = list(range(num_candidates))  # candidate position of each cache row
+        with torch.inference_mode():
+            for _ in range(max_tokens):
+                tokens = _sample(logits, self._temperature, self._top_p, self._generator)
+                for row, position in enumerate(alive):
+                    token = int(tokens[row])
+                    sampled[position].append(token)
+                    ended[position] = token in eos
+                # Forward every sampled token once (EOS too): its logits/cache row is the next prefix.
+                logits, cache = backend.forward(tokens.view(-1, 1), cache)
+                logits = logits[:, -1, :].float()
+                self._forward_tokens += len(alive)
+                keep = [row for row, position in enumerate(alive) if not ended[position]]
+                if len(keep) < len(alive):
+                    if not keep:
+                        cache, logits, alive = None, None, []
+                        break
+                    index = torch.tensor(keep)
+                    cache.batch_select_indices(index)
+                    logits = logits[index]
+                    alive = [alive[row] for row in keep]
+        candidates = [self._candidate(ids, ended[i]) for i, ids in enumerate(sampled)]
+        self._draft = _Draft(candidates, cache, logits, {position: row for row, position in enumerate(alive)})
+        return candidates
+
+    def retain(self, candidate: Candidate) -> None:
+        draft = self._draft
+        if draft is None:
+            return
+        for position, drafted in enumerate(draft.candidates):
+            if drafted is candidate and position in draft.rows:
+                row = draft.rows[position]
+                self._retained = (candidate, _row_of(draft.cache, row), draft.logits[row : row + 1])
+                return
+
+    def commit(self, candidate: Candidate) -> None:
+        draft = self._draft
+        if draft is not None:
+            for position, drafted in enumerate(draft.candidates):
+                if drafted is candidate:
+                    if position not in draft.rows:
+                        raise ValueError("a candidate that ended with EOS cannot be continued")
+                    row = draft.rows[position]
+                    self._advance(candidate, _row_of(draft.cache, row), draft.logits[row : row + 1])
+                    return
+        if self._retained is not None and self._retained[0] is candidate:
+            self._advance(*self._retained)
+            return
+        raise ValueError("commit() needs a candidate from the latest draft or the retained one")
+
+    def close(self) -> None:
+        self._cache = self._draft = self._retained = None
+
+    # Internals ------------------------------------------------------------------------------------
+
+    def _advance(self, candidate: Candidate, cache: Any, logits: torch.Tensor) -> None:
+        self.response_ids.extend(candidate.token_ids)
+        self._cache, self._next_logits = cache, logits
+        self._draft = self._retained = None
+
+    def _candidate(self, ids: list[int], hit_eos: bool) -> Candidate:
+        """Decode a draft as a continuation of the accepted text, with per-token end offsets."""
+        tokenizer = self._backend.tokenizer
+        text_ids = ids[:-1] if hit_eos else ids
+        context = self.response_ids[-_DECODE_WINDOW:]
+        decoded_context = tokenizer.decode(context, skip_special_tokens=True)
+        ends: list[int] = []
+        for count in range(1, len(text_ids) + 1):
+            piece = tokenizer.decode(context + text_ids[:count], skip_special_tokens=True)
+            ends.append(max(len(piece) - len(decoded_context), ends[-1] if ends else 0))
+        full = tokenizer.decode(context + text_ids, skip_special_tokens=True)
+        text = (
+            full[len(decoded_context) :]
+            if full.startswith(decoded_context)
+            else tokenizer.decode(text_ids, skip_special_tokens=True)
+        )
+        ends = [min(end, len(text)) for end in ends]
+        return Candidate(text, tuple(ids), "eos" if hit_eos else "length", tuple(ends))
+
+
+def _sample(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Greedy for temperature 0, else temperature + nucleus sampling; one token per row."""
+    if temperature == 0.0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return order.gather(-1, choice).squeeze(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _fork_cache(cache: Any, rows: int) -> Any:
+    """A K-row cache sharing the 1-row prefix as expanded views (no copy until the next step)."""
+    return _map_cache(cache, lambda tensor: tensor.expand(rows, *tensor.shape[1:]))
+
+
+def _row_of(cache: Any, row: int) -> Any:
+    """One row of a K-row cache, as views."""
+    return _map_cache(cache, lambda tensor: tensor[row : row + 1])
+
+
+def _map_cache(cache: Any, transform: Any) -> Any:
+    """A shallow copy of `cache` whose key/value tensors are `transform`ed; the original is untouched."""
+    mapped = copy.copy(cache)
+    mapped.layers = [copy.copy(layer) for layer in cache.layers]
+    for layer in mapped.layers:
+        if getattr(layer, "keys", None) is not None and layer.keys.numel():
+            layer.keys, layer.values = transform(layer.keys), transform(layer.values)
+    return mapped
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in configured if isinstance(configured, list) else [configured]:
+        if value is not None:
+            ids.add(int(value))
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+def _display_name(source: str | Path | None, model: Any) -> str:
+    if source is None:
+        return str(getattr(model.config, "_name_or_path", "") or "transformers")
+    path = Path(str(source))
+    return path.stem if path.suffix == ".gguf" else path.name or str(source)

@@ -1,0 +1,44 @@
+"""stars-guard: decoding-time alignment with STARS (segment-level rejection sampling guided by a reward model).
+
+Light to import: torch and HTTP clients load only when a backend or reward model is built.
+"""
+
+from __future__ import annotations
+
+from stars_guard.config import STARSConfig
+from stars_guard.engine import CandidateJudged, Finished, STARSEngine, STARSResult, TextEmitted
+from stars_guard.errors import (
+    ConfigError,
+    ContextWindowExceededError,
+    InvalidMessagesError,
+    ModelNotFoundError,
+    SpecError,
+    StarsGuardError,
+)
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Backend, Candidate, Generation, RewardModel
+from stars_guard.stats import STATS_KEYS, STARSStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "STATS_KEYS",
+    "Backend",
+    "Candidate",
+    "CandidateJudged",
+    "ChatMessage",
+    "ConfigError",
+    "ContextWindowExceededError",
+    "Finished",
+    "Generation",
+    "InvalidMessagesError",
+    "ModelNotFoundError",
+    "RewardModel",
+    "STARSConfig",
+    "STARSEngine",
+    "STARSResult",
+    "STARSStats",
+    "SpecError",
+    "StarsGuardError",
+    "TextEmitted",
+]

@@ -1,0 +1,133 @@
+"""`STARSConfig`: every knob of the STARS loop in one validated object.
+
+Validated up front (pydantic) so a bad value fails before any model is loaded, with a message
+that names the field. Per-call overrides go through `STARSConfig.with_overrides`, which
+validates again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from stars_guard.errors import ConfigError
+
+ThresholdMode = Literal["relative", "absolute"]
+AcceptanceMode = Literal["hard", "soft"]
+FallbackMode = Literal["best", "refuse"]
+
+DEFAULT_REFUSAL = "I can't help with that."
+
+
+class STARSConfig(BaseModel):
+    """Configuration of one STARS decoding run (see docs/configuration.md for each field)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+    # Segmentation and sampling budget.
+    segment_size: int = Field(16, ge=1, le=512, description="Tokens per candidate segment (L).")
+    candidates_per_round: int = Field(
+        4, ge=1, le=64, description="Candidates drafted in one batched call (K)."
+    )
+    max_attempts: int = Field(
+        16, ge=1, le=1024, description="Most candidates judged for one segment before the fallback."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens in the answer.")
+
+    # Sampling of the drafts.
+    temperature: float = Field(
+        0.8, ge=0.0, le=5.0, description="0 means greedy: one candidate per segment, still scored."
+    )
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(None, ge=0, description="Seed for drafts and soft acceptance.")
+
+    # Threshold.
+    threshold_mode: ThresholdMode = Field(
+        "relative",
+        description="'relative': a quantile of this request's recent rewards (no tuning per reward "
+        "model); 'absolute': the paper's linear ramp to reward_threshold.",
+    )
+    relative_quantile: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Quantile of recent candidate rewards used as the threshold."
+    )
+    relative_window: int = Field(
+        0, ge=0, description="Recent candidate rewards the quantile looks at; 0 = 2 x candidates_per_round."
+    )
+    reward_threshold: float | None = Field(
+        None, description="Target reward r_thr of the absolute schedule (required for 'absolute')."
+    )
+    alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="Absolute schedule start: r0 = (1-alpha)*R(prompt,'') + alpha*r_thr."
+    )
+
+    # Acceptance.
+    acceptance: AcceptanceMode = Field("hard", description="'hard': R >= tau; 'soft': probabilistic.")
+    beta: float = Field(
+        0.05, gt=0.0, description="Soft acceptance temperature: P = min(1, exp((R - tau) / beta))."
+    )
+
+    # When no candidate passes.
+    fallback: FallbackMode = Field(
+        "best", description="After max_attempts: emit the best candidate, or refuse."
+    )
+    safety_floor: float | None = Field(
+        None, description="Candidates scoring under this are never emitted, not even as fallback."
+    )
+    refusal_message: str = Field(
+        DEFAULT_REFUSAL, min_length=1, description="Text that ends a refused answer."
+    )
+
+    # Bounded cost.
+    time_budget_s: float | None = Field(
+        None, gt=0.0, description="Wall-clock budget per request; the answer ends when it is spent."
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> STARSConfig:
+        if self.threshold_mode == "absolute" and self.reward_threshold is None:
+            raise ValueError(
+                "reward_threshold is required when threshold_mode='absolute' "
+                "(or use threshold_mode='relative', which needs no tuning)"
+            )
+        if (
+            self.safety_floor is not None
+            and self.reward_threshold is not None
+            and self.safety_floor > self.reward_threshold
+        ):
+            raise ValueError(
+                f"safety_floor ({self.safety_floor}) is above reward_threshold ({self.reward_threshold}): "
+                "nothing could be accepted"
+            )
+        return self
+
+    @property
+    def effective_window(self) -> int:
+        """Number of recent rewards the relative threshold looks at."""
+        return self.relative_window or 2 * self.candidates_per_round
+
+    @classmethod
+    def build(cls, **values: Any) -> STARSConfig:
+        """Validate `values`, raising `ConfigError` whose message names each bad field."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc)) from None
+
+    def with_overrides(self, **overrides: Any) -> STARSConfig:
+        """A validated copy with `overrides` applied; `None` values leave a field unchanged."""
+        updates = {key: value for key, value in overrides.items() if value is not None}
+        if not updates:
+            return self
+        return type(self).build(**{**self.model_dump(), **updates})
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, each naming the field, e.g. `segment_size: Input should be >= 1 (got 0)`."""
+    lines = ["invalid STARS config:"]
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "config"
+        message = err["msg"].removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"  {field}: {message}{got}")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Typed errors. Each message says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class StarsGuardError(Exception):
+    """Base class of every error stars-guard raises on purpose."""
+
+
+class ConfigError(StarsGuardError, ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+class InvalidMessagesError(StarsGuardError, ValueError):
+    """Chat messages are empty or malformed."""
+
+
+class SpecError(StarsGuardError, ValueError):
+    """A `--backend` or `--reward` spec string is not recognised."""
+
+
+class ModelNotFoundError(StarsGuardError, FileNotFoundError):
+    """Model files are missing (usually: `stars-guard models pull` was not run)."""
+
+
+class ModelPullError(StarsGuardError, RuntimeError):
+    """Fetching or converting the offline default models failed."""
+
+
+class ContextWindowExceededError(StarsGuardError, ValueError):
+    """The prompt plus the requested new tokens do not fit in the model's context window."""
+
+    def __init__(self, prompt_tokens: int, max_new_tokens: int, context_window: int) -> None:
+        self.prompt_tokens = prompt_tokens
+        self.max_new_tokens = max_new_tokens
+        self.context_window = context_window
+        super().__init__(
+            f"the prompt has {prompt_tokens} tokens and max_new_tokens is {max_new_tokens}, "
+            f"but the model's context window is {context_window} tokens: shorten the prompt or "
+            f"lower max_new_tokens to at most {max(context_window - prompt_tokens, 0)}"
+        )

@@ -1,0 +1,126 @@
+"""The two small protocols the engine knows: a generation `Backend` and a `RewardModel`.
+
+The engine never imports a concrete backend or scorer; adapters in `stars_guard.adapters`
+implement these. Backends with token-level control (transformers, llama.cpp) and black-box
+HTTP backends present the same surface: open a generation, draft K candidate segments,
+commit the accepted one, close.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, runtime_checkable
+
+from stars_guard.messages import ChatMessage
+
+FinishReason = Literal["length", "eos"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Candidate:
+    """One drafted segment.
+
+    `text` is the decoded continuation of the accepted text (EOS not included). `token_ends`
+    holds, per token, the character offset in `text` where that token's text ends, so the engine
+    can cut a candidate at a stop string and still count its tokens exactly.
+    """
+
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    token_ends: tuple[int, ...] = field(default=())
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens sampled, EOS included."""
+        return len(self.token_ids)
+
+    @property
+    def text_tokens(self) -> int:
+        """Tokens that produce `text` (EOS excluded)."""
+        return len(self.token_ids) - (1 if self.finish_reason == "eos" else 0)
+
+    def tokens_covering(self, chars: int) -> int:
+        """How many tokens are needed to produce the first `chars` characters of `text`."""
+        if chars <= 0:
+            return 0
+        if not self.token_ends:
+            return self.text_tokens
+        for index, end in enumerate(self.token_ends):
+            if end >= chars:
+                return index + 1
+        return self.text_tokens
+
+
+@runtime_checkable
+class Generation(Protocol):
+    """One answer being written: the accepted prefix and the means to extend it."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens of the rendered prompt."""
+        ...
+
+    @property
+    def llm_forward_tokens(self) -> int | None:
+        """Token positions the LLM computed so far (prefill included); None if unknowable."""
+        ...
+
+    @property
+    def llm_calls(self) -> int:
+        """Drafting calls made so far (one per `draft`)."""
+        ...
+
+    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+        """Sample `num_candidates` continuations of the accepted prefix, at most `max_tokens` each."""
+        ...
+
+    def retain(self, candidate: Candidate) -> None:
+        """Keep what committing `candidate` later needs (it may become the fallback).
+
+        Called after a round in which nothing passed, with the best candidate so far if it came
+        from that round. Local backends keep its KV rows so a fallback needs no recomputation;
+        stateless backends do nothing. Replaces any earlier retained candidate.
+        """
+        ...
+
+    def commit(self, candidate: Candidate) -> None:
+        """Append `candidate` (from the latest `draft`, or the retained one) to the accepted prefix."""
+        ...
+
+    def close(self) -> None:
+        """Release what the generation holds (KV cache, connections). Idempotent."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Opens generations. Implementations: `stars_guard.adapters`."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    def open(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> Generation:
+        """Render and prefill `messages`; raise `ContextWindowExceededError` when they cannot fit."""
+        ...
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    """Scores partial responses; higher is better. Scales differ per model."""
+
+    @property
+    def name(self) -> str: ...
+
+    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        """Reward of each `response` (a partial answer) to `prompt`, in one batched call."""
+        ...

@@ -1,0 +1,77 @@
+"""Per-response statistics: the `stars` block of every answer (DESIGN.md section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+STATS_KEYS: tuple[str, ...] = (
+    "prompt_tokens",
+    "segments_accepted",
+    "segments_fallback",
+    "candidates_sampled",
+    "candidates_rejected",
+    "rejection_rate",
+    "tokens_sampled",
+    "tokens_emitted",
+    "reward_calls",
+    "llm_calls",
+    "llm_forward_tokens",
+    "mean_accepted_reward",
+    "final_reward",
+    "refused",
+    "elapsed_s",
+)
+
+
+@dataclass
+class STARSStats:
+    """Counters of one response.
+
+    `candidates_sampled` counts judged candidates (accepted + rejected + fallback-chosen); drafts
+    left unjudged after a round's first acceptance still cost compute and count in `tokens_sampled`.
+    `mean_accepted_reward` averages the rewards of the segments that entered the answer.
+    """
+
+    prompt_tokens: int = 0
+    segments_accepted: int = 0
+    segments_fallback: int = 0
+    candidates_sampled: int = 0
+    candidates_rejected: int = 0
+    tokens_sampled: int = 0
+    tokens_emitted: int = 0
+    reward_calls: int = 0
+    llm_calls: int = 0
+    llm_forward_tokens: int | None = 0
+    final_reward: float | None = None
+    refused: bool = False
+    elapsed_s: float = 0.0
+    emitted_rewards: list[float] = field(default_factory=list, repr=False)
+
+    @property
+    def rejection_rate(self) -> float:
+        return self.candidates_rejected / self.candidates_sampled if self.candidates_sampled else 0.0
+
+    @property
+    def mean_accepted_reward(self) -> float | None:
+        if not self.emitted_rewards:
+            return None
+        return sum(self.emitted_rewards) / len(self.emitted_rewards)
+
+    def as_dict(self) -> dict[str, object]:
+        """Exactly the documented keys, in the documented order."""
+        values = asdict(self)
+        values["rejection_rate"] = round(self.rejection_rate, 6)
+        values["mean_accepted_reward"] = self.mean_accepted_reward
+        values["elapsed_s"] = round(self.elapsed_s, 4)
+        return {key: values[key] for key in STATS_KEYS}
+
+    def summary(self) -> str:
+        """One line for a terminal."""
+        mean = self.mean_accepted_reward
+        return (
+            f"stars: {self.segments_accepted} accepted / {self.segments_fallback} fallback segments, "
+            f"{self.candidates_rejected}/{self.candidates_sampled} candidates rejected "
+            f"({self.rejection_rate:.0%}), {self.tokens_emitted} tokens emitted of {self.tokens_sampled} "
+            f"sampled, mean reward {'-' if mean is None else f'{mean:.3f}'}, "
+            f"{'refused, ' if self.refused else ''}{self.elapsed_s:.1f}s"
+        )
