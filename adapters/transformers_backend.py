@@ -280,9 +280,7 @@ class TransformersGeneration:
         return Candidate(text, tuple(ids), "eos" if hit_eos else "length", tuple(ends))
 
 
-def _sample(
-    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
-) -> torch.Tensor:
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
     """Greedy for temperature 0, else temperature + nucleus sampling; one token per row."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)

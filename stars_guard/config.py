@@ -27,9 +27,7 @@ class STARSConfig(BaseModel):
 
     # Segmentation and sampling budget.
     segment_size: int = Field(16, ge=1, le=512, description="Tokens per candidate segment (L).")
-    candidates_per_round: int = Field(
-        4, ge=1, le=64, description="Candidates drafted in one batched call (K)."
-    )
+    candidates_per_round: int = Field(4, ge=1, le=64, description="Candidates drafted in one batched call (K).")
     max_attempts: int = Field(
         16, ge=1, le=1024, description="Most candidates judged for one segment before the fallback."
     )
@@ -63,20 +61,14 @@ class STARSConfig(BaseModel):
 
     # Acceptance.
     acceptance: AcceptanceMode = Field("hard", description="'hard': R >= tau; 'soft': probabilistic.")
-    beta: float = Field(
-        0.05, gt=0.0, description="Soft acceptance temperature: P = min(1, exp((R - tau) / beta))."
-    )
+    beta: float = Field(0.05, gt=0.0, description="Soft acceptance temperature: P = min(1, exp((R - tau) / beta)).")
 
     # When no candidate passes.
-    fallback: FallbackMode = Field(
-        "best", description="After max_attempts: emit the best candidate, or refuse."
-    )
+    fallback: FallbackMode = Field("best", description="After max_attempts: emit the best candidate, or refuse.")
     safety_floor: float | None = Field(
         None, description="Candidates scoring under this are never emitted, not even as fallback."
     )
-    refusal_message: str = Field(
-        DEFAULT_REFUSAL, min_length=1, description="Text that ends a refused answer."
-    )
+    refusal_message: str = Field(DEFAULT_REFUSAL, min_length=1, description="Text that ends a refused answer.")
 
     # Bounded cost.
     time_budget_s: float | None = Field(

@@ -86,9 +86,7 @@ class STARSEngine:
         self.reward = reward
         self.config = config or STARSConfig()
 
-    def run(
-        self, messages: str | Iterable[ChatMessage | Mapping[str, object]], **overrides: Any
-    ) -> STARSResult:
+    def run(self, messages: str | Iterable[ChatMessage | Mapping[str, object]], **overrides: Any) -> STARSResult:
         """Generate a whole answer; see `stream` for the arguments."""
         for event in self.stream(messages, **overrides):
             if isinstance(event, Finished):
