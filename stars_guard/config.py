@@ -16,6 +16,8 @@ from stars_guard.errors import ConfigError
 ThresholdMode = Literal["relative", "absolute"]
 AcceptanceMode = Literal["hard", "soft"]
 FallbackMode = Literal["best", "refuse"]
+RewardErrorPolicy = Literal["fail_closed", "fail_open"]
+FailClosedAction = Literal["raise", "refuse"]
 
 DEFAULT_REFUSAL = "I can't help with that."
 
@@ -69,6 +71,16 @@ class STARSConfig(BaseModel):
         None, description="Candidates scoring under this are never emitted, not even as fallback."
     )
     refusal_message: str = Field(DEFAULT_REFUSAL, min_length=1, description="Text that ends a refused answer.")
+
+    # When the reward model fails (a service down, a timeout after retries).
+    on_reward_error: RewardErrorPolicy = Field(
+        "fail_closed",
+        description="'fail_closed': stop (see reward_error_action); 'fail_open': emit unscored text, "
+        "counted in reward_errors.",
+    )
+    reward_error_action: FailClosedAction = Field(
+        "raise", description="Under fail_closed: raise RewardError, or end the answer with the refusal."
+    )
 
     # Bounded cost.
     time_budget_s: float | None = Field(

@@ -7,6 +7,7 @@ in order, and rejected text never leaves it: only `TextEmitted` carries answer t
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from stars_guard.config import STARSConfig
+from stars_guard.errors import RewardError
 from stars_guard.messages import ChatMessage, last_user_text, normalize_messages
 from stars_guard.policy import AcceptanceRule, ThresholdSchedule
 from stars_guard.protocols import Backend, Candidate, Generation, RewardModel
@@ -188,12 +190,18 @@ class _Run:
             drafts = generation.draft(min(self.round_size, self.attempts_per_segment - attempts), budget)
             self.stats.tokens_sampled += sum(candidate.num_tokens for candidate in drafts)
             judged = self._score(drafts, attempts)
-            schedule.observe([item.reward for item in judged])
+            if judged is None:  # the reward failed and the policy says refuse
+                yield from self._refuse(segment_index)
+                return "refusal"
+            schedule.observe([item.reward for item in judged if not math.isnan(item.reward)])
             round_best: _Judged | None = None
             for item in judged:
                 attempts += 1
                 threshold = schedule.threshold(self.stats.tokens_emitted + item.tokens)
-                passes = self._above_floor(item.reward) and acceptance.accepts(item.reward, threshold)
+                if math.isnan(item.reward):  # fail-open: the reward failed, the text goes out unscored
+                    passes = True
+                else:
+                    passes = self._above_floor(item.reward) and acceptance.accepts(item.reward, threshold)
                 self.stats.candidates_sampled += 1
                 yield CandidateJudged(
                     segment_index, item.attempt, item.reward, threshold, passes, False, item.tokens, item.text
@@ -222,8 +230,11 @@ class _Run:
 
     # Steps --------------------------------------------------------------------------------------
 
-    def _score(self, drafts: list[Candidate], attempts_so_far: int) -> list[_Judged]:
-        """Cut each draft at a stop string, then score all of them in one reward call."""
+    def _score(self, drafts: list[Candidate], attempts_so_far: int) -> list[_Judged] | None:
+        """Cut each draft at a stop string, then score all of them in one reward call.
+
+        Returns None when the reward failed and the policy is fail-closed with a refusal.
+        """
         cut: list[tuple[Candidate, str, int | None, int, bool]] = []
         responses: list[str] = []
         for candidate in drafts:
@@ -242,12 +253,9 @@ class _Run:
                 finished = True
                 responses.append(combined[:stop_at])
             cut.append((candidate, text, trim_to, tokens, finished))
-        rewards = self.reward.score(self.prompt, responses)
-        self.stats.reward_calls += 1
-        if len(rewards) != len(responses):
-            raise RuntimeError(
-                f"reward model {self.reward.name!r} returned {len(rewards)} scores for {len(responses)} texts"
-            )
+        rewards = self._rewards(responses)
+        if rewards is None:
+            return None
         return [
             _Judged(candidate, text, trim_to, tokens, finished, float(reward), attempts_so_far + index + 1)
             for index, ((candidate, text, trim_to, tokens, finished), reward) in enumerate(
@@ -257,8 +265,10 @@ class _Run:
 
     def _emit(self, generation: Generation, item: _Judged, segment_index: int) -> Iterator[Event]:
         """Commit an accepted (or fallback) candidate and stream what is safe to show."""
-        self.stats.emitted_rewards.append(item.reward)
-        self.stats.final_reward = item.reward
+        scored = not math.isnan(item.reward)
+        if scored:
+            self.stats.emitted_rewards.append(item.reward)
+        self.stats.final_reward = item.reward if scored else None
         self.stats.tokens_emitted += item.tokens
         if item.trim_to is not None:
             self.text = self.text[: item.trim_to]
@@ -288,12 +298,38 @@ class _Run:
         self.streamed = len(self.text)
         yield TextEmitted(segment_index, refusal)
 
+    def _rewards(self, responses: list[str]) -> list[float] | None:
+        """One reward call, with the configured failure policy.
+
+        fail_closed: raise `RewardError` or return None (refuse); fail_open: NaN rewards, which
+        the judging loop lets through unscored and the statistics count in `reward_errors`.
+        """
+        self.stats.reward_calls += 1
+        try:
+            rewards = [float(value) for value in self.reward.score(self.prompt, responses)]
+            if len(rewards) != len(responses):
+                raise RewardError(
+                    f"reward model {self.reward.name!r} returned {len(rewards)} scores for {len(responses)} texts"
+                )
+            return rewards
+        except Exception as exc:
+            self.stats.reward_errors += 1
+            if self.config.on_reward_error == "fail_open":
+                return [math.nan] * len(responses)
+            if self.config.reward_error_action == "refuse":
+                return None
+            if isinstance(exc, RewardError):
+                raise
+            raise RewardError(f"reward model {self.reward.name!r} failed: {exc}") from exc
+
     def _empty_reward(self) -> float | None:
-        """R(prompt, ''), needed only by the absolute schedule."""
+        """R(prompt, ''), needed only by the absolute schedule (on a reward failure: tau = r_thr)."""
         if self.config.threshold_mode != "absolute":
             return None
-        self.stats.reward_calls += 1
-        return float(self.reward.score(self.prompt, [""])[0])
+        rewards = self._rewards([""])
+        if rewards is None or math.isnan(rewards[0]):
+            return self.config.reward_threshold
+        return rewards[0]
 
     def _above_floor(self, reward: float) -> bool:
         floor = self.config.safety_floor
@@ -306,3 +342,4 @@ class _Run:
     def _sync_backend_counters(self, generation: Generation) -> None:
         self.stats.llm_calls = generation.llm_calls
         self.stats.llm_forward_tokens = generation.llm_forward_tokens
+        self.stats.backend_retries = int(getattr(generation, "backend_retries", 0))

@@ -27,6 +27,14 @@ class ModelPullError(StarsGuardError, RuntimeError):
     """Fetching or converting the offline default models failed."""
 
 
+class BackendError(StarsGuardError, RuntimeError):
+    """The generation backend failed (after its retries); the message carries the server's words."""
+
+
+class RewardError(StarsGuardError, RuntimeError):
+    """The reward model failed (after its retries). Under fail-closed the answer stops here."""
+
+
 class ContextWindowExceededError(StarsGuardError, ValueError):
     """The prompt plus the requested new tokens do not fit in the model's context window."""
 

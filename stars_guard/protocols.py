@@ -72,6 +72,8 @@ class Generation(Protocol):
         """Drafting calls made so far (one per `draft`)."""
         ...
 
+    # Optional: `backend_retries: int`, retries an HTTP backend made (read with getattr, default 0).
+
     def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
         """Sample `num_candidates` continuations of the accepted prefix, at most `max_tokens` each."""
         ...

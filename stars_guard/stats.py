@@ -20,6 +20,8 @@ STATS_KEYS: tuple[str, ...] = (
     "final_reward",
     "refused",
     "elapsed_s",
+    "backend_retries",
+    "reward_errors",
 )
 
 
@@ -45,6 +47,8 @@ class STARSStats:
     final_reward: float | None = None
     refused: bool = False
     elapsed_s: float = 0.0
+    backend_retries: int = 0
+    reward_errors: int = 0
     emitted_rewards: list[float] = field(default_factory=list, repr=False)
 
     @property
