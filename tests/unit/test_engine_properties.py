@@ -13,7 +13,10 @@ from tests.unit.scripted import ScriptedReward, make_candidate
 
 
 class DrawnGeneration:
-    """Drafts unique marker candidates (`<c17>`) with rewards and EOS drawn by hypothesis."""
+    """Drafts candidates that start with a unique marker character, with rewards and EOS drawn by hypothesis.
+
+    The marker survives any truncation, so "this candidate's text is in the answer" is exact.
+    """
 
     def __init__(self, data: st.DataObject) -> None:
         self.data = data
@@ -26,10 +29,11 @@ class DrawnGeneration:
         self.llm_calls += 1
         self.latest = []
         for _ in range(num_candidates):
-            marker = f"<c{next(self.counter)}>"
+            marker = chr(0x4E00 + next(self.counter))
             self.rewards[marker] = self.data.draw(st.floats(0.0, 1.0), label=marker)
-            eos = self.data.draw(st.booleans(), label="eos") and max_tokens > len(marker)
-            self.latest.append(make_candidate(marker[:max_tokens] + ("<eos>" if eos else ""), max_tokens))
+            text = marker + "." * self.data.draw(st.integers(0, 6), label="length")
+            eos = self.data.draw(st.booleans(), label="eos")
+            self.latest.append(make_candidate(text + ("<eos>" if eos else ""), max_tokens))
         self.llm_forward_tokens += sum(candidate.num_tokens for candidate in self.latest)
         return self.latest
 
@@ -55,10 +59,10 @@ class DrawnBackend:
 
 configs = st.builds(
     STARSConfig,
-    segment_size=st.integers(5, 8),
+    segment_size=st.integers(1, 8),
     candidates_per_round=st.integers(1, 4),
     max_attempts=st.integers(1, 6),
-    max_new_tokens=st.integers(5, 40),
+    max_new_tokens=st.integers(1, 40),
     threshold_mode=st.sampled_from(["relative", "absolute"]),
     reward_threshold=st.just(0.6),
     alpha=st.floats(0.0, 1.0),
@@ -75,8 +79,8 @@ def test_emitted_text_is_exactly_the_accepted_segments(config: STARSConfig, data
     backend = DrawnBackend(data)
 
     def reward(text: str) -> float:
-        last = text.rsplit("<", 1)[-1]
-        return backend.generation.rewards.get("<" + last, 0.0)
+        markers = [char for char in text if char in backend.generation.rewards]
+        return backend.generation.rewards[markers[-1]] if markers else 0.0
 
     events = list(STARSEngine(backend, ScriptedReward(reward), config).stream("q"))
     result = events[-1].result
@@ -87,10 +91,10 @@ def test_emitted_text_is_exactly_the_accepted_segments(config: STARSConfig, data
     if result.stats.refused:
         expected += (" " if expected else "") + config.refusal_message
     assert streamed == result.text == expected
-    chosen_texts = {d.text for d in chosen}
+    chosen_markers = {d.text[:1] for d in chosen}
     for decision in decisions:
-        if decision.text not in chosen_texts:
-            assert decision.text not in result.text, "a rejected candidate leaked into the answer"
+        if decision.text and decision.text[:1] not in chosen_markers:
+            assert decision.text[:1] not in result.text, "a rejected candidate leaked into the answer"
     if config.safety_floor is not None:
         assert all(d.reward >= config.safety_floor for d in chosen)
     stats = result.stats
