@@ -39,9 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy (default 0.8)")
     chat.add_argument("--system", help="a system message placed before the prompt")
     chat.add_argument("--stop", action="append", help="a stop string (repeatable)")
-    chat.add_argument("--backend", default="local", help="generation backend spec (default: local)")
-    chat.add_argument("--reward", default="default", help="reward model spec (default: default)")
+    chat.add_argument("--backend", default="local", help=_spec_help("backend", "local"))
+    chat.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
+
+    serve_reward = commands.add_parser("serve-reward", help="serve a reward scorer over TEI's /predict API")
+    serve_reward.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve_reward.add_argument("--port", type=int, default=8081, help="port to listen on (default: 8081)")
+    serve_reward.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
+    serve_reward.add_argument("--max-client-batch-size", type=int, default=32, help="most inputs per request")
     return parser
+
+
+def _spec_help(kind: str, default: str) -> str:
+    from stars_guard.specs import valid_specs
+
+    listing = "; ".join(valid_specs(kind)).replace("%", "%%")  # argparse formats help with %
+    return f"{kind} spec (default: {default}); one of: {listing}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +62,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models_pull(args)
+        if args.command == "serve-reward":
+            return _serve_reward(args)
         return _chat(args)
     except StarsGuardError as exc:
         print(f"stars-guard: error: {exc}", file=sys.stderr)
@@ -104,6 +119,23 @@ def _chat(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write("\n")
         print(f"{result.stats.summary()}, finish: {result.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def _serve_reward(args: argparse.Namespace) -> int:
+    from stars_guard.reward_server import serve
+    from stars_guard.specs import build_reward
+
+    _quiet_model_loading()
+    reward = build_reward(args.reward)
+    url = f"http://{args.host}:{args.port}"
+    serve(
+        reward,
+        host=args.host,
+        port=args.port,
+        max_client_batch_size=args.max_client_batch_size,
+        announce=[f"stars-guard serve-reward: {reward.name} on {url}/predict (use --reward tei:{url})"],
+    )
     return 0
 
 

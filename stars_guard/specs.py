@@ -3,11 +3,13 @@
 A spec is `NAME` or `NAME:ARGUMENT` (for example `hf:/models/my-lm`). Built-in names are
 registered here; third-party packages add theirs through the entry-point groups
 `stars_guard.backends` and `stars_guard.rewards` (each entry point is a factory taking the
-argument string or None).
+argument string or None). Remote specs take options after `?` (`openai:http://host:8000?tokenizer=/models/x`);
+a bearer token for remote servers comes from `$STARS_GUARD_API_KEY`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -38,19 +40,114 @@ def _hf_backend(argument: str | None) -> Backend:
     return TransformersBackend(argument)
 
 
+def _openai_backend(argument: str | None) -> Backend:
+    from stars_guard.adapters.openai_backend import OpenAICompletionsBackend
+
+    url, options = split_options("openai", argument, {"model", "tokenizer"})
+    return OpenAICompletionsBackend(url, api_key=_api_key(), **options)
+
+
+def _tgi_backend(argument: str | None) -> Backend:
+    from stars_guard.adapters.tgi_backend import TGIBackend
+
+    url, options = split_options("tgi", argument, {"tokenizer"})
+    return TGIBackend(url, api_key=_api_key(), **options)
+
+
+def _llamacpp_backend(argument: str | None) -> Backend:
+    from stars_guard.adapters.llamacpp_backend import LlamaCppBackend
+
+    path, options = split_options("llamacpp", argument, {"n_ctx", "n_threads"})
+    return LlamaCppBackend(path or None, **{key: int(value) for key, value in options.items()})
+
+
 def _guard_reward(_: str | None) -> RewardModel:
     from stars_guard.adapters.guard_reward import GuardReward
 
     return GuardReward()
 
 
+def _hf_reward(argument: str | None) -> RewardModel:
+    from stars_guard.adapters.transformers_reward import TransformersRewardModel
+
+    path, options = split_options("hf", argument, {"input_form", "label_index", "max_length"})
+    numbers = {key: int(options.pop(key)) for key in ("label_index", "max_length") if key in options}
+    return TransformersRewardModel(path, **options, **numbers)  # type: ignore[arg-type]
+
+
+def _tei_reward(argument: str | None) -> RewardModel:
+    from stars_guard.adapters.tei_reward import TEIRewardModel
+
+    url, options = split_options("tei", argument, {"label"})
+    return TEIRewardModel(url, api_key=_api_key(), **options)
+
+
+def _vllm_classify_reward(argument: str | None) -> RewardModel:
+    from stars_guard.adapters.vllm_classify_reward import VLLMClassifyRewardModel
+
+    url, options = split_options("vllm-classify", argument, {"model", "tokenizer", "label_index"})
+    numbers = {"label_index": int(options.pop("label_index"))} if "label_index" in options else {}
+    return VLLMClassifyRewardModel(url, api_key=_api_key(), **options, **numbers)  # type: ignore[arg-type]
+
+
+def _judge_reward(argument: str | None) -> RewardModel:
+    from stars_guard.adapters.judge_reward import LLMJudgeReward
+
+    return LLMJudgeReward(argument)
+
+
 BACKENDS: dict[str, SpecEntry] = {
     "local": SpecEntry(_local_backend, "local  (embedded SmolLM2-135M-Instruct, after `stars-guard models pull`)"),
     "hf": SpecEntry(_hf_backend, "hf:<hub-id, directory or .gguf file>  (any Hugging Face causal LM)", True),
+    "openai": SpecEntry(
+        _openai_backend,
+        "openai:<URL>[?model=NAME&tokenizer=PATH]  (/v1/completions of vLLM, SGLang, llama.cpp server)",
+        True,
+    ),
+    "tgi": SpecEntry(_tgi_backend, "tgi:<URL>[?tokenizer=PATH]  (text-generation-inference /generate)", True),
+    "llamacpp": SpecEntry(
+        _llamacpp_backend,
+        "llamacpp[:<.gguf file>][?n_ctx=N&n_threads=N]  (llama-cpp-python in process; default: the pulled SmolLM2)",
+    ),
 }
 REWARDS: dict[str, SpecEntry] = {
     "default": SpecEntry(_guard_reward, "default  (GuardReward: offline safety + relevance)"),
+    "hf": SpecEntry(
+        _hf_reward,
+        "hf:<hub-id or directory>[?input_form=pair|chat&label_index=N]  (sequence-classification reward model)",
+        True,
+    ),
+    "tei": SpecEntry(_tei_reward, "tei:<URL>[?label=NAME]  (TEI /predict, or stars-guard serve-reward)", True),
+    "vllm-classify": SpecEntry(
+        _vllm_classify_reward,
+        "vllm-classify:<URL>[?model=NAME&tokenizer=PATH&label_index=N]  (vLLM /classify reward model)",
+        True,
+    ),
+    "judge": SpecEntry(
+        _judge_reward, "judge[:<hub-id, directory or .gguf file>]  (P(safe) from a causal LM judge; default SmolLM2)"
+    ),
 }
+API_KEY_ENV = "STARS_GUARD_API_KEY"
+
+
+def split_options(name: str, argument: str | None, allowed: set[str]) -> tuple[str, dict[str, str]]:
+    """`target?key=value&...` into the target and its options; unknown options are a `SpecError`."""
+    target, _, query = (argument or "").partition("?")
+    options: dict[str, str] = {}
+    for pair in query.split("&") if query else []:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in allowed:
+            valid = ", ".join(sorted(allowed)) or "none"
+            raise SpecError(f"spec {name!r}: unknown option {pair!r} (valid options: {valid})")
+        options[key] = value
+    return target, options
+
+
+def _api_key() -> str | None:
+    """Bearer token for HTTP servers, from the environment (never from a spec: specs end up in logs)."""
+    return os.environ.get(API_KEY_ENV) or None
+
+
 _ENTRY_POINT_GROUPS = {"backend": "stars_guard.backends", "reward": "stars_guard.rewards"}
 
 

@@ -1,0 +1,126 @@
+"""Text helpers the remote and llama.cpp adapters share: chat rendering, BOS handling, token offsets.
+
+Remote servers see text or token ids, never our tokenizer objects, so each adapter needs the same
+few operations: render the chat template once, avoid a second BOS when a server tokenises
+templated text with special tokens added, and turn a drafted segment into a `Candidate` whose
+`token_ends` let the engine cut at stop strings.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stars_guard.errors import ModelNotFoundError
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Candidate
+
+_TOKENIZERS: dict[str, Any] = {}
+_LOCK = threading.Lock()
+_DECODE_WINDOW = 8  # accepted tokens decoded with a draft, so merges and UTF-8 pieces come out right
+
+
+def load_tokenizer(source: str | Path) -> Any:
+    """A Hugging Face tokenizer from a directory, a .gguf file or a hub id; loaded once per process."""
+    key = str(source)
+    with _LOCK:
+        if key not in _TOKENIZERS:
+            from transformers import AutoTokenizer
+
+            path = Path(key).expanduser()
+            try:
+                if path.suffix == ".gguf":
+                    if not path.is_file():
+                        raise ModelNotFoundError(f"GGUF file {path} does not exist")
+                    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                else:
+                    tokenizer = AutoTokenizer.from_pretrained(str(path) if path.exists() else key)
+            except OSError as exc:
+                raise ModelNotFoundError(
+                    f"could not load a tokenizer from {key!r}: {exc}. Pass a local model directory (the one the "
+                    "server runs) so the chat template and token offsets match the server's."
+                ) from exc
+            _TOKENIZERS[key] = tokenizer
+        return _TOKENIZERS[key]
+
+
+def render_chat(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
+    """The prompt text for the assistant's next turn, from the model's own chat template."""
+    turns = [message.as_dict() for message in messages]
+    if getattr(tokenizer, "chat_template", None):
+        return str(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False))
+    return "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns) + "\nassistant:"
+
+
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether encoding with special tokens prepends BOS (then templated text must not carry one)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def strip_leading_bos(text: str, bos_token: str | None, server_adds_bos: bool) -> str:
+    """Templated text that starts with BOS, sent to a server that adds BOS itself, would get two."""
+    if server_adds_bos and bos_token and text.startswith(bos_token):
+        return text[len(bos_token) :]
+    return text
+
+
+def eos_ids(tokenizer: Any, extra: Sequence[int] = ()) -> frozenset[int]:
+    ids = {int(value) for value in extra}
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+def ends_from_pieces(pieces: Sequence[str]) -> tuple[str, tuple[int, ...]]:
+    """Concatenated text and per-token end offsets from per-token text pieces."""
+    ends: list[int] = []
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        ends.append(total)
+    return "".join(pieces), tuple(ends)
+
+
+def candidate_from_ids(tokenizer: Any, context_ids: Sequence[int], ids: Sequence[int], hit_eos: bool) -> Candidate:
+    """A candidate from sampled token ids, decoded as a continuation of `context_ids`.
+
+    Decoding with a few accepted tokens in front keeps leading spaces and multi-token characters
+    right; each token's end offset is where the text decoded so far stops.
+    """
+    text_ids = list(ids[:-1] if hit_eos else ids)
+    context = list(context_ids[-_DECODE_WINDOW:])
+    decoded_context = tokenizer.decode(context, skip_special_tokens=True)
+    ends: list[int] = []
+    for count in range(1, len(text_ids) + 1):
+        piece = tokenizer.decode(context + text_ids[:count], skip_special_tokens=True)
+        ends.append(max(len(piece) - len(decoded_context), ends[-1] if ends else 0))
+    full = tokenizer.decode(context + text_ids, skip_special_tokens=True)
+    if full.startswith(decoded_context):
+        text = full[len(decoded_context) :]
+    else:
+        text = tokenizer.decode(text_ids, skip_special_tokens=True)
+    return Candidate(
+        text, tuple(int(i) for i in ids), "eos" if hit_eos else "length", tuple(min(e, len(text)) for e in ends)
+    )
+
+
+def candidate_from_text(tokenizer: Any, text: str, hit_eos: bool, eos_id: int | None) -> Candidate:
+    """A candidate from a server that returned only text: ids and offsets by tokenizing that text.
+
+    Exact for the text; the ids may differ from those the server sampled where a tokeniser would
+    merge differently (the price of text continuation, documented in docs/adapters.md).
+    """
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(i) for i in encoded["input_ids"]]
+    ends = [int(end) for _, end in encoded["offset_mapping"]]
+    for index in range(1, len(ends)):  # offsets never go backwards
+        ends[index] = max(ends[index], ends[index - 1])
+    if hit_eos and eos_id is not None:
+        ids.append(int(eos_id))
+    return Candidate(text, tuple(ids), "eos" if hit_eos else "length", tuple(min(e, len(text)) for e in ends))

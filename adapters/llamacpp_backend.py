@@ -1,0 +1,449 @@
+"""`LlamaCppBackend`: llama-cpp-python in process, the fastest CPU path (extra `llamacpp`).
+
+The accepted prefix lives once in llama.cpp's KV cache as sequence 0. A round of K drafts forks it
+into sequences 1..K: `llama_memory_seq_cp` on a unified KV cache only tags the prefix's cells with
+the new sequence ids (a snapshot of the prefix state, shared, not copied), and the K candidates
+then advance in lockstep, one batched `llama_decode` per token for all of them. Committing a
+candidate re-tags its cells as sequence 0 and drops the others; a retained (best-so-far)
+candidate keeps its cells under a reserved sequence id until it is committed or replaced. So
+every token is computed once: `llm_forward_tokens = prompt_tokens + tokens evaluated`, where a
+draft's EOS token is never evaluated (nothing can follow it).
+
+Sampling (temperature, then nucleus on the tempered distribution, seeded) is done in numpy on the
+logits llama.cpp returns, with the same semantics as `TransformersBackend`. Each generation owns
+a llama.cpp context for its lifetime (taken from a per-backend pool), so concurrent requests never
+share a KV cache.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stars_guard.errors import BackendError, ContextWindowExceededError, ModelNotFoundError
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Candidate
+
+_MODELS: dict[str, Any] = {}
+_MODELS_LOCK = threading.Lock()
+_NUCLEUS_SHORTLIST = 2048  # top-p is computed on the most likely tokens first; the full sort only if needed
+
+
+def _llama_cpp() -> Any:
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise ModelNotFoundError(
+            "LlamaCppBackend needs llama-cpp-python: pip install 'stars-guard[llamacpp]' (builds from source, ~4 min)"
+        ) from exc
+    return llama_cpp
+
+
+def load_llama(model_path: str | Path) -> Any:
+    """The `llama_cpp.Llama` owning the weights and vocabulary of a GGUF file; loaded once per process."""
+    key = str(Path(model_path).expanduser())
+    with _MODELS_LOCK:
+        if key not in _MODELS:
+            if not Path(key).is_file():
+                raise ModelNotFoundError(f"GGUF file {key} does not exist")
+            llama_cpp = _llama_cpp()
+            # A tiny context of its own: generations get their own, larger, multi-sequence contexts.
+            _MODELS[key] = llama_cpp.Llama(key, n_ctx=64, n_batch=64, verbose=False)
+        return _MODELS[key]
+
+
+def default_threads() -> int:
+    """One core fewer than the machine has (at least one).
+
+    ggml's worker threads spin at barriers, so a decode slows down sharply when any of them is
+    descheduled: measured here on 2 busy cores, 2 threads were 4-15x slower than 1. Leaving a core
+    to the reward model and Python keeps llama.cpp's threads running.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+class LlamaCppBackend:
+    """Drafts candidate segments from a GGUF model with llama.cpp (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int | None = None,
+        n_batch: int = 512,
+        max_candidates: int = 64,
+    ) -> None:
+        self._llama_cpp = _llama_cpp()
+        if model is None:
+            from stars_guard.models import default_lm_gguf
+
+            model = default_lm_gguf()
+        self.model_path = Path(model).expanduser()
+        self.llm = load_llama(self.model_path)
+        llama_cpp = self._llama_cpp
+        self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
+        self.context_window = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
+        self.n_ctx = min(n_ctx, self.context_window) if self.context_window > 0 else n_ctx
+        self.n_threads = n_threads or default_threads()
+        self.n_batch = max(n_batch, max_candidates)
+        # Sequence 0: the accepted prefix; 1..K: a round's candidates; K+1: the retained candidate.
+        self.max_candidates = max(1, min(max_candidates, int(llama_cpp.llama_max_parallel_sequences()) - 2))
+        self.retained_seq = self.max_candidates + 1
+        self._formatter = self._chat_formatter()
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
+        self._bos_text = self._piece(int(llama_cpp.llama_vocab_bos(self.vocab)), special=True).decode(
+            "utf-8", "replace"
+        )
+        self._pieces: dict[int, bytes] = {}
+        self._pool: list[_Context] = []
+        self._pool_lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self.model_path.stem
+
+    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of the chat-templated prompt (the GGUF's own template), ready for the assistant's turn."""
+        turns = [message.as_dict() for message in messages]
+        if self._formatter is not None:
+            text = self._formatter(messages=turns).prompt
+        else:
+            text = "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns) + "\nassistant:"
+        add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def open(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> LlamaCppGeneration:
+        prompt_ids = self.encode_chat(messages)
+        if self.context_window and len(prompt_ids) + max_new_tokens > self.context_window:
+            raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self.context_window)
+        context = self._acquire()
+        try:
+            return LlamaCppGeneration(self, context, prompt_ids, temperature, top_p, seed)
+        except BaseException:
+            self._release(context)
+            raise
+
+    def is_end(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a token adds to the text (special tokens add none)."""
+        cached = self._pieces.get(token)
+        if cached is None:
+            cached = self._pieces[token] = self._piece(token, special=False)
+        return cached
+
+    # Internals ------------------------------------------------------------------------------------
+
+    def _piece(self, token: int, special: bool) -> bytes:
+        buffer = ctypes.create_string_buffer(64)
+        size = self._llama_cpp.llama_token_to_piece(self.vocab, token, buffer, 64, 0, special)
+        if size < 0:
+            buffer = ctypes.create_string_buffer(-size)
+            size = self._llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -size, 0, special)
+        return buffer.raw[: max(size, 0)]
+
+    def _chat_formatter(self) -> Any:
+        template = self.llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            return None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        llama_cpp = self._llama_cpp
+        eos = self._piece(int(llama_cpp.llama_vocab_eos(self.vocab)), special=True).decode("utf-8", "replace")
+        bos = self._piece(int(llama_cpp.llama_vocab_bos(self.vocab)), special=True).decode("utf-8", "replace")
+        return Jinja2ChatFormatter(template, eos_token=eos, bos_token=bos, add_generation_prompt=True)
+
+    def _acquire(self) -> _Context:
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        return _Context(self)
+
+    def _release(self, context: _Context) -> None:
+        context.clear()
+        with self._pool_lock:
+            self._pool.append(context)
+
+
+class _Context:
+    """A llama.cpp context with a unified, multi-sequence KV cache and a reusable batch."""
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        llama_cpp = backend._llama_cpp
+        self._llama_cpp = llama_cpp
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = backend.n_ctx
+        params.n_batch = backend.n_batch
+        params.n_ubatch = backend.n_batch
+        params.n_seq_max = backend.max_candidates + 2
+        params.kv_unified = True  # sequences share the prefix's cells instead of copying them
+        params.n_threads = backend.n_threads
+        params.n_threads_batch = backend.n_threads
+        self.ctx = llama_cpp.llama_init_from_model(backend.llm.model, params)
+        if not self.ctx:
+            raise BackendError(f"llama.cpp could not create a context (n_ctx={backend.n_ctx}) for {backend.model_path}")
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.batch_size = backend.n_batch
+        self.batch = llama_cpp.llama_batch_init(self.batch_size, 0, 1)
+        self.n_vocab = backend.n_vocab
+
+    def decode(self, items: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Evaluate (token, position, sequence, wants_logits) items, in chunks of the batch size."""
+        llama_cpp, batch = self._llama_cpp, self.batch
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            batch.n_tokens = len(chunk)
+            for index, (token, position, sequence, logits) in enumerate(chunk):
+                batch.token[index] = token
+                batch.pos[index] = position
+                batch.n_seq_id[index] = 1
+                batch.seq_id[index][0] = sequence
+                batch.logits[index] = logits
+            status = llama_cpp.llama_decode(self.ctx, batch)
+            if status != 0:
+                hint = " (the KV cache is full: raise n_ctx)" if status == 1 else ""
+                raise BackendError(f"llama_decode failed with status {status}{hint}")
+
+    def logits(self, index: int) -> np.ndarray:
+        """A copy of the logits of the `index`-th logits-producing item of the last decode."""
+        pointer = self._llama_cpp.llama_get_logits_ith(self.ctx, index)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float32, copy=True)
+
+    def copy_sequence(self, source: int, target: int, start: int = -1, end: int = -1) -> None:
+        self._llama_cpp.llama_memory_seq_cp(self.memory, source, target, start, end)
+
+    def remove(self, sequence: int, start: int = -1, end: int = -1) -> None:
+        self._llama_cpp.llama_memory_seq_rm(self.memory, sequence, start, end)
+
+    def clear(self) -> None:
+        self._llama_cpp.llama_memory_clear(self.memory, True)
+
+    def __del__(self) -> None:  # contexts live as long as their backend's pool
+        try:
+            self._llama_cpp.llama_batch_free(self.batch)
+            self._llama_cpp.llama_free(self.ctx)
+        except Exception:
+            pass
+
+
+@dataclass
+class _Drafted:
+    """A candidate of the latest round (or the retained one) and what continuing it needs."""
+
+    candidate: Candidate
+    sequence: int  # where its KV cells live
+    logits: np.ndarray | None  # next-token logits after its last token; None if it ended with EOS
+
+
+class LlamaCppGeneration:
+    """One answer on a `LlamaCppBackend` (see the module docstring)."""
+
+    def __init__(
+        self,
+        backend: LlamaCppBackend,
+        context: _Context,
+        prompt_ids: list[int],
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> None:
+        self._backend = backend
+        self._context: _Context | None = context
+        self._temperature = temperature
+        self._top_p = top_p
+        self._rng = np.random.default_rng(seed)
+        self.prompt_ids = list(prompt_ids)
+        self.response_ids: list[int] = []
+        self._drafted: list[_Drafted] = []
+        self._retained: _Drafted | None = None
+        self._calls = 0
+        context.clear()
+        last = len(prompt_ids) - 1
+        context.decode([(token, position, 0, position == last) for position, token in enumerate(prompt_ids)])
+        self._next_logits = context.logits(-1)
+        self._forward_tokens = len(prompt_ids)
+
+    # Protocol -------------------------------------------------------------------------------------
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def llm_forward_tokens(self) -> int:
+        return self._forward_tokens
+
+    @property
+    def llm_calls(self) -> int:
+        return self._calls
+
+    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+        context = self._require_context()
+        if not 1 <= num_candidates <= self._backend.max_candidates:
+            raise ValueError(
+                f"LlamaCppBackend drafts 1 to {self._backend.max_candidates} candidates per round "
+                f"(got {num_candidates}); raise max_candidates"
+            )
+        self._calls += 1
+        self._drafted = self._draft_round(context, num_candidates, max_tokens)
+        return [item.candidate for item in self._drafted]
+
+    def retain(self, candidate: Candidate) -> None:
+        context = self._require_context()
+        for item in self._drafted:
+            if item.candidate is candidate and item.logits is not None:
+                retained = self._backend.retained_seq
+                context.remove(retained)
+                context.copy_sequence(item.sequence, retained)
+                self._retained = _Drafted(candidate, retained, item.logits)
+                return
+
+    def commit(self, candidate: Candidate) -> None:
+        context = self._require_context()
+        chosen = next((item for item in self._drafted if item.candidate is candidate), None)
+        if chosen is None and self._retained is not None and self._retained.candidate is candidate:
+            chosen = self._retained
+        if chosen is None:
+            raise ValueError("commit() needs a candidate from the latest draft or the retained one")
+        if chosen.logits is None:
+            raise ValueError("a candidate that ended with EOS cannot be continued")
+        # Its cells (prefix + candidate) become the new prefix; every other sequence is dropped.
+        prefix_end = len(self.prompt_ids) + len(self.response_ids)
+        context.copy_sequence(chosen.sequence, 0, prefix_end, -1)
+        for sequence in range(1, self._backend.retained_seq + 1):
+            context.remove(sequence)
+        self.response_ids.extend(candidate.token_ids)
+        self._next_logits = chosen.logits
+        self._drafted, self._retained = [], None
+
+    def close(self) -> None:
+        context, self._context = self._context, None
+        self._drafted, self._retained = [], None
+        if context is not None:
+            self._backend._release(context)
+
+    # Internals ------------------------------------------------------------------------------------
+
+    def _require_context(self) -> _Context:
+        if self._context is None:
+            raise RuntimeError("this generation is closed")
+        return self._context
+
+    def _draft_round(self, context: _Context, count: int, max_tokens: int) -> list[_Drafted]:
+        backend = self._backend
+        prefix_end = len(self.prompt_ids) + len(self.response_ids)
+        sequences = [1 + index for index in range(count)]
+        for sequence in sequences:  # fork the prefix: its cells gain the candidate's sequence id
+            context.remove(sequence)
+            context.copy_sequence(0, sequence, -1, -1)
+        sampled: list[list[int]] = [[] for _ in range(count)]
+        ended = [False] * count
+        final: list[np.ndarray | None] = [None] * count
+        alive = list(range(count))
+        logits = np.broadcast_to(self._next_logits, (count, backend.n_vocab))
+        for step in range(max_tokens):
+            tokens = _sample(logits, self._temperature, self._top_p, self._rng)
+            evaluate: list[int] = []
+            for row, position in enumerate(alive):
+                token = int(tokens[row])
+                sampled[position].append(token)
+                if backend.is_end(token):
+                    ended[position] = True  # an EOS is never continued: not evaluated
+                else:
+                    evaluate.append(position)
+            if not evaluate:
+                alive = []
+                break
+            context.decode([(sampled[p][-1], prefix_end + step, sequences[p], True) for p in evaluate])
+            self._forward_tokens += len(evaluate)
+            logits = np.stack([context.logits(index) for index in range(len(evaluate))])
+            alive = evaluate
+        for row, position in enumerate(alive):
+            final[position] = logits[row].copy()
+        results = []
+        for position in range(count):
+            candidate = self._candidate(sampled[position], ended[position])
+            results.append(_Drafted(candidate, sequences[position], None if ended[position] else final[position]))
+        return results
+
+    def _candidate(self, ids: list[int], hit_eos: bool) -> Candidate:
+        """Text and per-token end offsets from the tokens' byte pieces (UTF-8 split across tokens is fine)."""
+        backend = self._backend
+        text_ids = ids[:-1] if hit_eos else ids
+        # A character split across segments belongs to the segment that completes it: the accepted
+        # text's incomplete tail bytes lead this segment, and this segment's own are left to the next.
+        data = _incomplete_utf8_tail(b"".join(backend.piece(token) for token in self.response_ids[-4:]))
+        ends: list[int] = []
+        for token in text_ids:
+            data += backend.piece(token)
+            ends.append(len(_complete(data).decode("utf-8", "replace")))
+        text = _complete(data).decode("utf-8", "replace")
+        return Candidate(text, tuple(ids), "eos" if hit_eos else "length", tuple(min(e, len(text)) for e in ends))
+
+
+def _complete(data: bytes) -> bytes:
+    """`data` without a trailing incomplete UTF-8 character."""
+    tail = _incomplete_utf8_tail(data)
+    return data[: len(data) - len(tail)]
+
+
+def _incomplete_utf8_tail(data: bytes) -> bytes:
+    """The trailing bytes of `data` that do not yet form a complete UTF-8 character."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII): how long should its character be?
+            needed = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
+            return data[-back:] if needed > back else b""
+    return b""
+
+
+def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """Greedy for temperature 0, else temperature then nucleus sampling; one token per row."""
+    if temperature == 0.0:
+        return logits.argmax(axis=-1)
+    scaled = logits.astype(np.float64) / temperature
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    probs = np.exp(scaled)
+    probs /= probs.sum(axis=-1, keepdims=True)
+    tokens = np.empty(probs.shape[0], dtype=np.int64)
+    for row in range(probs.shape[0]):
+        tokens[row] = _nucleus(probs[row], top_p, rng)
+    return tokens
+
+
+def _nucleus(probs: np.ndarray, top_p: float, rng: np.random.Generator) -> int:
+    if top_p >= 1.0:
+        return int(rng.choice(probs.shape[0], p=probs))
+    shortlist = min(_NUCLEUS_SHORTLIST, probs.shape[0])
+    order = np.argpartition(-probs, shortlist - 1)[:shortlist] if shortlist < probs.shape[0] else np.arange(shortlist)
+    order = order[np.argsort(-probs[order], kind="stable")]
+    sorted_probs = probs[order]
+    if sorted_probs.sum() < top_p and shortlist < probs.shape[0]:  # the nucleus is wider than the shortlist
+        order = np.argsort(-probs, kind="stable")
+        sorted_probs = probs[order]
+    keep = (np.cumsum(sorted_probs) - sorted_probs) <= top_p  # same rule as TransformersBackend
+    kept = sorted_probs[keep]
+    choice = rng.choice(kept.shape[0], p=kept / kept.sum())
+    return int(order[choice])

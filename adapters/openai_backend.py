@@ -1,0 +1,345 @@
+"""`OpenAICompletionsBackend`: drafts from the `/v1/completions` endpoint of vLLM, SGLang or a llama.cpp server.
+
+Two continuation modes, chosen by probing the server once:
+
+- token ids (vLLM, SGLang): the prompt is the exact token ids of the templated prompt plus the
+  accepted tokens, and `return_token_ids` gives each choice's ids back: exact token continuation,
+  nothing re-tokenised;
+- text (llama-cpp-python's server, whose `prompt` takes strings only): the prompt is the templated
+  text plus the accepted text; the server re-tokenises it, and candidate ids and offsets come from
+  tokenising the returned text locally.
+
+K candidates come from one request with `n=K` where the server honours `n`, else from K concurrent
+requests with distinct seeds. The chat template comes from a local tokenizer (`tokenizer=`, the
+model directory the server runs) or, on vLLM, from the server's own `/tokenize` with `messages`.
+Failures follow `stars_guard.http`: retries with backoff, then `BackendError` with the server's words.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stars_guard.adapters import _text
+
+from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
+from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Candidate
+
+
+@dataclass(frozen=True)
+class ServerFeatures:
+    """What the probe found out about the server (once per backend)."""
+
+    token_prompts: bool  # accepts `prompt` as a list of token ids and returns each choice's `token_ids`
+    n_choices: bool  # honours `n` > 1 with distinct samples in one request
+
+
+class OpenAICompletionsBackend:
+    """Drafts candidate segments through an OpenAI-compatible completions server (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str | None = None,
+        tokenizer: str | Path | Any | None = None,
+        api_key: str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 8,
+        token_prompts: bool | None = None,
+        n_choices: bool | None = None,
+    ) -> None:
+        root = base_url.rstrip("/")
+        self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.client = HTTPClient(
+            self.base_url,
+            error_type=BackendError,
+            service="completions server",
+            timeouts=timeouts,
+            retry=retry,
+            api_key=api_key,
+        )
+        self.tokenizer = _text.load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
+        self._model = model
+        self._max_model_len: int | None = None
+        self._forced = (token_prompts, n_choices)
+        self._features: ServerFeatures | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="stars-openai")
+        self._server_adds_bos = self.tokenizer is not None and _text.adds_bos(self.tokenizer)
+
+    @property
+    def model_name(self) -> str:
+        return self._model or self.base_url
+
+    @property
+    def features(self) -> ServerFeatures | None:
+        """The probe's findings (None until the first `open`)."""
+        return self._features
+
+    def open(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> OpenAICompletionsGeneration:
+        self._discover_model()
+        prompt_ids, prompt_text = self._render(messages)
+        if self._max_model_len is not None and len(prompt_ids) + max_new_tokens > self._max_model_len:
+            raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self._max_model_len)
+        features = self._probe(prompt_ids, prompt_text)
+        return OpenAICompletionsGeneration(self, features, prompt_ids, prompt_text, temperature, top_p, seed)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    # Internals ------------------------------------------------------------------------------------
+
+    def completion(self, payload: dict[str, Any], *, retry: bool = True) -> tuple[dict[str, Any], int]:
+        """One `/v1/completions` call; returns the decoded body and the retries it took."""
+        if self._model:
+            payload = {"model": self._model, **payload}
+        result = self.client.post("/v1/completions", payload, retry=retry)
+        body = result.data
+        if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not body["choices"]:
+            raise BackendError(f"completions server at {self.base_url} returned no choices: {str(body)[:200]}")
+        return body, result.retries
+
+    def submit(self, payload: dict[str, Any]) -> Any:
+        return self._pool.submit(self.completion, payload)
+
+    def _discover_model(self) -> None:
+        """Learn the served model's name and context length from `/v1/models` (once; optional)."""
+        with self._lock:
+            if self._model is not None and self._max_model_len is not None:
+                return
+            try:
+                data = self.client.get("/v1/models").data
+            except StarsGuardError as exc:
+                if getattr(exc, "status_code", None) is None:
+                    raise  # the server is unreachable: say so now
+                return  # a server without /v1/models still serves completions
+            models = data.get("data") if isinstance(data, dict) else None
+            if models:
+                first = models[0]
+                self._model = self._model or str(first.get("id"))
+                limit = first.get("max_model_len")
+                self._max_model_len = int(limit) if isinstance(limit, int) else None
+
+    def _render(self, messages: Sequence[ChatMessage]) -> tuple[list[int], str]:
+        """Prompt token ids and text: from the local tokenizer, else from the server's `/tokenize`."""
+        if self.tokenizer is not None:
+            text = _text.render_chat(self.tokenizer, messages)
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            bos = getattr(self.tokenizer, "bos_token", None)
+            return ids, _text.strip_leading_bos(text, bos, self._server_adds_bos)
+        payload: dict[str, Any] = {
+            "messages": [message.as_dict() for message in messages],
+            "add_generation_prompt": True,
+            "add_special_tokens": False,
+        }
+        if self._model:
+            payload["model"] = self._model
+        try:
+            data = self.client.post("/tokenize", payload).data
+        except StarsGuardError as exc:
+            raise BackendError(
+                f"{exc}. The completions server cannot render the chat template (no vLLM-style /tokenize): "
+                "pass tokenizer=<the model directory the server runs> (spec: openai:URL?tokenizer=PATH)"
+            ) from exc
+        if isinstance(data, dict) and isinstance(data.get("max_model_len"), int):
+            self._max_model_len = data["max_model_len"]
+        return [int(token) for token in data["tokens"]], ""
+
+    def _probe(self, prompt_ids: list[int], prompt_text: str) -> ServerFeatures:
+        """Ask the server once what it accepts: token-id prompts with ids back, and `n` choices."""
+        with self._lock:
+            if self._features is not None:
+                return self._features
+            forced_tokens, forced_n = self._forced
+            token_prompts = forced_tokens
+            if token_prompts is None:
+                token_prompts = self._accepts_token_prompts(prompt_ids)
+            if not token_prompts and self.tokenizer is None:
+                raise BackendError(
+                    f"the completions server at {self.base_url} takes text prompts only, which needs a local "
+                    "tokenizer: pass tokenizer=<the model directory the server runs> (spec: openai:URL?tokenizer=PATH)"
+                )
+            n_choices = forced_n
+            if n_choices is None:
+                prompt: Any = prompt_ids if token_prompts else prompt_text
+                n_choices = self._honours_n(prompt)
+            self._features = ServerFeatures(bool(token_prompts), bool(n_choices))
+            return self._features
+
+    def _accepts_token_prompts(self, prompt_ids: list[int]) -> bool:
+        # Any HTTP answer other than success means "no": llama-cpp-python answers a list of ids with a
+        # 500 carrying a validation error, vLLM and SGLang accept it. Only an unreachable server raises.
+        try:
+            body, _ = self.completion(
+                {"prompt": prompt_ids, "max_tokens": 1, "temperature": 1.0, "seed": 0, "return_token_ids": True},
+                retry=False,
+            )
+        except StarsGuardError as exc:
+            if getattr(exc, "status_code", None) is not None:
+                return False
+            raise
+        return isinstance(body["choices"][0].get("token_ids"), list)
+
+    def _honours_n(self, prompt: Any) -> bool:
+        try:
+            body, _ = self.completion({"prompt": prompt, "max_tokens": 1, "temperature": 1.0, "seed": 0, "n": 2})
+        except StarsGuardError as exc:
+            status = getattr(exc, "status_code", None)
+            if status is not None and 400 <= status < 500 and status != 429:
+                return False  # a server that validates `n` strictly
+            raise
+        return len(body["choices"]) == 2  # llama-cpp-python ignores `n` and answers once
+
+
+class OpenAICompletionsGeneration:
+    """One answer on an `OpenAICompletionsBackend`: the accepted ids (or text) sent back as the next prompt."""
+
+    def __init__(
+        self,
+        backend: OpenAICompletionsBackend,
+        features: ServerFeatures,
+        prompt_ids: list[int],
+        prompt_text: str,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> None:
+        self._backend = backend
+        self._features = features
+        self.prompt_ids = prompt_ids
+        self._prompt_text = prompt_text
+        self._temperature = temperature
+        self._top_p = top_p
+        self._rng = random.Random(seed)
+        self.response_ids: list[int] = []
+        self.response_text = ""
+        self._drafted: list[Candidate] = []
+        self._retained: Candidate | None = None
+        self._calls = 0
+        self._retries = 0
+        self._computed: int | None = 0  # stays an int only while every response reports cached tokens
+        self._closed = False
+        tokenizer = backend.tokenizer
+        self._eos_id = None if tokenizer is None else getattr(tokenizer, "eos_token_id", None)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def llm_forward_tokens(self) -> int | None:
+        """Known only where the server reports its prefix-cache hits (vLLM's `cached_tokens`)."""
+        return self._computed
+
+    @property
+    def llm_calls(self) -> int:
+        return self._calls
+
+    @property
+    def backend_retries(self) -> int:
+        return self._retries
+
+    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+        if self._closed:
+            raise RuntimeError("this generation is closed")
+        self._calls += 1
+        base: dict[str, Any] = {"prompt": self._prompt(), "max_tokens": max_tokens, **self._sampling()}
+        if self._features.token_prompts:
+            base["return_token_ids"] = True
+        if self._features.n_choices or num_candidates == 1:
+            body, retries = self._backend.completion({**base, "n": num_candidates, "seed": self._seed()})
+            bodies = [body]
+            self._retries += retries
+            choices = sorted(body["choices"], key=lambda choice: choice.get("index", 0))
+        else:
+            futures = [self._backend.submit({**base, "seed": self._seed()}) for _ in range(num_candidates)]
+            bodies, choices = [], []
+            for future in futures:
+                body, retries = future.result()
+                self._retries += retries
+                bodies.append(body)
+                choices.append(body["choices"][0])
+        if len(choices) != num_candidates:
+            raise BackendError(f"completions server returned {len(choices)} choices for n={num_candidates}")
+        self._count_computed(bodies)
+        self._drafted = [self._candidate(choice) for choice in choices]
+        return list(self._drafted)
+
+    def retain(self, candidate: Candidate) -> None:
+        # Stateless server: committing later needs only the candidate itself.
+        if any(candidate is drafted for drafted in self._drafted):
+            self._retained = candidate
+
+    def commit(self, candidate: Candidate) -> None:
+        known = any(candidate is drafted for drafted in self._drafted) or candidate is self._retained
+        if not known:
+            raise ValueError("commit() needs a candidate from the latest draft or the retained one")
+        if candidate.finish_reason == "eos":
+            raise ValueError("a candidate that ended with EOS cannot be continued")
+        self.response_ids.extend(candidate.token_ids)
+        self.response_text += candidate.text
+        self._drafted, self._retained = [], None
+
+    def close(self) -> None:
+        self._closed = True
+        self._drafted, self._retained = [], None
+
+    # Internals ------------------------------------------------------------------------------------
+
+    def _prompt(self) -> list[int] | str:
+        if self._features.token_prompts:
+            return self.prompt_ids + self.response_ids
+        return self._prompt_text + self.response_text
+
+    def _sampling(self) -> dict[str, Any]:
+        if self._temperature == 0.0:
+            return {"temperature": 0.0}
+        return {"temperature": self._temperature, "top_p": self._top_p}
+
+    def _seed(self) -> int:
+        return self._rng.randrange(2**31 - 1)
+
+    def _candidate(self, choice: dict[str, Any]) -> Candidate:
+        text = str(choice.get("text") or "")
+        # No stop strings are sent, so "stop" can only mean the model's end of sequence.
+        hit_eos = choice.get("finish_reason") == "stop"
+        tokenizer = self._backend.tokenizer
+        ids = choice.get("token_ids")
+        if self._features.token_prompts and isinstance(ids, list):
+            ids = [int(token) for token in ids]
+            if tokenizer is None:
+                return Candidate(text, tuple(ids), "eos" if hit_eos else "length")
+            decoded = _text.candidate_from_ids(tokenizer, self.prompt_ids + self.response_ids, ids, hit_eos)
+            ends = decoded.token_ends if decoded.text == text else ()
+            return Candidate(text, tuple(ids), decoded.finish_reason, ends)
+        return _text.candidate_from_text(tokenizer, text, hit_eos, self._eos_id)
+
+    def _count_computed(self, bodies: list[dict[str, Any]]) -> None:
+        if self._computed is None:
+            return
+        for body in bodies:
+            usage = body.get("usage") or {}
+            details = usage.get("prompt_tokens_details") or {}
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            if not isinstance(cached, int) or not isinstance(usage.get("prompt_tokens"), int):
+                self._computed = None
+                return
+            self._computed += usage["prompt_tokens"] - cached + int(usage.get("completion_tokens") or 0)

@@ -1,0 +1,237 @@
+"""`TGIBackend`: drafts from Hugging Face text-generation-inference's `/generate`, spoken over httpx.
+
+TGI's Python client (`text-generation`) pins `huggingface-hub<1.0`, which transformers 5 excludes,
+so this adapter speaks the HTTP API directly (schema: router/src/lib.rs of
+huggingface/text-generation-inference). What TGI imposes, and how it is handled:
+
+- `inputs` is text only: continuation is by text (templated prompt + accepted text), and the
+  segment boundary comes from the per-token texts TGI returns with `details=true`;
+- `/generate` tokenises with special tokens added: a templated prompt that starts with BOS would
+  get a second one, so the leading BOS text is dropped when the tokenizer adds BOS itself;
+- `temperature` must be > 0 and `top_p` < 1: temperature 0 maps to greedy (`do_sample=false`),
+  `top_p=1` is simply not sent;
+- no `n`: K candidates are K concurrent requests with distinct seeds.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from stars_guard.adapters import _text
+
+from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
+from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Candidate
+
+
+class TGIBackend:
+    """Drafts candidate segments through a TGI server (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        tokenizer: str | Path | Any | None = None,
+        api_key: str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 8,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = HTTPClient(
+            self.base_url, error_type=BackendError, service="TGI", timeouts=timeouts, retry=retry, api_key=api_key
+        )
+        self.tokenizer = _text.load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
+        self._info: dict[str, Any] | None = None
+        self._server_bos: str | None = None  # the BOS text TGI prepends on its own, once known
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="stars-tgi")
+
+    @property
+    def model_name(self) -> str:
+        info = self._info or {}
+        return str(info.get("model_id") or self.base_url)
+
+    def open(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> TGIGeneration:
+        info = self._load_info()
+        prompt_text, prompt_tokens = self._render(messages)
+        limit = info.get("max_total_tokens")
+        if isinstance(limit, int) and prompt_tokens + max_new_tokens > limit:
+            raise ContextWindowExceededError(prompt_tokens, max_new_tokens, limit)
+        return TGIGeneration(self, prompt_text, prompt_tokens, temperature, top_p, seed)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    # Internals ------------------------------------------------------------------------------------
+
+    def generate(self, inputs: str, parameters: dict[str, Any]) -> tuple[dict[str, Any], int]:
+        result = self.client.post("/generate", {"inputs": inputs, "parameters": parameters})
+        body = result.data
+        if isinstance(body, list) and body:  # some TGI versions wrap a single answer in a list
+            body = body[0]
+        if not isinstance(body, dict) or not isinstance(body.get("details"), dict):
+            raise BackendError(f"TGI at {self.base_url} returned no generation details: {str(body)[:200]}")
+        return body, result.retries
+
+    def submit(self, inputs: str, parameters: dict[str, Any]) -> Any:
+        return self._pool.submit(self.generate, inputs, parameters)
+
+    def _load_info(self) -> dict[str, Any]:
+        with self._lock:
+            if self._info is None:
+                data = self.client.get("/info").data
+                self._info = data if isinstance(data, dict) else {}
+            return self._info
+
+    def _render(self, messages: Sequence[ChatMessage]) -> tuple[str, int]:
+        """Templated prompt text, as TGI should receive it, and its token count."""
+        if self.tokenizer is not None:
+            text = _text.render_chat(self.tokenizer, messages)
+            count = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            bos = getattr(self.tokenizer, "bos_token", None)
+            return _text.strip_leading_bos(text, bos, _text.adds_bos(self.tokenizer)), count
+        # No local tokenizer: TGI renders the template itself (/chat_tokenize, TGI >= 2.1).
+        try:
+            data = self.client.post(
+                "/chat_tokenize", {"model": "tgi", "messages": [message.as_dict() for message in messages]}
+            ).data
+        except StarsGuardError as exc:
+            raise BackendError(
+                f"{exc}. Pass tokenizer=<the model directory TGI runs> (spec: tgi:URL?tokenizer=PATH)"
+            ) from exc
+        text = str(data["templated_text"])
+        count = len(data["tokenize_response"])
+        return text[len(self._bos_added_by_server(text)) :], count
+
+    def _bos_added_by_server(self, templated: str) -> str:
+        """The BOS text TGI's tokenizer prepends, if the templated text already starts with it."""
+        with self._lock:
+            if self._server_bos is None:
+                tokens = self.client.post("/tokenize", {"inputs": "a"}).data or []
+                first = tokens[0] if tokens else {}
+                # A prepended special token covers no characters of the input.
+                added = len(tokens) > 1 and first.get("start") == first.get("stop") == 0
+                self._server_bos = str(first.get("text", "")) if added else ""
+        bos = self._server_bos
+        return bos if bos and templated.startswith(bos) else ""
+
+
+class TGIGeneration:
+    """One answer on a `TGIBackend`: the accepted text is appended to the prompt text."""
+
+    def __init__(
+        self,
+        backend: TGIBackend,
+        prompt_text: str,
+        prompt_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> None:
+        self._backend = backend
+        self._prompt_text = prompt_text
+        self._prompt_tokens = prompt_tokens
+        self._temperature = temperature
+        self._top_p = top_p
+        self._rng = random.Random(seed)
+        self.response_text = ""
+        self._drafted: list[Candidate] = []
+        self._retained: Candidate | None = None
+        self._calls = 0
+        self._retries = 0
+        self._closed = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._prompt_tokens
+
+    @property
+    def llm_forward_tokens(self) -> None:
+        """TGI does not report what its prefix cache saved: unknowable."""
+        return None
+
+    @property
+    def llm_calls(self) -> int:
+        return self._calls
+
+    @property
+    def backend_retries(self) -> int:
+        return self._retries
+
+    def parameters(self, max_tokens: int) -> dict[str, Any]:
+        """`/generate` parameters for one candidate, valid under TGI's validation rules."""
+        parameters: dict[str, Any] = {
+            "max_new_tokens": max_tokens,
+            "details": True,
+            "decoder_input_details": False,
+            "return_full_text": False,
+        }
+        if self._temperature == 0.0:
+            parameters["do_sample"] = False  # TGI rejects temperature 0: greedy is do_sample=false
+        else:
+            parameters.update(do_sample=True, temperature=self._temperature, seed=self._rng.randrange(2**31 - 1))
+            if self._top_p < 1.0:
+                parameters["top_p"] = self._top_p
+        return parameters
+
+    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+        if self._closed:
+            raise RuntimeError("this generation is closed")
+        self._calls += 1
+        inputs = self._prompt_text + self.response_text
+        futures = [self._backend.submit(inputs, self.parameters(max_tokens)) for _ in range(num_candidates)]
+        candidates = []
+        for future in futures:
+            body, retries = future.result()
+            self._retries += retries
+            candidates.append(_candidate(body))
+        self._drafted = candidates
+        return list(candidates)
+
+    def retain(self, candidate: Candidate) -> None:
+        if any(candidate is drafted for drafted in self._drafted):
+            self._retained = candidate
+
+    def commit(self, candidate: Candidate) -> None:
+        known = any(candidate is drafted for drafted in self._drafted) or candidate is self._retained
+        if not known:
+            raise ValueError("commit() needs a candidate from the latest draft or the retained one")
+        if candidate.finish_reason == "eos":
+            raise ValueError("a candidate that ended with EOS cannot be continued")
+        self.response_text += candidate.text
+        self._drafted, self._retained = [], None
+
+    def close(self) -> None:
+        self._closed = True
+        self._drafted, self._retained = [], None
+
+
+def _candidate(body: dict[str, Any]) -> Candidate:
+    """A candidate from TGI's answer: ids and the segment boundary from `details.tokens`."""
+    details = body["details"]
+    tokens = details.get("tokens") or []
+    hit_eos = details.get("finish_reason") in ("eos_token", "stop_sequence")
+    ids = tuple(int(token["id"]) for token in tokens)
+    pieces = [str(token.get("text", "")) for token in tokens if not token.get("special")]
+    text, ends = _text.ends_from_pieces(pieces)
+    generated = str(body.get("generated_text", text))
+    if text != generated:
+        # TGI's per-token texts do not add up to its text (a tokenizer quirk): trust the text, keep counts.
+        text, ends = generated, tuple(min(end, len(generated)) for end in ends)
+    return Candidate(text, ids, "eos" if hit_eos else "length", ends)
