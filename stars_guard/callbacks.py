@@ -2,11 +2,12 @@
 
 Two ways decisions reach handlers (docs/langchain.md):
 - a `stars_segment` custom event per judged candidate, dispatched under the chat model's own run
-  id wherever LangChain hands the model a run manager (invoke, ainvoke, batch, abatch,
-  stream_events v3, invoke with streaming=True);
-- in plain `stream()` / `astream()` LangChain gives the model no run manager, so the same
-  decisions (without text) ride on the chunks as `response_metadata["stars_segments"]`: handlers
-  see every chunk through `on_llm_new_token`, and the whole list in `on_llm_end`.
+  id wherever LangChain hands the model a run manager (invoke, ainvoke, batch, abatch, and
+  `stream_events(version="v3")`);
+- `stream()`, `astream()` and streaming invokes give the model no run manager, so the same
+  decisions (never with text) ride on each chunk as `STARSGenerationChunk.stars_segments`, which
+  handlers see in `on_llm_new_token(..., chunk=...)`.
+Either way the final message lists them all in `response_metadata["stars_segments"]`.
 
 `RejectionStatsHandler` takes decisions from whichever source arrives and reconciles each run
 against the final message, so nothing is counted twice or lost. Custom events are best effort:
@@ -376,8 +377,8 @@ class RejectionStats:
                     "mean": (sum(k * v for k, v in self._attempts.items()) / attempts_count)
                     if attempts_count
                     else None,
-                    "max": max(self._attempts) if self._attempts else None,
-                    "histogram": {str(k): self._attempts[k] for k in sorted(self._attempts)},
+                    "max": max((k for k, v in self._attempts.items() if v), default=None),
+                    "histogram": {str(k): v for k, v in sorted(self._attempts.items()) if v},
                 },
                 "reward": {name: window.summary() for name, window in self._rewards.items()},
                 "tokens": {
@@ -558,8 +559,7 @@ class RejectionStatsHandler(BaseCallbackHandler):
             return
         if token:
             self.stats.first_chunk(run_id)
-        message = getattr(chunk, "message", None)
-        decisions = getattr(message, "response_metadata", {}).get("stars_segments") if message is not None else None
+        decisions = getattr(chunk, "stars_segments", None)
         if decisions:
             self.stats.decisions(run_id, decisions)
 

@@ -150,11 +150,24 @@ def _text_of(message: BaseMessage, position: int) -> str:
 # Engine events -> LangChain chunks ---------------------------------------------------------------
 
 
+class STARSGenerationChunk(ChatGenerationChunk):
+    """A streamed chunk that also carries the decisions judged since the previous chunk.
+
+    Handlers see it as `on_llm_new_token(..., chunk=...)`, so per-segment decisions reach them
+    live in plain `stream()` too, where LangChain gives the model no run manager for custom
+    events. The field never enters the message: chunks merge into plain `ChatGenerationChunk`s.
+    """
+
+    stars_segments: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class _Assembler:
     """Turns one request's engine events into chunks, and into the `invoke` message.
 
     Pure: no I/O, no callbacks. `invoke` and `stream` share it, which is what keeps a merged
-    stream equal to the invoked message.
+    stream equal to the invoked message. Each metadata key is set on exactly one chunk, because
+    LangChain merges chunks in two ways: `+` merges dicts (strings concatenate, lists extend) and
+    the v3 event protocol keeps the last value of each key.
     """
 
     def __init__(self, model_name: str, seed: int) -> None:
@@ -165,7 +178,7 @@ class _Assembler:
         self._first = True
         self.result: STARSResult | None = None
 
-    def feed(self, event: Event) -> AIMessageChunk | None:
+    def feed(self, event: Event) -> STARSGenerationChunk | None:
         """The chunk to yield for `event`, if any."""
         if isinstance(event, CandidateJudged):
             decision = segment_payload(event, include_text=False)
@@ -173,37 +186,38 @@ class _Assembler:
             self._pending.append(decision)
             return None
         if isinstance(event, TextEmitted):
-            return AIMessageChunk(content=event.text, response_metadata=self._metadata({}))
+            return self._chunk(AIMessageChunk(content=event.text, response_metadata=self._opening()))
         self.result = event.result
-        return AIMessageChunk(
-            content="",
-            chunk_position="last",
-            usage_metadata=_usage(event.result),
-            response_metadata=self._metadata(_final_metadata(event.result, self.seed)),
+        metadata = {**self._opening(), **self._closing(event.result)}
+        return self._chunk(
+            AIMessageChunk(
+                content="", chunk_position="last", usage_metadata=_usage(event.result), response_metadata=metadata
+            )
         )
 
     def message(self, result: STARSResult) -> AIMessage:
         """The whole answer as `invoke` returns it."""
-        metadata: dict[str, Any] = {"model_name": self.model_name, "model_provider": PROVIDER}
-        if self.decisions:
-            metadata["stars_segments"] = list(self.decisions)
-        metadata.update(_final_metadata(result, self.seed))
+        metadata = {"model_name": self.model_name, "model_provider": PROVIDER, **self._closing(result)}
         return AIMessage(content=result.text, response_metadata=metadata, usage_metadata=_usage(result))
 
-    def _metadata(self, extra: dict[str, Any]) -> dict[str, Any]:
-        metadata: dict[str, Any] = {}
-        if self._first:
-            metadata.update(model_name=self.model_name, model_provider=PROVIDER)
-            self._first = False
-        if self._pending:
-            metadata["stars_segments"] = self._pending
-            self._pending = []
-        metadata.update(extra)
-        return metadata
+    def _chunk(self, message: AIMessageChunk) -> STARSGenerationChunk:
+        chunk = STARSGenerationChunk(message=message, stars_segments=self._pending)
+        self._pending = []
+        return chunk
 
+    def _opening(self) -> dict[str, Any]:
+        if not self._first:
+            return {}
+        self._first = False
+        return {"model_name": self.model_name, "model_provider": PROVIDER}
 
-def _final_metadata(result: STARSResult, seed: int) -> dict[str, Any]:
-    return {"finish_reason": result.finish_reason, "seed": seed, "stars": result.stats.as_dict()}
+    def _closing(self, result: STARSResult) -> dict[str, Any]:
+        return {
+            "finish_reason": result.finish_reason,
+            "seed": self.seed,
+            "stars": result.stats.as_dict(),
+            "stars_segments": list(self.decisions),
+        }
 
 
 def _usage(result: STARSResult) -> UsageMetadata:
@@ -334,8 +348,8 @@ class STARSChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        # Plain stream() passes no run manager: decisions then reach handlers through the chunks'
-        # `stars_segments` metadata (every chunk goes through on_llm_new_token) and on_llm_end.
+        # LangChain's stream() and streaming invoke() pass no run manager (only stream_events v3
+        # does): decisions then reach handlers on the chunks (on_llm_new_token) and in on_llm_end.
         call = self._prepare(messages, stop, kwargs)
         dispatch = SegmentEventDispatcher(run_manager)
         events = call.engine.stream(call.turns, stop=call.stop)
@@ -345,7 +359,7 @@ class STARSChatModel(BaseChatModel):
                 if isinstance(event, CandidateJudged):
                     dispatch(segment_payload(event, include_text=call.include_text))
                 if chunk is not None:
-                    yield ChatGenerationChunk(message=chunk)
+                    yield chunk
         finally:
             events.close()
 
@@ -378,7 +392,7 @@ class STARSChatModel(BaseChatModel):
             if isinstance(event, CandidateJudged):
                 await dispatch(segment_payload(event, include_text=call.include_text))
             if chunk is not None:
-                yield ChatGenerationChunk(message=chunk)
+                yield chunk
 
     # Resolution -------------------------------------------------------------------------------
 
