@@ -49,7 +49,6 @@ class TGIBackend:
         )
         self.tokenizer = _text.load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
         self._info: dict[str, Any] | None = None
-        self._server_bos: str | None = None  # the BOS text TGI prepends on its own, once known
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="stars-tgi")
 
@@ -106,7 +105,8 @@ class TGIBackend:
             count = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             bos = getattr(self.tokenizer, "bos_token", None)
             return _text.strip_leading_bos(text, bos, _text.adds_bos(self.tokenizer)), count
-        # No local tokenizer: TGI renders the template itself (/chat_tokenize, TGI >= 2.1).
+        # No local tokenizer: TGI renders the template itself (/chat_tokenize, TGI >= 2.1) and shows
+        # how it tokenises the result, special tokens added, as /generate will.
         try:
             data = self.client.post(
                 "/chat_tokenize", {"model": "tgi", "messages": [message.as_dict() for message in messages]}
@@ -115,21 +115,23 @@ class TGIBackend:
             raise BackendError(
                 f"{exc}. Pass tokenizer=<the model directory TGI runs> (spec: tgi:URL?tokenizer=PATH)"
             ) from exc
-        text = str(data["templated_text"])
-        count = len(data["tokenize_response"])
-        return text[len(self._bos_added_by_server(text)) :], count
+        return without_double_bos(str(data["templated_text"]), data["tokenize_response"])
 
-    def _bos_added_by_server(self, templated: str) -> str:
-        """The BOS text TGI's tokenizer prepends, if the templated text already starts with it."""
-        with self._lock:
-            if self._server_bos is None:
-                tokens = self.client.post("/tokenize", {"inputs": "a"}).data or []
-                first = tokens[0] if tokens else {}
-                # A prepended special token covers no characters of the input.
-                added = len(tokens) > 1 and first.get("start") == first.get("stop") == 0
-                self._server_bos = str(first.get("text", "")) if added else ""
-        bos = self._server_bos
-        return bos if bos and templated.startswith(bos) else ""
+
+def without_double_bos(text: str, tokens: list[dict[str, Any]]) -> tuple[str, int]:
+    """Templated text TGI can take as is, and its token count.
+
+    A token TGI adds covers no characters (offsets 0..0). When the one it adds is also the
+    template's first token, the input would start with it twice: drop the template's copy.
+    """
+    if (
+        len(tokens) >= 2
+        and tokens[0].get("start") == tokens[0].get("stop") == 0
+        and tokens[1].get("id") == tokens[0].get("id")
+        and tokens[1].get("start") == 0
+    ):
+        return text[int(tokens[1]["stop"]) :], len(tokens) - 1
+    return text, len(tokens)
 
 
 class TGIGeneration:

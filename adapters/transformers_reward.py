@@ -150,7 +150,7 @@ class TransformersRewardModel:
 
     def _tail(self, text: str, room: int) -> str:
         """`text` itself, or its last `room` tokens when it alone would not fit."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) <= room:
             return text
         return self.tokenizer.decode(ids[-room:])
@@ -158,14 +158,14 @@ class TransformersRewardModel:
     def _chat_ids(self, prompt: str, response: str) -> list[int]:
         """Chat-templated ids, shortening the prompt from the left until they fit."""
         tokenizer = self.tokenizer
-        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
         response = self._tail(response, self.max_length // 2)
         start = 0
         for _ in range(6):
             shown = prompt if start == 0 else tokenizer.decode(prompt_ids[start:])
             turns = [{"role": "user", "content": shown}, {"role": "assistant", "content": response}]
             text = tokenizer.apply_chat_template(turns, tokenize=False)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             excess = len(ids) - self.max_length
             if excess <= 0:
                 return list(ids)

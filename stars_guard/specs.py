@@ -58,7 +58,7 @@ def _llamacpp_backend(argument: str | None) -> Backend:
     from stars_guard.adapters.llamacpp_backend import LlamaCppBackend
 
     path, options = split_options("llamacpp", argument, {"n_ctx", "n_threads"})
-    return LlamaCppBackend(path or None, **{key: int(value) for key, value in options.items()})
+    return LlamaCppBackend(path or None, **{key: _integer("llamacpp", key, value) for key, value in options.items()})
 
 
 def _guard_reward(_: str | None) -> RewardModel:
@@ -71,7 +71,7 @@ def _hf_reward(argument: str | None) -> RewardModel:
     from stars_guard.adapters.transformers_reward import TransformersRewardModel
 
     path, options = split_options("hf", argument, {"input_form", "label_index", "max_length"})
-    numbers = {key: int(options.pop(key)) for key in ("label_index", "max_length") if key in options}
+    numbers = {key: _integer("hf", key, options.pop(key)) for key in ("label_index", "max_length") if key in options}
     return TransformersRewardModel(path, **options, **numbers)  # type: ignore[arg-type]
 
 
@@ -86,7 +86,11 @@ def _vllm_classify_reward(argument: str | None) -> RewardModel:
     from stars_guard.adapters.vllm_classify_reward import VLLMClassifyRewardModel
 
     url, options = split_options("vllm-classify", argument, {"model", "tokenizer", "label_index"})
-    numbers = {"label_index": int(options.pop("label_index"))} if "label_index" in options else {}
+    numbers = (
+        {"label_index": _integer("vllm-classify", "label_index", options.pop("label_index"))}
+        if "label_index" in options
+        else {}
+    )
     return VLLMClassifyRewardModel(url, api_key=_api_key(), **options, **numbers)  # type: ignore[arg-type]
 
 
@@ -141,6 +145,13 @@ def split_options(name: str, argument: str | None, allowed: set[str]) -> tuple[s
             raise SpecError(f"spec {name!r}: unknown option {pair!r} (valid options: {valid})")
         options[key] = value
     return target, options
+
+
+def _integer(name: str, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise SpecError(f"spec {name!r}: option {key} must be an integer (got {value!r})") from None
 
 
 def _api_key() -> str | None:

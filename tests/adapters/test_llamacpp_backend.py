@@ -1,0 +1,173 @@
+"""LlamaCppBackend in process on the SmolLM2 GGUF: exact continuation, KV reuse, honest accounting."""
+
+from __future__ import annotations
+
+import pytest
+from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration, _incomplete_utf8_tail
+
+from stars_guard import ContextWindowExceededError, STARSConfig, STARSEngine
+from stars_guard.messages import normalize_messages
+
+PROMPT = normalize_messages("Give me three tips for keeping houseplants alive.")
+
+
+def open_generation(backend, temperature=0.0, seed=1, prompt=PROMPT):
+    return backend.open(prompt, max_new_tokens=128, temperature=temperature, top_p=0.95, seed=seed)
+
+
+def fresh_greedy(backend, prompt_ids: list[int], tokens: int) -> tuple[int, ...]:
+    """Greedy tokens after `prompt_ids`, computed from scratch in a new context (no reuse at all)."""
+    context = backend._acquire()
+    try:
+        generation = LlamaCppGeneration(backend, context, prompt_ids, 0.0, 1.0, 0)
+        return generation.draft(1, tokens)[0].token_ids
+    finally:
+        backend._release(context)
+
+
+def test_greedy_draft_matches_llama_cpp_own_generation(llamacpp_backend, gguf):
+    import llama_cpp
+
+    generation = open_generation(llamacpp_backend)
+    try:
+        ours = generation.draft(1, 16)[0]
+    finally:
+        generation.close()
+    reference = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=1, verbose=False)
+    theirs = []
+    for token in reference.generate(generation.prompt_ids, temp=0.0, top_k=1):
+        theirs.append(int(token))
+        if len(theirs) == len(ours.token_ids) or reference.token_eos() == token:
+            break
+    assert list(ours.token_ids) == theirs
+    assert ours.text == reference.detokenize(theirs).decode("utf-8").removesuffix("<|im_end|>")
+
+
+def test_committed_candidate_continues_exactly_as_a_fresh_recomputation(llamacpp_backend):
+    generation = open_generation(llamacpp_backend, temperature=1.0, seed=3)
+    try:
+        candidates = generation.draft(4, 8)
+        usable = [c for c in candidates if c.finish_reason == "length"]
+        assert len(usable) >= 2, "sampling at temperature 1 should give several unfinished drafts"
+        chosen = usable[0] if usable[0] is not candidates[-1] else usable[1]  # not the last-decoded row
+        generation.commit(chosen)
+        prefix = generation.prompt_ids + generation.response_ids
+        assert generation.response_ids == list(chosen.token_ids)
+        generation._temperature = 0.0  # continue greedily: deterministic, comparable
+        continued = generation.draft(1, 8)[0].token_ids
+    finally:
+        generation.close()
+    assert continued == fresh_greedy(llamacpp_backend, prefix, 8)
+
+
+def test_retained_candidate_survives_another_round_and_commits_without_recompute(llamacpp_backend):
+    generation = open_generation(llamacpp_backend, temperature=1.0, seed=11)
+    try:
+        first = [c for c in generation.draft(3, 6) if c.finish_reason == "length"]
+        assert first
+        kept = first[-1]
+        generation.retain(kept)
+        generation.draft(3, 6)  # a second round overwrites the candidate sequences
+        forward_before = generation.llm_forward_tokens
+        generation.commit(kept)  # the retained one, from the earlier round
+        assert generation.llm_forward_tokens == forward_before, "committing must not recompute anything"
+        prefix = generation.prompt_ids + generation.response_ids
+        generation._temperature = 0.0
+        continued = generation.draft(1, 8)[0].token_ids
+    finally:
+        generation.close()
+    assert prefix[-len(kept.token_ids) :] == list(kept.token_ids)
+    assert continued == fresh_greedy(llamacpp_backend, prefix, 8)
+
+
+def test_forward_tokens_count_prefill_and_every_evaluated_token_once(llamacpp_backend):
+    generation = open_generation(llamacpp_backend, temperature=1.0, seed=5)
+    try:
+        assert generation.llm_forward_tokens == generation.prompt_tokens
+        candidates = generation.draft(4, 10)
+        evaluated = sum(c.num_tokens - (1 if c.finish_reason == "eos" else 0) for c in candidates)
+        assert generation.llm_forward_tokens == generation.prompt_tokens + evaluated
+        assert generation.llm_calls == 1
+        for candidate in candidates:
+            assert candidate.num_tokens <= 10
+            assert list(candidate.token_ends) == sorted(candidate.token_ends)
+            if candidate.token_ends:
+                assert candidate.token_ends[-1] == len(candidate.text)
+    finally:
+        generation.close()
+
+
+def test_eos_candidate_cannot_be_committed_and_unknown_candidates_are_refused(llamacpp_backend):
+    prompt = normalize_messages("Reply with just the word yes.")
+    generation = llamacpp_backend.open(prompt, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0)
+    try:
+        candidate = generation.draft(1, 32)[0]
+        assert candidate.finish_reason == "eos", candidate
+        assert llamacpp_backend.is_end(candidate.token_ids[-1])
+        with pytest.raises(ValueError, match="EOS"):
+            generation.commit(candidate)
+        other = open_generation(llamacpp_backend)
+        try:
+            with pytest.raises(ValueError, match="latest draft"):
+                generation.commit(other.draft(1, 2)[0])
+        finally:
+            other.close()
+    finally:
+        generation.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        generation.draft(1, 4)
+
+
+def test_concurrent_generations_use_separate_kv_caches(llamacpp_backend):
+    first, second = (
+        open_generation(llamacpp_backend),
+        open_generation(llamacpp_backend, prompt=normalize_messages("Name a colour.")),
+    )
+    try:
+        interleaved = [first.draft(1, 6)[0].token_ids, second.draft(1, 6)[0].token_ids]
+        assert first._context is not second._context
+    finally:
+        first.close()
+        second.close()
+    alone = open_generation(llamacpp_backend)
+    try:
+        assert alone.draft(1, 6)[0].token_ids == interleaved[0]
+    finally:
+        alone.close()
+
+
+def test_context_window_is_checked_before_any_work(llamacpp_backend):
+    long_prompt = normalize_messages("plants " * 9000)
+    with pytest.raises(ContextWindowExceededError, match="context window"):
+        llamacpp_backend.open(long_prompt, max_new_tokens=64, temperature=0.8, top_p=0.95, seed=0)
+
+
+def test_text_of_characters_split_across_tokens_and_segments(llamacpp_backend):
+    text = "Plants 🌿🌵 grow well: naïve café ☕"
+    ids = list(llamacpp_backend.llm.tokenize(text.encode(), add_bos=False, special=False))
+    pieces = [llamacpp_backend.piece(token) for token in ids]
+    split = next(i for i in range(1, len(ids)) if _incomplete_utf8_tail(b"".join(pieces[:i])))
+    generation = open_generation(llamacpp_backend)
+    try:
+        head = generation._candidate(ids[:split], False)
+        generation.response_ids = ids[:split]
+        tail = generation._candidate(ids[split:], False)
+    finally:
+        generation.close()
+    assert "\ufffd" not in head.text + tail.text
+    assert head.text + tail.text == text
+    assert tail.token_ends[-1] == len(tail.text)
+
+
+def test_stars_run_end_to_end_with_statistics_that_add_up(llamacpp_backend, guard):
+    engine = STARSEngine(llamacpp_backend, guard, STARSConfig(seed=7, max_new_tokens=32))
+    result = engine.run("How do I keep my houseplants alive while I am on holiday?")
+    stats = result.stats
+    assert result.text.strip()
+    assert 0 < stats.tokens_emitted <= 32
+    assert stats.llm_calls >= 2 and stats.reward_calls == stats.llm_calls
+    assert stats.prompt_tokens < stats.llm_forward_tokens <= stats.prompt_tokens + stats.tokens_sampled
+    assert stats.backend_retries == 0
+    assert result.model_name == "SmolLM2-135M-Instruct.Q4_1"
+    again = engine.run("How do I keep my houseplants alive while I am on holiday?")
+    assert again.text == result.text, "same seed, same answer"
