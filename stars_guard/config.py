@@ -111,6 +111,21 @@ class STARSConfig(BaseModel):
         return self.relative_window or 2 * self.candidates_per_round
 
     @classmethod
+    def plain_sampling(cls, max_new_tokens: int = 256, **values: Any) -> STARSConfig:
+        """Vanilla sampling through the same engine: one candidate of the whole answer, always kept.
+
+        Useful as the baseline STARS is measured against (same backend, seeds and accounting).
+        """
+        return cls.build(
+            segment_size=max_new_tokens,
+            max_new_tokens=max_new_tokens,
+            candidates_per_round=1,
+            max_attempts=1,
+            fallback="best",
+            **values,
+        )
+
+    @classmethod
     def build(cls, **values: Any) -> STARSConfig:
         """Validate `values`, raising `ConfigError` whose message names each bad field."""
         try:
