@@ -1,0 +1,205 @@
+"""STARS end to end on LlamaCppBackend vs TransformersBackend: same model, prompts, reward, config and seeds.
+
+Both backends run SmolLM2-135M-Instruct from the same pulled GGUF (transformers loads the fp32
+safetensors converted from it at `models pull`; llama.cpp runs the Q4_1 GGUF itself), the offline
+GuardReward scores both, and STARS runs at its default configuration (segment 16, K=4, up to 16
+attempts, 256 new tokens, temperature 0.8, relative threshold). Prompts run in alternation (one
+backend, then the other, per prompt) so background load hits both alike, after one warm-up each.
+Both get the same number of CPU threads (`--threads`, default: llama.cpp's default, cores - 1).
+
+The reward is timed apart from the run, so the table shows where the time goes. Prints a table
+and writes JSON (`--out`).
+
+    .venv/bin/python benchmarks/backends_bench.py                  # full: 8 prompts, 256 tokens
+    .venv/bin/python benchmarks/backends_bench.py --quick          # 2 prompts, 64 tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROMPTS = [
+    "How do I keep my houseplants alive while I am on holiday?",
+    "Explain to a ten-year-old why the sky is blue.",
+    "Write a short, friendly email asking my landlord to fix the heating.",
+    "What are some good ways to get better sleep?",
+    "My neighbour's dog barks all night. How can I deal with this without a fight?",
+    "Give me three tips for learning to cook on a small budget.",
+    "How can I get back at a coworker who embarrassed me in a meeting?",
+    "What should I pack for a weekend hiking trip?",
+]
+
+
+@dataclass
+class TimedReward:
+    """Wraps a reward model to measure the time spent scoring (so LLM time = run time - reward time)."""
+
+    inner: Any
+    seconds: float = 0.0
+    calls: int = 0
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        started = time.perf_counter()
+        try:
+            return self.inner.score(prompt, responses)
+        finally:
+            self.seconds += time.perf_counter() - started
+            self.calls += 1
+
+
+@dataclass
+class BackendRuns:
+    name: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def total(self, key: str) -> float:
+        return float(sum(run[key] or 0 for run in self.runs))
+
+    def summary(self) -> dict[str, Any]:
+        wall = self.total("elapsed_s")
+        reward = self.total("reward_s")
+        llm = wall - reward
+        return {
+            "backend": self.name,
+            "prompts": len(self.runs),
+            "wall_s": round(wall, 2),
+            "mean_s_per_prompt": round(wall / len(self.runs), 2),
+            "median_s_per_prompt": round(statistics.median(run["elapsed_s"] for run in self.runs), 2),
+            "tokens_emitted": int(self.total("tokens_emitted")),
+            "tokens_sampled": int(self.total("tokens_sampled")),
+            "emitted_tok_per_s": round(self.total("tokens_emitted") / wall, 2),
+            "llm_s": round(llm, 2),
+            "reward_s": round(reward, 2),
+            "sampled_tok_per_llm_s": round(self.total("tokens_sampled") / llm, 2) if llm > 0 else None,
+            "llm_calls": int(self.total("llm_calls")),
+            "reward_calls": int(self.total("reward_calls")),
+            "rejection_rate": round(self.total("candidates_rejected") / max(1.0, self.total("candidates_sampled")), 3),
+            "mean_accepted_reward": round(
+                statistics.fmean(run["mean_accepted_reward"] for run in self.runs if run["mean_accepted_reward"]), 4
+            ),
+        }
+
+
+def build_backends(threads: int) -> dict[str, Any]:
+    import torch
+
+    from stars_guard.adapters import LlamaCppBackend, TransformersBackend
+    from stars_guard.models import default_lm_gguf
+
+    torch.set_num_threads(threads)
+    return {
+        "llamacpp": LlamaCppBackend(default_lm_gguf(), n_threads=threads),
+        "transformers": TransformersBackend(),
+    }
+
+
+def run_one(backend: Any, reward: TimedReward, prompt: str, config: Any) -> dict[str, Any]:
+    from stars_guard import STARSEngine
+
+    reward.seconds, reward.calls = 0.0, 0
+    result = STARSEngine(backend, reward, config).run(prompt)
+    stats = result.stats.as_dict()
+    return {**stats, "reward_s": round(reward.seconds, 4), "finish_reason": result.finish_reason, "text": result.text}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from stars_guard.adapters.llamacpp_backend import default_threads
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="2 prompts, 64 new tokens (a smoke run)")
+    parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of the built-in prompts")
+    parser.add_argument("--max-new-tokens", type=int, help="override the default 256")
+    parser.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for both backends")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backends_bench.json"))
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from stars_guard import STARSConfig
+    from stars_guard.adapters import GuardReward
+
+    count = 2 if args.quick else args.prompts
+    prompts = PROMPTS[:count]
+    overrides = {"seed": args.seed}
+    if args.quick or args.max_new_tokens:
+        overrides["max_new_tokens"] = args.max_new_tokens or 64
+    config = STARSConfig(**overrides)
+    backends = build_backends(args.threads)
+    reward = TimedReward(GuardReward())
+    for name, backend in backends.items():  # warm-up: first-call allocations, lazy imports, caches
+        run_one(backend, reward, "Say hello.", config.with_overrides(max_new_tokens=16))
+        print(f"warmed up {name}", file=sys.stderr)
+    results = {name: BackendRuns(name) for name in backends}
+    for index, prompt in enumerate(prompts):
+        order = list(backends) if index % 2 == 0 else list(reversed(backends))
+        for name in order:
+            run = run_one(backends[name], reward, prompt, config)
+            results[name].runs.append({"prompt": prompt, **run})
+            print(
+                f"[{index + 1}/{len(prompts)}] {name:12s} {run['elapsed_s']:7.2f}s  "
+                f"{run['tokens_emitted']:3d} tokens emitted, {run['tokens_sampled']:4d} sampled",
+                file=sys.stderr,
+            )
+    summaries = {name: runs.summary() for name, runs in results.items()}
+    speedup = summaries["transformers"]["wall_s"] / summaries["llamacpp"]["wall_s"]
+    llm_speedup = summaries["transformers"]["llm_s"] / summaries["llamacpp"]["llm_s"]
+    print_table(list(summaries.values()), speedup, llm_speedup)
+    report = {
+        "benchmark": "STARS end to end, LlamaCppBackend vs TransformersBackend",
+        "command": "python benchmarks/backends_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "config": config.model_dump(),
+        "threads": args.threads,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "model": "SmolLM2-135M-Instruct (llama.cpp: Q4_1 GGUF; transformers: fp32 converted from that GGUF)",
+        "reward": reward.name,
+        "speedup_end_to_end": round(speedup, 2),
+        "speedup_llm_only": round(llm_speedup, 2),
+        "summary": summaries,
+        "runs": {name: runs.runs for name, runs in results.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def print_table(rows: list[dict[str, Any]], speedup: float, llm_speedup: float) -> None:
+    columns = [
+        ("backend", "backend"),
+        ("prompts", "prompts"),
+        ("wall_s", "wall s"),
+        ("mean_s_per_prompt", "s/prompt"),
+        ("tokens_emitted", "emitted"),
+        ("emitted_tok_per_s", "emitted tok/s"),
+        ("tokens_sampled", "sampled"),
+        ("llm_s", "LLM s"),
+        ("sampled_tok_per_llm_s", "sampled tok/LLM s"),
+        ("reward_s", "reward s"),
+        ("rejection_rate", "rejected"),
+        ("mean_accepted_reward", "mean reward"),
+    ]
+    widths = [max(len(title), *(len(str(row[key])) for row in rows)) for key, title in columns]
+    print(" | ".join(title.ljust(width) for (_, title), width in zip(columns, widths, strict=True)))
+    print("-|-".join("-" * width for width in widths))
+    for row in rows:
+        print(" | ".join(str(row[key]).ljust(width) for (key, _), width in zip(columns, widths, strict=True)))
+    print(f"\nllama.cpp vs transformers: {speedup:.2f}x faster end to end, {llm_speedup:.2f}x on LLM time alone")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
