@@ -293,6 +293,17 @@ def test_candidate_text_only_on_opt_in_and_only_in_events() -> None:
     )
 
 
+async def test_async_v3_event_stream_dispatches_events_too() -> None:
+    recorder = Recorder()
+    llm = scripted_model(include_candidate_text=True).bind(seed=4)
+    stream = await llm.astream_events("hi", version="v3", config={"callbacks": [recorder]})
+    deltas = [event["delta"]["text"] async for event in stream if event["event"] == "content-block-delta"]
+    assert deltas == ["Hello, ", "world!"]
+    assert [data["text"] for _, data, _ in recorder.events] == ["BAD-0001", "Hello, ", "BAD-0002", "BAD-0003", "world!"]
+    assert {run_id for _, _, run_id in recorder.events} == set(recorder.chat_runs)
+    assert (await stream.output).response_metadata["seed"] == 4
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_streaming_paths_carry_decisions_on_chunks_instead_of_events(streaming: bool) -> None:
     recorder = Recorder()
