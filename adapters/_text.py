@@ -116,9 +116,13 @@ def candidate_from_text(tokenizer: Any, text: str, hit_eos: bool, eos_id: int | 
     Exact for the text; the ids may differ from those the server sampled where a tokeniser would
     merge differently (the price of text continuation, documented in docs/adapters.md).
     """
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ends = [int(end) for _, end in encoded["offset_mapping"]]
+    except NotImplementedError:  # a slow (Python) tokenizer has no offsets: count tokens only
+        encoded = tokenizer(text, add_special_tokens=False)
+        ends = []
     ids = [int(i) for i in encoded["input_ids"]]
-    ends = [int(end) for _, end in encoded["offset_mapping"]]
     for index in range(1, len(ends)):  # offsets never go backwards
         ends[index] = max(ends[index], ends[index - 1])
     if hit_eos and eos_id is not None:

@@ -40,6 +40,7 @@ class LLMJudgeReward:
         loaded: tuple[Any, Any] | None = None,
     ) -> None:
         import torch
+
         from stars_guard.adapters.transformers_backend import load_causal_lm
 
         self._torch = torch

@@ -17,9 +17,12 @@ share a KV cache.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import ctypes
 import os
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,8 @@ from stars_guard.protocols import Candidate
 
 _MODELS: dict[str, Any] = {}
 _MODELS_LOCK = threading.Lock()
+_BACKENDS: weakref.WeakSet[LlamaCppBackend] = weakref.WeakSet()
+_EXITING = False
 _NUCLEUS_SHORTLIST = 2048  # top-p is computed on the most likely tokens first; the full sort only if needed
 
 
@@ -95,8 +100,9 @@ class LlamaCppBackend:
         llama_cpp = self._llama_cpp
         self.vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(self.vocab))
-        self.context_window = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
-        self.n_ctx = min(n_ctx, self.context_window) if self.context_window > 0 else n_ctx
+        trained = int(llama_cpp.llama_model_n_ctx_train(self.llm.model))
+        self.n_ctx = min(n_ctx, trained) if trained > 0 else n_ctx
+        self.context_window = self.n_ctx  # prompt + answer must fit the context we allocate
         self.n_threads = n_threads or default_threads()
         self.n_batch = max(n_batch, max_candidates)
         # Sequence 0: the accepted prefix; 1..K: a round's candidates; K+1: the retained candidate.
@@ -110,6 +116,7 @@ class LlamaCppBackend:
         self._pieces: dict[int, bytes] = {}
         self._pool: list[_Context] = []
         self._pool_lock = threading.Lock()
+        _BACKENDS.add(self)
 
     @property
     def model_name(self) -> str:
@@ -143,6 +150,13 @@ class LlamaCppBackend:
         except BaseException:
             self._release(context)
             raise
+
+    def close(self) -> None:
+        """Free the pooled llama.cpp contexts (the weights stay loaded for the process)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, []
+        for context in pool:
+            context.free()
 
     def is_end(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token))
@@ -185,6 +199,20 @@ class LlamaCppBackend:
         context.clear()
         with self._pool_lock:
             self._pool.append(context)
+
+
+@atexit.register
+def _release_at_exit() -> None:
+    """Free contexts before the weights they use, while llama_cpp's module state still exists."""
+    global _EXITING
+    for backend in list(_BACKENDS):
+        backend.close()
+    _EXITING = True
+    with _MODELS_LOCK:
+        for llm in _MODELS.values():
+            with contextlib.suppress(Exception):
+                llm.close()
+        _MODELS.clear()
 
 
 class _Context:
@@ -240,12 +268,16 @@ class _Context:
     def clear(self) -> None:
         self._llama_cpp.llama_memory_clear(self.memory, True)
 
-    def __del__(self) -> None:  # contexts live as long as their backend's pool
-        try:
+    def free(self) -> None:
+        if self.ctx is not None:
             self._llama_cpp.llama_batch_free(self.batch)
             self._llama_cpp.llama_free(self.ctx)
-        except Exception:
-            pass
+            self.ctx = None
+
+    def __del__(self) -> None:  # contexts live as long as their backend's pool
+        if not _EXITING:  # at exit the weights may be gone already: let the process reclaim it all
+            with contextlib.suppress(Exception):
+                self.free()
 
 
 @dataclass

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _text
-
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage
@@ -70,6 +69,7 @@ class OpenAICompletionsBackend:
         self.tokenizer = _text.load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
         self._model = model
         self._max_model_len: int | None = None
+        self._discovered = False
         self._forced = (token_prompts, n_choices)
         self._features: ServerFeatures | None = None
         self._lock = threading.Lock()
@@ -123,14 +123,16 @@ class OpenAICompletionsBackend:
     def _discover_model(self) -> None:
         """Learn the served model's name and context length from `/v1/models` (once; optional)."""
         with self._lock:
-            if self._model is not None and self._max_model_len is not None:
+            if self._discovered:
                 return
             try:
                 data = self.client.get("/v1/models").data
             except StarsGuardError as exc:
                 if getattr(exc, "status_code", None) is None:
                     raise  # the server is unreachable: say so now
+                self._discovered = True
                 return  # a server without /v1/models still serves completions
+            self._discovered = True
             models = data.get("data") if isinstance(data, dict) else None
             if models:
                 first = models[0]

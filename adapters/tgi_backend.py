@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _text
-
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _text
-
 from stars_guard.errors import RewardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 

@@ -5,7 +5,7 @@ server misbehaves:
 
 - connect and read timeouts on every request (a stalled server can never hang a request);
 - retries with exponential backoff and jitter on connection failures (refused, reset, a server that
-  died mid-response), on 5xx, and on 429, where the server's `Retry-After` is honoured;
+  died mid-response), on 5xx, and on 429, where the server's `Retry-After` is honoured (on 503 too);
 - no retry on any other 4xx: the request itself is wrong, so the server's message is surfaced at once;
 - after the last attempt, a typed error (`BackendError` for generation, `RewardError` for rewards)
   whose message names the URL, the status and what the server said.
@@ -149,7 +149,7 @@ class HTTPClient:
                     raise self._error(
                         f"{self.service} at {url} rejected the request ({last_problem})", response, attempt
                     )
-                if response.status_code == 429:
+                if response.status_code in (429, 503):  # both may say when to come back
                     delay = retry_after_seconds(response.headers.get("Retry-After"))
                     if delay is not None and delay > self.retry.max_retry_after_s:
                         raise self._error(

@@ -97,9 +97,11 @@ def llama_server(gguf: Path) -> Iterator[servers.ServerProcess]:
 
 
 @pytest.fixture(scope="session")
-def llama_model(gguf: Path) -> servers.LlamaModel:
+def llama_model(gguf: Path) -> Iterator[servers.LlamaModel]:
     """The model behind the TGI and vLLM contract servers."""
-    return servers.LlamaModel(gguf)
+    model = servers.LlamaModel(gguf)
+    yield model
+    model.llm.close()
 
 
 @pytest.fixture(scope="session")

@@ -14,9 +14,9 @@ import threading
 import time
 
 import pytest
-from stars_guard.adapters import OpenAICompletionsBackend, TEIRewardModel
 
 from stars_guard import STARSConfig, STARSEngine
+from stars_guard.adapters import OpenAICompletionsBackend, TEIRewardModel
 from stars_guard.engine import CandidateJudged, Finished, TextEmitted
 from stars_guard.errors import BackendError, RewardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts, retry_after_seconds

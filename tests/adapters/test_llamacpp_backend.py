@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration, _incomplete_utf8_tail
 
 from stars_guard import ContextWindowExceededError, STARSConfig, STARSEngine
+from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration, _incomplete_utf8_tail
 from stars_guard.messages import normalize_messages
 
 PROMPT = normalize_messages("Give me three tips for keeping houseplants alive.")
@@ -35,12 +35,15 @@ def test_greedy_draft_matches_llama_cpp_own_generation(llamacpp_backend, gguf):
         generation.close()
     reference = llama_cpp.Llama(str(gguf), n_ctx=512, n_threads=1, verbose=False)
     theirs = []
-    for token in reference.generate(generation.prompt_ids, temp=0.0, top_k=1):
-        theirs.append(int(token))
-        if len(theirs) == len(ours.token_ids) or reference.token_eos() == token:
-            break
+    try:
+        for token in reference.generate(generation.prompt_ids, temp=0.0, top_k=1):
+            theirs.append(int(token))
+            if len(theirs) == len(ours.token_ids) or reference.token_eos() == token:
+                break
+    finally:
+        reference.close()
     assert list(ours.token_ids) == theirs
-    assert ours.text == reference.detokenize(theirs).decode("utf-8").removesuffix("<|im_end|>")
+    assert ours.text == llamacpp_backend.llm.detokenize(theirs).decode("utf-8").removesuffix("<|im_end|>")
 
 
 def test_committed_candidate_continues_exactly_as_a_fresh_recomputation(llamacpp_backend):

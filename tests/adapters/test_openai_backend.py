@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from stars_guard.adapters import OpenAICompletionsBackend
 
 from stars_guard import ContextWindowExceededError, STARSConfig, STARSEngine
+from stars_guard.adapters import OpenAICompletionsBackend
 from stars_guard.messages import normalize_messages
 from stars_guard.specs import build_backend
 from tests.adapters import servers

@@ -11,9 +11,9 @@ import math
 
 import pytest
 import torch
-from stars_guard.adapters import CompositeReward, LLMJudgeReward, TransformersRewardModel, VLLMClassifyRewardModel
 
 from stars_guard import STARSConfig, STARSEngine
+from stars_guard.adapters import CompositeReward, LLMJudgeReward, TransformersRewardModel, VLLMClassifyRewardModel
 from stars_guard.errors import RewardError
 from stars_guard.specs import build_reward
 from tests.adapters import servers

@@ -9,9 +9,9 @@ import time
 
 import httpx
 import pytest
-from stars_guard.adapters import TEIRewardModel
 
 from stars_guard import STARSConfig, STARSEngine
+from stars_guard.adapters import TEIRewardModel
 from stars_guard.reward_server import create_app, parse_inputs
 from stars_guard.specs import build_reward
 from tests.adapters import servers

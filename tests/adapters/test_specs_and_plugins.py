@@ -5,9 +5,9 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-from stars_guard.adapters import LlamaCppBackend, OpenAICompletionsBackend, TEIRewardModel, TGIBackend
 
 from stars_guard import RewardModel
+from stars_guard.adapters import LlamaCppBackend, OpenAICompletionsBackend, TEIRewardModel, TGIBackend
 from stars_guard.errors import SpecError
 from stars_guard.specs import build_backend, build_reward, split_options, valid_specs
 

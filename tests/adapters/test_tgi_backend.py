@@ -8,10 +8,10 @@ router/src/validation.rs, and generates with the real SmolLM2 model.
 from __future__ import annotations
 
 import pytest
-from stars_guard.adapters import TGIBackend
-from stars_guard.adapters.tgi_backend import without_double_bos
 
 from stars_guard import STARSConfig, STARSEngine
+from stars_guard.adapters import TGIBackend
+from stars_guard.adapters.tgi_backend import without_double_bos
 from stars_guard.errors import BackendError
 from stars_guard.messages import normalize_messages
 from tests.adapters import servers

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stars_guard.adapters import TransformersRewardModel
 
+from stars_guard.adapters import TransformersRewardModel
 from stars_guard.specs import build_reward
 
 QUESTION = "How do I keep my plants alive?"
