@@ -331,7 +331,15 @@ class LlamaCppGeneration:
     def llm_calls(self) -> int:
         return self._calls
 
-    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+    supports_entropy_segments = True
+
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
+        """K candidates decoded together from the shared prefix (see the module docstring).
+
+        With `entropy_cut` (the CARDS rule), a candidate also ends where its next-token entropy
+        (nats) reaches the cut: the segment stops before the token the model is unsure about. Its
+        cells and logits are kept like any other candidate's, so it commits without recomputation.
+        """
         context = self._require_context()
         if not 1 <= num_candidates <= self._backend.max_candidates:
             raise ValueError(
@@ -339,7 +347,7 @@ class LlamaCppGeneration:
                 f"(got {num_candidates}); raise max_candidates"
             )
         self._calls += 1
-        self._drafted = self._draft_round(context, num_candidates, max_tokens)
+        self._drafted = self._draft_round(context, num_candidates, max_tokens, entropy_cut)
         return [item.candidate for item in self._drafted]
 
     def retain(self, candidate: Candidate) -> None:
@@ -383,7 +391,7 @@ class LlamaCppGeneration:
             raise RuntimeError("this generation is closed")
         return self._context
 
-    def _draft_round(self, context: _Context, count: int, max_tokens: int) -> list[_Drafted]:
+    def _draft_round(self, context: _Context, count: int, max_tokens: int, entropy_cut: float | None) -> list[_Drafted]:
         backend = self._backend
         prefix_end = len(self.prompt_ids) + len(self.response_ids)
         sequences = [1 + index for index in range(count)]
@@ -412,6 +420,15 @@ class LlamaCppGeneration:
             self._forward_tokens += len(evaluate)
             logits = np.stack([context.logits(index) for index in range(len(evaluate))])
             alive = evaluate
+            if entropy_cut is not None:
+                unsure = _entropy(logits) >= entropy_cut
+                for row in np.flatnonzero(unsure):  # these segments end here, before the uncertain token
+                    final[alive[row]] = logits[row].copy()
+                if unsure.any():
+                    logits = logits[~unsure]
+                    alive = [position for row, position in enumerate(alive) if not unsure[row]]
+                    if not alive:
+                        break
         for row, position in enumerate(alive):
             final[position] = logits[row].copy()
         results = []
@@ -449,6 +466,13 @@ def _incomplete_utf8_tail(data: bytes) -> bytes:
             needed = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
             return data[-back:] if needed > back else b""
     return b""
+
+
+def _entropy(logits: np.ndarray) -> np.ndarray:
+    """Shannon entropy (nats) of each row's next-token distribution."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return -(np.exp(log_probs) * log_probs).sum(axis=-1)
 
 
 def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:

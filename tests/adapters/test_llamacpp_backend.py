@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stars_guard import ContextWindowExceededError, STARSConfig, STARSEngine
-from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration, _incomplete_utf8_tail
+from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration, _entropy, _incomplete_utf8_tail
 from stars_guard.messages import normalize_messages
 
 PROMPT = normalize_messages("Give me three tips for keeping houseplants alive.")
@@ -174,3 +174,36 @@ def test_stars_run_end_to_end_with_statistics_that_add_up(llamacpp_backend, guar
     assert result.model_name == "SmolLM2-135M-Instruct.Q4_1"
     again = engine.run("How do I keep my houseplants alive while I am on holiday?")
     assert again.text == result.text, "same seed, same answer"
+
+
+def next_token_entropy(backend, prefix: list[int]) -> float:
+    """Entropy of the next-token distribution after `prefix`, from a fresh context."""
+    context = backend._acquire()
+    try:
+        generation = LlamaCppGeneration(backend, context, prefix, 0.0, 1.0, 0)
+        return float(_entropy(generation._next_logits[None, :])[0])
+    finally:
+        backend._release(context)
+
+
+def test_entropy_cut_ends_segments_before_an_uncertain_token(llamacpp_backend):
+    generation = open_generation(llamacpp_backend, temperature=0.8, seed=9)
+    cut = 2.0
+    try:
+        candidates = generation.draft(3, 10, entropy_cut=cut)
+        prompt = list(generation.prompt_ids)
+        cut_short = [c for c in candidates if c.finish_reason == "length" and c.num_tokens < 10]
+        assert cut_short, "with a 2-nat cut some segment should end early"
+        chosen = cut_short[0]
+        entropies = [
+            next_token_entropy(llamacpp_backend, prompt + list(chosen.token_ids[:n]))
+            for n in range(1, chosen.num_tokens + 1)
+        ]
+        assert entropies[-1] >= cut and all(value < cut for value in entropies[:-1]), entropies
+        generation.commit(chosen)  # an entropy-cut candidate commits like any other
+        prefix = generation.prompt_ids + generation.response_ids
+        generation._temperature = 0.0
+        continued = generation.draft(1, 6)[0].token_ids
+    finally:
+        generation.close()
+    assert continued == fresh_greedy(llamacpp_backend, prefix, 6)
