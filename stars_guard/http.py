@@ -153,7 +153,7 @@ class HTTPClient:
                     delay = retry_after_seconds(response.headers.get("Retry-After"))
                     if delay is not None and delay > self.retry.max_retry_after_s:
                         raise self._error(
-                            f"{self.service} at {url} is rate limiting ({last_problem}) and asks to retry after "
+                            f"{self.service} at {url} answered {last_problem} and asks to retry after "
                             f"{delay:.0f}s, more than max_retry_after_s={self.retry.max_retry_after_s:.0f}s",
                             response,
                             attempt,
