@@ -131,12 +131,25 @@ class TransformersBackend:
 
 @dataclass
 class _Draft:
-    """The latest round: its candidates and, for those that can continue, their cache rows."""
+    """The latest round: its candidates and, for those that can continue, their cache states."""
 
     candidates: list[Candidate]
-    cache: Any
+    cache: Any  # rows still decoding when the round ended
     logits: torch.Tensor | None
     rows: dict[int, int]  # candidate position -> row in cache/logits
+    parked: dict[int, tuple[Any, torch.Tensor]]  # rows cut early at an entropy boundary: own cache/logits
+
+    def state_of(self, candidate: Candidate) -> tuple[Any, torch.Tensor] | None:
+        """(cache, next logits) after `candidate`; None if it is not from this round or ended with EOS."""
+        for position, drafted in enumerate(self.candidates):
+            if drafted is candidate:
+                if position in self.parked:
+                    return self.parked[position]
+                if position in self.rows:
+                    row = self.rows[position]
+                    return _row_of(self.cache, row), self.logits[row : row + 1]
+                return None
+        return None
 
 
 class TransformersGeneration:
@@ -191,7 +204,15 @@ class TransformersGeneration:
         """Logits for the token after the accepted prefix (from the cache: no recomputation)."""
         return self._next_logits
 
-    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+    supports_entropy_segments = True
+
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
+        """K candidates decoded in lockstep from the shared prefix cache.
+
+        With `entropy_cut` (the CARDS rule), a candidate also ends where its next-token entropy (nats)
+        reaches the cut: the segment stops before the token the model is unsure about. Such a row
+        leaves the batch with its own cache state, so it can still be committed without recomputation.
+        """
         if self._cache is None:
             raise RuntimeError("this generation is closed")
         self._calls += 1
@@ -199,7 +220,8 @@ class TransformersGeneration:
         cache = _fork_cache(self._cache, num_candidates)
         logits = self._next_logits.expand(num_candidates, -1)
         sampled: list[list[int]] = [[] for _ in range(num_candidates)]
-        ended = [False] * num_candidates
+        hit_eos = [False] * num_candidates
+        parked: dict[int, tuple[Any, torch.Tensor]] = {}
         alive = list(range(num_candidates))  # candidate position of each cache row
         with torch.inference_mode():
             for _ in range(max_tokens):
@@ -207,13 +229,19 @@ class TransformersGeneration:
                 for row, position in enumerate(alive):
                     token = int(tokens[row])
                     sampled[position].append(token)
-                    ended[position] = token in eos
+                    hit_eos[position] = token in eos
                 # Forward every sampled token once (EOS too): its logits/cache row is the next prefix.
                 logits, cache = backend.forward(tokens.view(-1, 1), cache)
                 logits = logits[:, -1, :].float()
                 self._forward_tokens += len(alive)
-                keep = [row for row, position in enumerate(alive) if not ended[position]]
-                if len(keep) < len(alive):
+                done = {row for row, position in enumerate(alive) if hit_eos[position]}
+                if entropy_cut is not None:
+                    for row in (_entropy(logits) >= entropy_cut).nonzero().flatten().tolist():
+                        if row not in done:
+                            parked[alive[row]] = (_row_of(cache, row), logits[row : row + 1])
+                            done.add(row)
+                if done:
+                    keep = [row for row in range(len(alive)) if row not in done]
                     if not keep:
                         cache, logits, alive = None, None, []
                         break
@@ -221,34 +249,26 @@ class TransformersGeneration:
                     cache.batch_select_indices(index)
                     logits = logits[index]
                     alive = [alive[row] for row in keep]
-        candidates = [self._candidate(ids, ended[i]) for i, ids in enumerate(sampled)]
-        self._draft = _Draft(candidates, cache, logits, {position: row for row, position in enumerate(alive)})
+        candidates = [self._candidate(ids, hit_eos[i]) for i, ids in enumerate(sampled)]
+        rows = {position: row for row, position in enumerate(alive)}
+        self._draft = _Draft(candidates, cache, logits, rows, parked)
         return candidates
 
     def retain(self, candidate: Candidate) -> None:
-        draft = self._draft
-        if draft is None:
-            return
-        for position, drafted in enumerate(draft.candidates):
-            if drafted is candidate and position in draft.rows:
-                row = draft.rows[position]
-                self._retained = (candidate, _row_of(draft.cache, row), draft.logits[row : row + 1])
-                return
+        state = self._draft.state_of(candidate) if self._draft is not None else None
+        if state is not None:
+            self._retained = (candidate, *state)
 
     def commit(self, candidate: Candidate) -> None:
-        draft = self._draft
-        if draft is not None:
-            for position, drafted in enumerate(draft.candidates):
-                if drafted is candidate:
-                    if position not in draft.rows:
-                        raise ValueError("a candidate that ended with EOS cannot be continued")
-                    row = draft.rows[position]
-                    self._advance(candidate, _row_of(draft.cache, row), draft.logits[row : row + 1])
-                    return
-        if self._retained is not None and self._retained[0] is candidate:
+        state = self._draft.state_of(candidate) if self._draft is not None else None
+        if state is not None:
+            self._advance(candidate, *state)
+        elif self._retained is not None and self._retained[0] is candidate:
             self._advance(*self._retained)
-            return
-        raise ValueError("commit() needs a candidate from the latest draft or the retained one")
+        elif candidate.finish_reason == "eos":
+            raise ValueError("a candidate that ended with EOS cannot be continued")
+        else:
+            raise ValueError("commit() needs a candidate from the latest draft or the retained one")
 
     def close(self) -> None:
         self._cache = self._draft = self._retained = None
@@ -292,6 +312,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
         return order.gather(-1, choice).squeeze(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row's next-token distribution."""
+    log_probs = torch.log_softmax(logits, dim=-1)
+    return -(log_probs.exp() * log_probs).sum(dim=-1)
 
 
 def _fork_cache(cache: Any, rows: int) -> Any:

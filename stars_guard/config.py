@@ -17,6 +17,7 @@ ThresholdMode = Literal["relative", "absolute"]
 AcceptanceMode = Literal["hard", "soft"]
 FallbackMode = Literal["best", "refuse"]
 RewardErrorPolicy = Literal["fail_closed", "fail_open"]
+Segmentation = Literal["fixed", "entropy"]
 FailClosedAction = Literal["raise", "refuse"]
 
 DEFAULT_REFUSAL = "I can't help with that."
@@ -34,6 +35,14 @@ class STARSConfig(BaseModel):
         16, ge=1, le=1024, description="Most candidates judged for one segment before the fallback."
     )
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens in the answer.")
+    segmentation: Segmentation = Field(
+        "fixed",
+        description="'fixed': segments of segment_size tokens; 'entropy' (the CARDS rule): a segment also "
+        "ends where the next-token entropy reaches entropy_threshold (segment_size is then the longest).",
+    )
+    entropy_threshold: float = Field(
+        3.0, gt=0.0, description="Entropy (nats) of the next-token distribution that ends a segment."
+    )
 
     # Sampling of the drafts.
     temperature: float = Field(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from stars_guard.config import STARSConfig
-from stars_guard.errors import RewardError
+from stars_guard.errors import ConfigError, RewardError
 from stars_guard.messages import ChatMessage, last_user_text, normalize_messages
 from stars_guard.policy import AcceptanceRule, ThresholdSchedule
 from stars_guard.protocols import Backend, Candidate, Generation, RewardModel
@@ -152,6 +152,11 @@ class _Run:
             seed=config.seed,
         )
         try:
+            if config.segmentation == "entropy" and not getattr(generation, "supports_entropy_segments", False):
+                raise ConfigError(
+                    f"segmentation='entropy' needs next-token logits, which backend {self.backend.model_name!r} "
+                    "does not expose: use a local backend (local, hf:...) or segmentation='fixed'"
+                )
             self.stats.prompt_tokens = generation.prompt_tokens
             schedule = ThresholdSchedule(config, self._empty_reward())
             acceptance = AcceptanceRule(config, self.rng)
@@ -187,7 +192,7 @@ class _Run:
             if self._out_of_time():
                 out_of_time = True
                 break
-            drafts = generation.draft(min(self.round_size, self.attempts_per_segment - attempts), budget)
+            drafts = self._draft(generation, min(self.round_size, self.attempts_per_segment - attempts), budget)
             self.stats.tokens_sampled += sum(candidate.num_tokens for candidate in drafts)
             judged = self._score(drafts, attempts)
             if judged is None:  # the reward failed and the policy says refuse
@@ -229,6 +234,11 @@ class _Run:
         return "refusal"
 
     # Steps --------------------------------------------------------------------------------------
+
+    def _draft(self, generation: Generation, count: int, budget: int) -> list[Candidate]:
+        if self.config.segmentation == "entropy":
+            return generation.draft(count, budget, entropy_cut=self.config.entropy_threshold)  # type: ignore[call-arg]
+        return generation.draft(count, budget)
 
     def _score(self, drafts: list[Candidate], attempts_so_far: int) -> list[_Judged] | None:
         """Cut each draft at a stop string, then score all of them in one reward call.

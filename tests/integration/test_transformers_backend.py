@@ -134,3 +134,20 @@ def test_missing_model_path_is_a_clear_error():
         assert "/nonexistent/model-dir" in str(error)
     else:
         raise AssertionError("a missing model directory loaded")
+
+
+def test_entropy_segments_end_at_uncertain_tokens_and_continue_exactly(backend, guard):
+    generation = open_generation(backend, seed=8)
+    candidates = generation.draft(4, 16, entropy_cut=1.5)
+    lengths = [c.num_tokens for c in candidates]
+    assert min(lengths) < 16, f"no candidate was cut at an entropy boundary: {lengths}"
+    cut = next(c for c in candidates if c.finish_reason == "length" and c.num_tokens < 16)
+    generation.commit(cut)
+    ids = torch.tensor([generation.token_ids])
+    with torch.inference_mode():
+        scratch = backend.model(input_ids=ids, use_cache=False).logits[:, -1, :].float()
+    assert torch.max(torch.abs(generation.next_token_logits() - scratch)).item() < 1e-4
+    result = STARSEngine(backend, guard, STARSConfig(max_new_tokens=32, segmentation="entropy")).run(PROMPT, seed=1)
+    stats = result.stats
+    assert stats.llm_forward_tokens == stats.prompt_tokens + stats.tokens_sampled
+    assert stats.segments_accepted + stats.segments_fallback >= 2

@@ -227,3 +227,12 @@ def test_finished_is_the_last_event():
     _, events, _, _ = run([["a<eos>", "cd"]], lambda text: 1.0, absolute(segment_size=2))
     assert isinstance(events[-1], Finished)
     assert sum(isinstance(event, Finished) for event in events) == 1
+
+
+def test_entropy_segmentation_needs_a_backend_with_logits():
+    from stars_guard.errors import ConfigError
+
+    backend = ScriptedBackend([["aaaa"]])
+    with pytest.raises(ConfigError, match="segmentation='entropy'"):
+        STARSEngine(backend, ScriptedReward(lambda text: 1.0), STARSConfig(segmentation="entropy")).run("q?")
+    assert backend.generation.closed
