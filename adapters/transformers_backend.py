@@ -24,6 +24,7 @@ from stars_guard.protocols import Candidate
 
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
+_NUCLEUS_SHORTLIST = 256  # top tokens searched first for the top-p nucleus
 _DECODE_WINDOW = 8  # tokens of accepted text decoded together with a candidate (merges, UTF-8 pieces)
 
 
@@ -166,7 +167,7 @@ class TransformersGeneration:
         self._backend = backend
         self._temperature = temperature
         self._top_p = top_p
-        self._generator = torch.Generator(device="cpu")
+        self._generator = torch.Generator(device=backend.device)
         if seed is None:
             self._generator.seed()
         else:
@@ -245,7 +246,7 @@ class TransformersGeneration:
                     if not keep:
                         cache, logits, alive = None, None, []
                         break
-                    index = torch.tensor(keep)
+                    index = torch.tensor(keep, device=logits.device)
                     cache.batch_select_indices(index)
                     logits = logits[index]
                     alive = [alive[row] for row in keep]
@@ -306,7 +307,11 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        # The nucleus almost always lies in the top few hundred tokens: sorting those is exact and far
+        # cheaper than sorting the whole vocabulary; fall back to the full sort when it does not.
+        sorted_probs, order = probs.topk(min(_NUCLEUS_SHORTLIST, probs.shape[-1]), dim=-1)
+        if not bool((sorted_probs.sum(dim=-1) >= top_p).all()):
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         choice = torch.multinomial(sorted_probs, 1, generator=generator)
