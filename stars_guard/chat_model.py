@@ -129,6 +129,10 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
     return normalize_messages(turns)
 
 
+# Earlier answers' reasoning is not part of what was said; providers drop it from history too.
+_SKIPPED_AI_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking"})
+
+
 def _text_of(message: BaseMessage, position: int) -> str:
     content = message.content
     if isinstance(content, str):
@@ -139,6 +143,8 @@ def _text_of(message: BaseMessage, position: int) -> str:
             parts.append(block)
         elif isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
             parts.append(block["text"])
+        elif isinstance(message, AIMessage) and isinstance(block, Mapping) and block.get("type") in _SKIPPED_AI_BLOCKS:
+            continue
         else:
             kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
             raise InvalidMessagesError(

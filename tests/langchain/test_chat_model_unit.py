@@ -69,7 +69,7 @@ def test_messages_become_engine_turns() -> None:
         [
             SystemMessage("be brief"),
             HumanMessage("hi", name="alice"),  # names are ignored
-            AIMessage("hello"),
+            AIMessage(content=[{"type": "reasoning", "reasoning": "greet back"}, {"type": "text", "text": "hello"}]),
             LCChatMessage(role="developer", content="answer in French"),
             HumanMessage(content=[{"type": "text", "text": "how "}, "are you?"]),
         ]

@@ -36,7 +36,7 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_params(self) -> dict[str, Any]:
         # Real STARS sampling (default temperature, K=4 candidates per round), short answers.
-        return {"max_tokens": 20}
+        return {"max_tokens": 16}
 
     @property
     def supports_model_override(self) -> bool:
