@@ -94,7 +94,7 @@ class BackendRuns:
         }
 
 
-def build_backends(threads: int) -> dict[str, Any]:
+def build_backends(threads: int, gguf: Path | None) -> dict[str, Any]:
     import torch
 
     from stars_guard.adapters import LlamaCppBackend, TransformersBackend
@@ -102,7 +102,7 @@ def build_backends(threads: int) -> dict[str, Any]:
 
     torch.set_num_threads(threads)
     return {
-        "llamacpp": LlamaCppBackend(default_lm_gguf(), n_threads=threads),
+        "llamacpp": LlamaCppBackend(gguf or default_lm_gguf(), n_threads=threads),
         "transformers": TransformersBackend(),
     }
 
@@ -125,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, help="override the default 256")
     parser.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for both backends")
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--gguf", type=Path, help="another GGUF of the same model for llama.cpp (default: the pulled Q4_1 file)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backends_bench.json"))
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -138,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick or args.max_new_tokens:
         overrides["max_new_tokens"] = args.max_new_tokens or 64
     config = STARSConfig(**overrides)
-    backends = build_backends(args.threads)
+    backends = build_backends(args.threads, args.gguf)
     reward = TimedReward(GuardReward())
     for name, backend in backends.items():  # warm-up: first-call allocations, lazy imports, caches
         run_one(backend, reward, "Say hello.", config.with_overrides(max_new_tokens=16))
@@ -165,7 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "threads": args.threads,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "model": "SmolLM2-135M-Instruct (llama.cpp: Q4_1 GGUF; transformers: fp32 converted from that GGUF)",
+        "model": "SmolLM2-135M-Instruct (transformers: fp32 converted from the pulled Q4_1 GGUF)",
+        "llamacpp_gguf": str(backends["llamacpp"].model_path),
         "reward": reward.name,
         "speedup_end_to_end": round(speedup, 2),
         "speedup_llm_only": round(llm_speedup, 2),
