@@ -42,6 +42,34 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--backend", default="local", help=_spec_help("backend", "local"))
     chat.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
 
+    bench = commands.add_parser(
+        "bench", help="compare STARS with vanilla, Best-of-N and CARDS on reward, an independent judge and cost"
+    )
+    bench.add_argument("--quick", action="store_true", help="small fixed subset: 4 prompts, 32 new tokens")
+    bench.add_argument("--out", type=Path, default=Path("bench-report"), help="output folder (default: bench-report)")
+    bench.add_argument("--prompts", type=Path, help="JSONL prompt file (strings, {'prompt': ...} or HH-RLHF rows)")
+    bench.add_argument("--num-prompts", type=int, default=24, help="prompts to run (default 24)")
+    bench.add_argument("--max-new-tokens", type=int, default=64, help="answer length for every method (default 64)")
+    bench.add_argument(
+        "--methods",
+        help="comma-separated: vanilla, bon-N, stars[-L#][-K#][-q#], cards[-L#][-K#][-e#] (default: all standard)",
+    )
+    bench.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
+    bench.add_argument("--judge", type=Path, help="judge weights (default: the ones shipped in the package)")
+    bench.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    bench.add_argument("--backend", default="local", help=_spec_help("backend", "local"))
+    bench.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
+
+    train_judge = commands.add_parser(
+        "train-judge", help="train the bench's Bradley-Terry judge from HH-RLHF preference pairs"
+    )
+    train_judge.add_argument("data", type=Path, help="HH-RLHF JSONL(.gz) file with 'chosen'/'rejected' dialogues")
+    train_judge.add_argument("--out", type=Path, help="weights file to write (default: stdout only, nothing saved)")
+    train_judge.add_argument("--seed", type=int, default=0, help="seed of the train/held-out split (default 0)")
+    train_judge.add_argument("--train-fraction", type=float, default=0.8, help="share used for training (0.8)")
+    train_judge.add_argument("--l2", type=float, default=1e-2, help="L2 penalty (default 0.01)")
+    train_judge.add_argument("--max-pairs", type=int, help="use only the first N pairs")
+
     serve_reward = commands.add_parser("serve-reward", help="serve a reward scorer over TEI's /predict API")
     serve_reward.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve_reward.add_argument("--port", type=int, default=8081, help="port to listen on (default: 8081)")
@@ -64,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models_pull(args)
         if args.command == "serve-reward":
             return _serve_reward(args)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "train-judge":
+            return _train_judge(args)
         return _chat(args)
     except StarsGuardError as exc:
         print(f"stars-guard: error: {exc}", file=sys.stderr)
@@ -136,6 +168,56 @@ def _serve_reward(args: argparse.Namespace) -> int:
         max_client_batch_size=args.max_client_batch_size,
         announce=[f"stars-guard serve-reward: {reward.name} on {url}/predict (use --reward tei:{url})"],
     )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from stars_guard.bench.harness import BenchOptions, run_bench
+    from stars_guard.bench.methods import DEFAULT_METHODS
+
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else DEFAULT_METHODS
+    options = BenchOptions(
+        out=args.out,
+        prompts_file=args.prompts,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        methods=methods,
+        backend=args.backend,
+        reward=args.reward,
+        seed=args.seed,
+        judge_weights=args.judge,
+        quick=args.quick,
+        plots=not args.no_plots,
+    )
+    _quiet_model_loading()
+    try:
+        report = run_bench(options)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"stars-guard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    for check in report["targets"]:
+        print(f"{'met' if check['met'] else 'NOT met'}: {check['target']} ({check['measured']})", file=sys.stderr)
+    print(args.out / "report.md")
+    return 0
+
+
+def _train_judge(args: argparse.Namespace) -> int:
+    from stars_guard.bench import judge
+
+    _quiet_model_loading()
+    try:
+        pairs = judge.load_pairs(args.data, args.max_pairs)
+    except (ValueError, OSError) as exc:
+        print(f"stars-guard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"embedding {len(pairs)} preference pairs ...", file=sys.stderr)
+    result = judge.train(
+        judge.PairFeatures.from_pairs(pairs), seed=args.seed, train_fraction=args.train_fraction, l2=args.l2
+    )
+    summary = {key: value for key, value in result.as_dict().items() if key != "weights"}
+    if args.out is not None:
+        summary["written"] = str(judge.save(result, args.out))
+    print(json.dumps(summary, indent=2))
     return 0
 
 

@@ -1,0 +1,55 @@
+"""Method names and Best-of-N on scripted drafts (no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from stars_guard.bench.methods import DEFAULT_METHODS, best_of_n, parse_method
+from stars_guard.config import STARSConfig
+from tests.unit.scripted import ScriptedBackend, ScriptedReward
+
+
+def test_default_methods_cover_the_issue() -> None:
+    names = set(DEFAULT_METHODS)
+    assert {"vanilla", "bon-4", "bon-8", "bon-16", "stars", "stars-L8", "stars-L32", "cards"} <= names
+    assert any(name.startswith("stars-K") for name in names)
+
+
+def test_method_names_map_to_configs() -> None:
+    vanilla = parse_method("vanilla", 48)
+    assert vanilla.config is not None
+    assert (vanilla.config.segment_size, vanilla.config.candidates_per_round, vanilla.config.max_attempts) == (48, 1, 1)
+    bon = parse_method("bon-16", 48)
+    assert bon.best_of == 16 and bon.family == "bon"
+    stars = parse_method("stars-L8-K2-q0.25", 48)
+    assert stars.config is not None
+    config = stars.config
+    assert (config.segment_size, config.candidates_per_round, config.relative_quantile) == (8, 2, 0.25)
+    assert stars.sweep == {"segment_size": 8, "candidates_per_round": 2, "relative_quantile": 0.25}
+    default = parse_method("stars", 48)
+    assert default.config is not None
+    assert default.config.model_dump() == STARSConfig(max_new_tokens=48).model_dump()
+    cards = parse_method("cards-e2.5", 48)
+    assert cards.config is not None
+    assert (cards.config.segmentation, cards.config.entropy_threshold) == ("entropy", 2.5)
+
+
+@pytest.mark.parametrize("name", ["bon-0", "best-of-4", "stars-Z3", "cards-q0.5", "stars-L"])
+def test_bad_method_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError):
+        parse_method(name, 32)
+
+
+def test_best_of_n_drafts_in_batches_and_keeps_the_best_final_answer() -> None:
+    backend = ScriptedBackend([["aa", "bbbb<eos>", "c"], ["dd", "e<eos>"]])
+    reward = ScriptedReward(lambda text: {"aa": 0.2, "bbbb": 0.9, "c": 0.1, "dd": 0.9, "e": 0.3}[text])
+    stats, text = best_of_n(backend, reward, "hi", 5, 3, STARSConfig(max_new_tokens=8), seed=1)
+    assert text == "bbbb"  # ties go to the earliest draft ("dd" scores the same)
+    assert len(backend.generation.drafted) == 5 and stats.llm_calls == 2
+    assert len(reward.calls) == 1 and stats.reward_calls == 1  # final answers, one batched call
+    assert stats.tokens_sampled == 2 + 5 + 1 + 2 + 2  # EOS tokens count as sampled
+    assert stats.tokens_emitted == 4
+    assert (stats.candidates_sampled, stats.candidates_rejected) == (5, 4)
+    assert stats.final_reward == 0.9
+    assert backend.generation.closed
+    assert backend.opened_with["seed"] == 1 and backend.opened_with["max_new_tokens"] == 8
