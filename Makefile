@@ -34,6 +34,7 @@ unit: $(STAMP)
 
 bench: setup
 	$(PY) benchmarks/engine_bench.py --out benchmarks/results
+	$(PY) benchmarks/backends_bench.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check stars_guard adapters tests benchmarks examples

@@ -8,10 +8,12 @@ from __future__ import annotations
 from stars_guard.config import STARSConfig
 from stars_guard.engine import CandidateJudged, Finished, STARSEngine, STARSResult, TextEmitted
 from stars_guard.errors import (
+    BackendError,
     ConfigError,
     ContextWindowExceededError,
     InvalidMessagesError,
     ModelNotFoundError,
+    RewardError,
     SpecError,
     StarsGuardError,
 )
@@ -38,6 +40,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "STATS_KEYS",
     "Backend",
+    "BackendError",
     "Candidate",
     "CandidateJudged",
     "ChatMessage",
@@ -47,6 +50,7 @@ __all__ = [
     "Generation",
     "InvalidMessagesError",
     "ModelNotFoundError",
+    "RewardError",
     "RewardModel",
     "STARSChatModel",
     "STARSConfig",
