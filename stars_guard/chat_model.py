@@ -464,8 +464,11 @@ _DONE = object()
 async def _in_worker_thread(call: _Call) -> AsyncIterator[Event]:
     """The engine's events, produced in a worker thread so the event loop never waits on the model.
 
-    Leaving early (a consumer that stops reading, a cancelled task) tells the worker to stop at
-    the next event; it then closes the engine's generation, which frees the KV cache.
+    The thread is the request's own, not the loop's default executor: a generation holds its
+    thread for seconds, and parking it in the shared pool would starve LangChain's other users of
+    that pool (sync callback handlers, sync fallbacks). Leaving early (a consumer that stops
+    reading, a cancelled task) tells the worker to stop at the next event; it then closes the
+    engine's generation, which frees the KV cache.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -491,7 +494,7 @@ async def _in_worker_thread(call: _Call) -> AsyncIterator[Event]:
             events.close()
 
     context = contextvars.copy_context()
-    worker = loop.run_in_executor(None, context.run, work)
+    threading.Thread(target=context.run, args=(work,), name="stars-engine", daemon=True).start()
     try:
         while True:
             item = await queue.get()
@@ -500,7 +503,6 @@ async def _in_worker_thread(call: _Call) -> AsyncIterator[Event]:
             if isinstance(item, _Failure):
                 raise item.error
             yield item
-        await worker
     finally:
         stop.set()
 

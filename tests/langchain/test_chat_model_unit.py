@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from uuid import UUID
 
@@ -357,6 +358,18 @@ async def test_ainvoke_runs_the_engine_off_the_event_loop() -> None:
     assert elapsed >= 0.6  # four drafting calls of 0.15 s each ran...
     gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
     assert max(gaps) < 0.1  # ...while the loop kept ticking every 10 ms
+
+
+async def test_generations_do_not_occupy_the_loops_default_executor() -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=1))  # LangChain's sync callbacks run here
+    llm = scripted_model([["a, "], ["b, "], [f"c{EOS}"]], delay=0.2)
+    answers = asyncio.gather(llm.ainvoke("hi"), llm.ainvoke("hi"))
+    await asyncio.sleep(0.05)
+    started = time.perf_counter()
+    await loop.run_in_executor(None, time.sleep, 0)
+    assert time.perf_counter() - started < 0.15  # not queued behind a 0.6 s generation
+    assert [m.content for m in await answers] == ["a, b, c"] * 2
 
 
 async def test_leaving_astream_early_stops_the_engine() -> None:
