@@ -140,11 +140,11 @@ async def test_concurrent_ainvokes_are_counted_exactly_and_keep_the_loop_free() 
     }
     assert values[("stars_candidates_total", ())] == snapshot["candidates"]["judged"]
     assert values[("stars_segments_total", (("outcome", "rejected"),))] == snapshot["candidates"]["rejected"]
-    assert (
-        values[("stars_requests_total", (("outcome", "length"),))]
-        + values.get(("stars_requests_total", (("outcome", "stop"),)), 0)
-        == 8 - snapshot["refusals"]
-    )
+    requests = {
+        dict(labels)["outcome"]: value for (name, labels), value in values.items() if name == "stars_requests_total"
+    }
+    assert requests == snapshot["requests"]["by_outcome"]
+    assert sum(requests.values()) == 8
 
 
 def test_token_counting_uses_the_models_own_tokenizer(default_components: tuple[Any, Any]) -> None:
