@@ -67,25 +67,38 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _manager_for(run_manager: Any, manager_class: type[Any]) -> Any:
+    """A callback manager whose parent is the chat model's run: events then carry its run id."""
+    if run_manager is None or not run_manager.handlers:
+        return None
+    return manager_class(
+        handlers=run_manager.handlers,
+        inheritable_handlers=run_manager.inheritable_handlers,
+        parent_run_id=run_manager.run_id,
+        tags=run_manager.tags,
+        inheritable_tags=run_manager.inheritable_tags,
+        metadata=run_manager.metadata,
+        inheritable_metadata=run_manager.inheritable_metadata,
+    )
+
+
+class _Warner:
+    def __init__(self) -> None:
+        self._warned = False
+
+    def __call__(self, exc: Exception) -> None:
+        if not self._warned:  # once per request: a broken handler would otherwise flood the log
+            self._warned = True
+            logger.warning("a callback handler failed on a %s event (ignored): %r", STARS_SEGMENT_EVENT, exc)
+
+
 class SegmentEventDispatcher:
     """Sends `stars_segment` events under the chat model's run. Never raises."""
 
     def __init__(self, run_manager: CallbackManagerForLLMRun | None) -> None:
+        self._manager = _manager_for(run_manager, CallbackManager)
         self._run_id = run_manager.run_id if run_manager is not None else None
-        self._manager = (
-            CallbackManager(
-                handlers=run_manager.handlers,
-                inheritable_handlers=run_manager.inheritable_handlers,
-                parent_run_id=run_manager.run_id,
-                tags=run_manager.tags,
-                inheritable_tags=run_manager.inheritable_tags,
-                metadata=run_manager.metadata,
-                inheritable_metadata=run_manager.inheritable_metadata,
-            )
-            if run_manager is not None and run_manager.handlers
-            else None
-        )
-        self._warned = False
+        self._warn = _Warner()
 
     def __call__(self, payload: Mapping[str, Any]) -> None:
         if self._manager is None:
@@ -95,38 +108,20 @@ class SegmentEventDispatcher:
         except Exception as exc:  # a handler with raise_error=True failed: the answer goes on
             self._warn(exc)
 
-    def _warn(self, exc: Exception) -> None:
-        if not self._warned:
-            self._warned = True
-            logger.warning("a callback handler failed on a %s event (ignored): %r", STARS_SEGMENT_EVENT, exc)
 
+class AsyncSegmentEventDispatcher:
+    """The async twin: async handlers are awaited on the event loop. Never raises."""
 
-class AsyncSegmentEventDispatcher(SegmentEventDispatcher):
-    """The async twin: awaits async handlers on the event loop. Never raises."""
-
-    def __init__(self, run_manager: AsyncCallbackManagerForLLMRun | None) -> None:  # type: ignore[override]
+    def __init__(self, run_manager: AsyncCallbackManagerForLLMRun | None) -> None:
+        self._manager = _manager_for(run_manager, AsyncCallbackManager)
         self._run_id = run_manager.run_id if run_manager is not None else None
-        self._async_manager = (
-            AsyncCallbackManager(
-                handlers=run_manager.handlers,
-                inheritable_handlers=run_manager.inheritable_handlers,
-                parent_run_id=run_manager.run_id,
-                tags=run_manager.tags,
-                inheritable_tags=run_manager.inheritable_tags,
-                metadata=run_manager.metadata,
-                inheritable_metadata=run_manager.inheritable_metadata,
-            )
-            if run_manager is not None and run_manager.handlers
-            else None
-        )
-        self._manager = None
-        self._warned = False
+        self._warn = _Warner()
 
-    async def __call__(self, payload: Mapping[str, Any]) -> None:  # type: ignore[override]
-        if self._async_manager is None:
+    async def __call__(self, payload: Mapping[str, Any]) -> None:
+        if self._manager is None:
             return
         try:
-            await self._async_manager.on_custom_event(STARS_SEGMENT_EVENT, dict(payload), run_id=self._run_id)
+            await self._manager.on_custom_event(STARS_SEGMENT_EVENT, dict(payload), run_id=self._run_id)
         except Exception as exc:
             self._warn(exc)
 
