@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from stars_guard.adapters._text import candidate_from_ids, eos_ids, render_chat
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
@@ -25,7 +26,6 @@ from stars_guard.protocols import Candidate
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
 _NUCLEUS_SHORTLIST = 256  # top tokens searched first for the top-p nucleus
-_DECODE_WINDOW = 8  # tokens of accepted text decoded together with a candidate (merges, UTF-8 pieces)
 
 
 def load_causal_lm(source: str | Path, device: str = "cpu", dtype: str = "float32") -> tuple[Any, Any]:
@@ -99,12 +99,9 @@ class TransformersBackend:
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the chat-templated prompt, ready for the assistant's turn."""
-        turns = [message.as_dict() for message in messages]
-        if getattr(self.tokenizer, "chat_template", None):
-            rendered = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-            return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
-        text = "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns) + "\nassistant:"
-        return list(self.tokenizer(text)["input_ids"])
+        rendered = render_chat(self.tokenizer, messages)
+        with_specials = not getattr(self.tokenizer, "chat_template", None)  # a template writes its own BOS
+        return list(self.tokenizer(rendered, add_special_tokens=with_specials)["input_ids"])
 
     def open(
         self,
@@ -283,22 +280,7 @@ class TransformersGeneration:
 
     def _candidate(self, ids: list[int], hit_eos: bool) -> Candidate:
         """Decode a draft as a continuation of the accepted text, with per-token end offsets."""
-        tokenizer = self._backend.tokenizer
-        text_ids = ids[:-1] if hit_eos else ids
-        context = self.response_ids[-_DECODE_WINDOW:]
-        decoded_context = tokenizer.decode(context, skip_special_tokens=True)
-        ends: list[int] = []
-        for count in range(1, len(text_ids) + 1):
-            piece = tokenizer.decode(context + text_ids[:count], skip_special_tokens=True)
-            ends.append(max(len(piece) - len(decoded_context), ends[-1] if ends else 0))
-        full = tokenizer.decode(context + text_ids, skip_special_tokens=True)
-        text = (
-            full[len(decoded_context) :]
-            if full.startswith(decoded_context)
-            else tokenizer.decode(text_ids, skip_special_tokens=True)
-        )
-        ends = [min(end, len(text)) for end in ends]
-        return Candidate(text, tuple(ids), "eos" if hit_eos else "length", tuple(ends))
+        return candidate_from_ids(self._backend.tokenizer, self.response_ids, ids, hit_eos)
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
@@ -346,14 +328,10 @@ def _map_cache(cache: Any, transform: Any) -> Any:
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    ids: set[int] = set()
+    """EOS ids of the tokenizer and of the model's generation config (which may list several)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in configured if isinstance(configured, list) else [configured]:
-        if value is not None:
-            ids.add(int(value))
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(ids)
+    listed = configured if isinstance(configured, list) else [configured]
+    return eos_ids(tokenizer, extra=[int(value) for value in listed if value is not None])
 
 
 def _display_name(source: str | Path | None, model: Any) -> str:
