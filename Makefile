@@ -26,8 +26,10 @@ models: $(STAMP)
 demo: setup
 	$(VENV)/bin/stars-guard chat "How do I keep my houseplants alive while I am on holiday?" --seed 7 --max-new-tokens 96
 
+# One thread per process: the tests run servers beside the models on 2 cores, and oversubscribed
+# torch threads were measured up to 10x slower there than one thread each.
 test: setup
-	$(PY) -m pytest tests -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q --durations=15
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit -q
