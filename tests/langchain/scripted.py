@@ -16,8 +16,8 @@ from typing import Any
 from stars_guard.config import STARSConfig
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
+from tests.unit.scripted import EOS, make_candidate
 
-EOS = "<eos>"
 CONFIG = STARSConfig(
     threshold_mode="absolute",
     reward_threshold=0.5,
@@ -29,13 +29,6 @@ CONFIG = STARSConfig(
 )
 # Two segments: the first accepted on attempt 2, the second on attempt 3 (after two rejections).
 ROUNDS = [["BAD-0001", "Hello, "], ["BAD-0002", "BAD-0003"], [f"world!{EOS}"]]
-
-
-def make_candidate(text: str, max_tokens: int) -> Candidate:
-    body = text.removesuffix(EOS)[:max_tokens]
-    hit_eos = text.endswith(EOS) and len(body) < max_tokens
-    ids = tuple(ord(char) for char in body) + ((0,) if hit_eos else ())
-    return Candidate(body, ids, "eos" if hit_eos else "length", tuple(range(1, len(body) + 1)))
 
 
 @dataclass
