@@ -23,6 +23,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def load_prompts(count: int) -> list[str]:
     """Red-team prompts from the shared HH data when present, else the harness's built-in set."""
     from stars_guard.bench.harness import load_prompts as harness_prompts
