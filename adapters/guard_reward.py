@@ -21,7 +21,7 @@ _SHARED: dict[str, Any] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def _minilm() -> Any:
+def minilm_encoder() -> Any:
     """The packaged MiniLM sentence encoder, loaded once per process."""
     with _SHARED_LOCK:
         if "minilm" not in _SHARED:
@@ -56,7 +56,7 @@ class GuardReward:
         total = safety_weight + helpfulness_weight
         self.safety_weight = safety_weight / total
         self.helpfulness_weight = helpfulness_weight / total
-        self._encoder = _minilm()
+        self._encoder = minilm_encoder()
         self._classifier = _profanity()
         self._prompt_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()

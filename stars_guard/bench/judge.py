@@ -70,12 +70,12 @@ def load_pairs(path: str | Path, count: int | None = None) -> list[PreferencePai
 
 def embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """Normalised MiniLM embeddings (the packaged model, shared with GuardReward)."""
-    from stars_guard.adapters.guard_reward import _minilm
+    from stars_guard.adapters.guard_reward import minilm_encoder
 
     if not texts:
         return np.zeros((0, 384))
     return np.asarray(
-        _minilm().encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True),
+        minilm_encoder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True),
         dtype=np.float64,
     )
 
