@@ -128,3 +128,34 @@ def candidate_from_text(tokenizer: Any, text: str, hit_eos: bool, eos_id: int | 
     if hit_eos and eos_id is not None:
         ids.append(int(eos_id))
     return Candidate(text, tuple(ids), "eos" if hit_eos else "length", tuple(min(e, len(text)) for e in ends))
+
+
+class DraftLedger:
+    """Which candidates a stateless (HTTP) generation may commit: the latest draft's, or the retained one.
+
+    A stateless server needs nothing kept to continue from a candidate later, so `retain` is only
+    bookkeeping; `take` enforces the protocol's commit rule in one place for every HTTP backend.
+    """
+
+    def __init__(self) -> None:
+        self.drafted: list[Candidate] = []
+        self.retained: Candidate | None = None
+
+    def record(self, candidates: list[Candidate]) -> list[Candidate]:
+        self.drafted = candidates
+        return list(candidates)
+
+    def retain(self, candidate: Candidate) -> None:
+        if any(candidate is drafted for drafted in self.drafted):
+            self.retained = candidate
+
+    def take(self, candidate: Candidate) -> None:
+        """Check that `candidate` may be committed, then forget this round."""
+        if not (any(candidate is drafted for drafted in self.drafted) or candidate is self.retained):
+            raise ValueError("commit() needs a candidate from the latest draft or the retained one")
+        if candidate.finish_reason == "eos":
+            raise ValueError("a candidate that ended with EOS cannot be continued")
+        self.clear()
+
+    def clear(self) -> None:
+        self.drafted, self.retained = [], None

@@ -233,8 +233,7 @@ class OpenAICompletionsGeneration:
         self._rng = random.Random(seed)
         self.response_ids: list[int] = []
         self.response_text = ""
-        self._drafted: list[Candidate] = []
-        self._retained: Candidate | None = None
+        self._ledger = _text.DraftLedger()
         self._calls = 0
         self._retries = 0
         self._computed: int | None = 0  # stays an int only while every response reports cached tokens
@@ -282,27 +281,20 @@ class OpenAICompletionsGeneration:
         if len(choices) != num_candidates:
             raise BackendError(f"completions server returned {len(choices)} choices for n={num_candidates}")
         self._count_computed(bodies)
-        self._drafted = [self._candidate(choice) for choice in choices]
-        return list(self._drafted)
+        return self._ledger.record([self._candidate(choice) for choice in choices])
 
     def retain(self, candidate: Candidate) -> None:
         # Stateless server: committing later needs only the candidate itself.
-        if any(candidate is drafted for drafted in self._drafted):
-            self._retained = candidate
+        self._ledger.retain(candidate)
 
     def commit(self, candidate: Candidate) -> None:
-        known = any(candidate is drafted for drafted in self._drafted) or candidate is self._retained
-        if not known:
-            raise ValueError("commit() needs a candidate from the latest draft or the retained one")
-        if candidate.finish_reason == "eos":
-            raise ValueError("a candidate that ended with EOS cannot be continued")
+        self._ledger.take(candidate)
         self.response_ids.extend(candidate.token_ids)
         self.response_text += candidate.text
-        self._drafted, self._retained = [], None
 
     def close(self) -> None:
         self._closed = True
-        self._drafted, self._retained = [], None
+        self._ledger.clear()
 
     # Internals ------------------------------------------------------------------------------------
 

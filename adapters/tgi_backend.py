@@ -152,8 +152,7 @@ class TGIGeneration:
         self._top_p = top_p
         self._rng = random.Random(seed)
         self.response_text = ""
-        self._drafted: list[Candidate] = []
-        self._retained: Candidate | None = None
+        self._ledger = _text.DraftLedger()
         self._calls = 0
         self._retries = 0
         self._closed = False
@@ -202,25 +201,18 @@ class TGIGeneration:
             body, retries = future.result()
             self._retries += retries
             candidates.append(_candidate(body))
-        self._drafted = candidates
-        return list(candidates)
+        return self._ledger.record(candidates)
 
     def retain(self, candidate: Candidate) -> None:
-        if any(candidate is drafted for drafted in self._drafted):
-            self._retained = candidate
+        self._ledger.retain(candidate)
 
     def commit(self, candidate: Candidate) -> None:
-        known = any(candidate is drafted for drafted in self._drafted) or candidate is self._retained
-        if not known:
-            raise ValueError("commit() needs a candidate from the latest draft or the retained one")
-        if candidate.finish_reason == "eos":
-            raise ValueError("a candidate that ended with EOS cannot be continued")
+        self._ledger.take(candidate)
         self.response_text += candidate.text
-        self._drafted, self._retained = [], None
 
     def close(self) -> None:
         self._closed = True
-        self._drafted, self._retained = [], None
+        self._ledger.clear()
 
 
 def _candidate(body: dict[str, Any]) -> Candidate:
