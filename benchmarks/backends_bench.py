@@ -22,7 +22,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,24 +40,15 @@ PROMPTS = [
 
 
 @dataclass
-class TimedReward:
-    """Wraps a reward model to measure the time spent scoring (so LLM time = run time - reward time)."""
+class RewardClock:
+    """Adds up scoring time (fed by telemetry's `TimedReward`), so LLM time = run time - reward time."""
 
-    inner: Any
     seconds: float = 0.0
     calls: int = 0
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        started = time.perf_counter()
-        try:
-            return self.inner.score(prompt, responses)
-        finally:
-            self.seconds += time.perf_counter() - started
-            self.calls += 1
+    def __call__(self, elapsed: float) -> None:
+        self.seconds += elapsed
+        self.calls += 1
 
 
 @dataclass
@@ -107,13 +97,13 @@ def build_backends(threads: int, gguf: Path | None) -> dict[str, Any]:
     }
 
 
-def run_one(backend: Any, reward: TimedReward, prompt: str, config: Any) -> dict[str, Any]:
+def run_one(backend: Any, reward: Any, clock: RewardClock, prompt: str, config: Any) -> dict[str, Any]:
     from stars_guard import STARSEngine
 
-    reward.seconds, reward.calls = 0.0, 0
+    clock.seconds, clock.calls = 0.0, 0
     result = STARSEngine(backend, reward, config).run(prompt)
     stats = result.stats.as_dict()
-    return {**stats, "reward_s": round(reward.seconds, 4), "finish_reason": result.finish_reason, "text": result.text}
+    return {**stats, "reward_s": round(clock.seconds, 4), "finish_reason": result.finish_reason, "text": result.text}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from stars_guard import STARSConfig
     from stars_guard.adapters import GuardReward
+    from stars_guard.telemetry import TimedReward
 
     count = 2 if args.quick else args.prompts
     prompts = PROMPTS[:count]
@@ -142,15 +133,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["max_new_tokens"] = args.max_new_tokens or 64
     config = STARSConfig(**overrides)
     backends = build_backends(args.threads, args.gguf)
-    reward = TimedReward(GuardReward())
+    clock = RewardClock()
+    reward = TimedReward(GuardReward(), clock)
     for name, backend in backends.items():  # warm-up: first-call allocations, lazy imports, caches
-        run_one(backend, reward, "Say hello.", config.with_overrides(max_new_tokens=16))
+        run_one(backend, reward, clock, "Say hello.", config.with_overrides(max_new_tokens=16))
         print(f"warmed up {name}", file=sys.stderr)
     results = {name: BackendRuns(name) for name in backends}
     for index, prompt in enumerate(prompts):
         order = list(backends) if index % 2 == 0 else list(reversed(backends))
         for name in order:
-            run = run_one(backends[name], reward, prompt, config)
+            run = run_one(backends[name], reward, clock, prompt, config)
             results[name].runs.append({"prompt": prompt, **run})
             print(
                 f"[{index + 1}/{len(prompts)}] {name:12s} {run['elapsed_s']:7.2f}s  "
