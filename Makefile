@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.stars-guard-installed
 
-.PHONY: setup venv models demo test unit integration bench lint clean
+.PHONY: setup venv browser models demo test unit integration bench lint clean
 
 setup: $(STAMP) models
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[local,langchain,telemetry,http,server,llamacpp,examples,bench,dev]"
 	touch $(STAMP)
 
+# Headless Chromium (Debian package) renders the dashboard in its test; installed once, as root.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 models: $(STAMP)
 	$(VENV)/bin/stars-guard models pull
 
@@ -28,7 +32,7 @@ demo: setup
 
 # One thread per process: the tests run servers beside the models on 2 cores, and oversubscribed
 # torch threads were measured up to 10x slower there than one thread each.
-test: setup
+test: setup browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q --durations=15
 
 unit: $(STAMP)
