@@ -154,8 +154,8 @@ class DashboardRecorder:
             newest = self._index(now)
             self._prune(newest)
             # Points start on multiples of the step, so a point keeps its value from poll to poll;
-            # the newest one is the step still in progress.
-            first = (newest - buckets_in_window + 1) // per_point * per_point
+            # the newest one is the step still in progress, the oldest may be cut by the retention.
+            first = max(newest - self._keep + 1, (newest - buckets_in_window + 1) // per_point * per_point)
             series = self._series(first, newest, per_point)
             window = self._window(first, newest)
             in_flight = len(self._in_flight)
@@ -201,10 +201,11 @@ class DashboardRecorder:
         in_flight = self._carried_in_flight
         for index in sorted(i for i in self._buckets if i < first):
             in_flight = self._buckets[index].in_flight_last
-        for start in range(first, newest + 1, per_point):
+        for group in range(first // per_point * per_point, newest + 1, per_point):
+            start = max(group, first)
             merged = _Bucket()
             peak = in_flight
-            for index in range(start, min(start + per_point, newest + 1)):
+            for index in range(start, min(group + per_point, newest + 1)):
                 bucket = self._buckets.get(index)
                 if bucket is None:
                     continue
