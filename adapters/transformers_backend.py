@@ -21,7 +21,7 @@ import torch
 from stars_guard.adapters._text import candidate_from_ids, eos_ids, render_chat
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate
+from stars_guard.protocols import Candidate, DraftRequest
 
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
@@ -117,11 +117,32 @@ class TransformersBackend:
             raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self.context_window)
         return TransformersGeneration(self, prompt_ids, temperature, top_p, seed)
 
-    def forward(self, input_ids: torch.Tensor, cache: Any = None, last_only: bool = True) -> Any:
+    def draft_batch(self, requests: Sequence[DraftRequest]) -> list[list[Candidate]]:
+        """Draft for several generations of this backend in one batched forward per token.
+
+        Each generation keeps its own sampling parameters and random generator, so a request
+        samples the same tokens as it would alone wherever the batched logits equal its own.
+        Prefixes of different lengths are left-padded and masked for the round only; every
+        generation gets back a cache of its own rows without padding. Used by lockstep serving.
+        """
+        return _draft_round(self, list(requests))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cache: Any = None,
+        last_only: bool = True,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> Any:
         """One model call; returns (logits of the last position(s), cache)."""
         kwargs = {self._cache_kwarg: cache, "use_cache": True}
         if last_only:
             kwargs["logits_to_keep"] = 1
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(self.device)
+        if position_ids is not None:
+            kwargs["position_ids"] = position_ids.to(self.device)
         output = self.model(input_ids=input_ids.to(self.device), **kwargs)
         new_cache = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
         return output.logits, new_cache
@@ -129,24 +150,16 @@ class TransformersBackend:
 
 @dataclass
 class _Draft:
-    """The latest round: its candidates and, for those that can continue, their cache states."""
+    """The latest round: its candidates and, for those that can continue, their state after them."""
 
     candidates: list[Candidate]
-    cache: Any  # rows still decoding when the round ended
-    logits: torch.Tensor | None
-    rows: dict[int, int]  # candidate position -> row in cache/logits
-    parked: dict[int, tuple[Any, torch.Tensor]]  # rows cut early at an entropy boundary: own cache/logits
+    states: dict[int, tuple[Any, torch.Tensor]]  # candidate position -> (1-row cache, next logits)
 
     def state_of(self, candidate: Candidate) -> tuple[Any, torch.Tensor] | None:
         """(cache, next logits) after `candidate`; None if it is not from this round or ended with EOS."""
         for position, drafted in enumerate(self.candidates):
             if drafted is candidate:
-                if position in self.parked:
-                    return self.parked[position]
-                if position in self.rows:
-                    row = self.rows[position]
-                    return _row_of(self.cache, row), self.logits[row : row + 1]
-                return None
+                return self.states.get(position)
         return None
 
 
@@ -211,46 +224,7 @@ class TransformersGeneration:
         reaches the cut: the segment stops before the token the model is unsure about. Such a row
         leaves the batch with its own cache state, so it can still be committed without recomputation.
         """
-        if self._cache is None:
-            raise RuntimeError("this generation is closed")
-        self._calls += 1
-        backend, eos = self._backend, self._backend.eos_ids
-        cache = _fork_cache(self._cache, num_candidates)
-        logits = self._next_logits.expand(num_candidates, -1)
-        sampled: list[list[int]] = [[] for _ in range(num_candidates)]
-        hit_eos = [False] * num_candidates
-        parked: dict[int, tuple[Any, torch.Tensor]] = {}
-        alive = list(range(num_candidates))  # candidate position of each cache row
-        with torch.inference_mode():
-            for _ in range(max_tokens):
-                tokens = _sample(logits, self._temperature, self._top_p, self._generator)
-                for row, position in enumerate(alive):
-                    token = int(tokens[row])
-                    sampled[position].append(token)
-                    hit_eos[position] = token in eos
-                # Forward every sampled token once (EOS too): its logits/cache row is the next prefix.
-                logits, cache = backend.forward(tokens.view(-1, 1), cache)
-                logits = logits[:, -1, :].float()
-                self._forward_tokens += len(alive)
-                done = {row for row, position in enumerate(alive) if hit_eos[position]}
-                if entropy_cut is not None:
-                    for row in (_entropy(logits) >= entropy_cut).nonzero().flatten().tolist():
-                        if row not in done:
-                            parked[alive[row]] = (_row_of(cache, row), logits[row : row + 1])
-                            done.add(row)
-                if done:
-                    keep = [row for row in range(len(alive)) if row not in done]
-                    if not keep:
-                        cache, logits, alive = None, None, []
-                        break
-                    index = torch.tensor(keep, device=logits.device)
-                    cache.batch_select_indices(index)
-                    logits = logits[index]
-                    alive = [alive[row] for row in keep]
-        candidates = [self._candidate(ids, hit_eos[i]) for i, ids in enumerate(sampled)]
-        rows = {position: row for row, position in enumerate(alive)}
-        self._draft = _Draft(candidates, cache, logits, rows, parked)
-        return candidates
+        return _draft_round(self._backend, [DraftRequest(self, num_candidates, max_tokens, entropy_cut)])[0]
 
     def retain(self, candidate: Candidate) -> None:
         state = self._draft.state_of(candidate) if self._draft is not None else None
@@ -301,6 +275,131 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: t
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> list[list[Candidate]]:
+    """Decode one round for one or more generations in lockstep: one forward per token for all rows.
+
+    Row bookkeeping: `owners[row] = (request index, candidate position)`; rows of a request stay
+    contiguous as rows leave (EOS, entropy cut, budget), so each request samples its slice alone.
+    A row that ends without EOS leaves with its own cache view (padding dropped) and logits.
+    """
+    generations = [request.generation for request in requests]
+    if any(generation._cache is None for generation in generations):
+        raise RuntimeError("this generation is closed")
+    lengths = [len(generation.token_ids) for generation in generations]
+    longest = max(lengths)
+    pads = [longest - length for length in lengths]
+    counts = [request.num_candidates for request in requests]
+    if len(requests) == 1:
+        cache = _fork_cache(generations[0]._cache, counts[0])
+    else:
+        cache = _join_caches([(g._cache, k, pad) for g, k, pad in zip(generations, counts, pads, strict=True)])
+    logits = torch.cat([g._next_logits.expand(k, -1) for g, k in zip(generations, counts, strict=True)])
+    owners = [(index, position) for index, count in enumerate(counts) for position in range(count)]
+    mask = positions = None
+    if any(pads):
+        shapes = zip(pads, lengths, counts, strict=True)
+        mask = torch.cat([_pad_mask(pad, length, count) for pad, length, count in shapes])
+        positions = torch.tensor([lengths[index] for index, _ in owners])
+    sampled = [[[] for _ in range(count)] for count in counts]
+    hit_eos = [[False] * count for count in counts]
+    states: list[dict[int, tuple[Any, torch.Tensor]]] = [{} for _ in requests]
+    for generation in generations:
+        generation._calls += 1
+    eos = backend.eos_ids
+    step = 0
+    with torch.inference_mode():
+        while owners:
+            tokens = _sample_rows(logits, owners, generations)
+            for row, (index, position) in enumerate(owners):
+                token = int(tokens[row])
+                sampled[index][position].append(token)
+                hit_eos[index][position] = token in eos
+                generations[index]._forward_tokens += 1
+            # Forward every sampled token once (EOS too): its logits/cache row is the next prefix.
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(len(owners), 1)], dim=1)
+            step_positions = None if positions is None else positions.view(-1, 1)
+            logits, cache = backend.forward(tokens.view(-1, 1), cache, attention_mask=mask, position_ids=step_positions)
+            logits = logits[:, -1, :].float()
+            if positions is not None:
+                positions = positions + 1
+            step += 1
+            cut = _entropy_cut_rows(logits, owners, requests)
+            keep: list[int] = []
+            for row, (index, position) in enumerate(owners):
+                if hit_eos[index][position]:
+                    continue  # EOS: nothing can follow, no state to keep
+                if row in cut or step >= requests[index].max_tokens:
+                    states[index][position] = (_row_of(cache, row, pads[index]), logits[row : row + 1])
+                    continue
+                keep.append(row)
+            if len(keep) < len(owners):
+                if not keep:
+                    break
+                index_tensor = torch.tensor(keep, device=logits.device)
+                cache.batch_select_indices(index_tensor)
+                logits = logits[index_tensor]
+                owners = [owners[row] for row in keep]
+                if mask is not None:
+                    mask, positions = mask[index_tensor.cpu()], positions[index_tensor.cpu()]
+    drafted: list[list[Candidate]] = []
+    for index, generation in enumerate(generations):
+        candidates = [generation._candidate(ids, hit_eos[index][i]) for i, ids in enumerate(sampled[index])]
+        generation._draft = _Draft(candidates, states[index])
+        drafted.append(candidates)
+    return drafted
+
+
+def _sample_rows(logits: torch.Tensor, owners: list[tuple[int, int]], generations: list[Any]) -> torch.Tensor:
+    """Sample each generation's contiguous rows with its own parameters and random generator."""
+    if len(generations) == 1:
+        generation = generations[0]
+        return _sample(logits, generation._temperature, generation._top_p, generation._generator)
+    tokens = torch.empty(len(owners), dtype=torch.long, device=logits.device)
+    start = 0
+    while start < len(owners):
+        index = owners[start][0]
+        end = start
+        while end < len(owners) and owners[end][0] == index:
+            end += 1
+        generation = generations[index]
+        tokens[start:end] = _sample(
+            logits[start:end], generation._temperature, generation._top_p, generation._generator
+        )
+        start = end
+    return tokens
+
+
+def _entropy_cut_rows(logits: torch.Tensor, owners: list[tuple[int, int]], requests: list[DraftRequest]) -> set[int]:
+    """Rows whose next-token entropy reaches their request's cut (the CARDS segment rule)."""
+    cuts = [requests[index].entropy_cut for index, _ in owners]
+    if all(cut is None for cut in cuts):
+        return set()
+    entropy = _entropy(logits).tolist()
+    return {row for row, cut in enumerate(cuts) if cut is not None and entropy[row] >= cut}
+
+
+def _pad_mask(pad: int, length: int, rows: int) -> torch.Tensor:
+    """Attention mask rows for a prefix left-padded by `pad` positions."""
+    return torch.cat([torch.zeros(pad, dtype=torch.long), torch.ones(length, dtype=torch.long)]).expand(rows, -1)
+
+
+def _join_caches(parts: list[tuple[Any, int, int]]) -> Any:
+    """One cache of all rows: each (1-row cache, rows, left pad) expanded and padded to a common length."""
+    joined = copy.copy(parts[0][0])
+    joined.layers = [copy.copy(layer) for layer in parts[0][0].layers]
+    for layer_index, layer in enumerate(joined.layers):
+        if getattr(layer, "keys", None) is None or not layer.keys.numel():
+            continue
+        keys, values = [], []
+        for cache, rows, pad in parts:
+            source = cache.layers[layer_index]
+            keys.append(torch.nn.functional.pad(source.keys, (0, 0, pad, 0)).expand(rows, -1, -1, -1))
+            values.append(torch.nn.functional.pad(source.values, (0, 0, pad, 0)).expand(rows, -1, -1, -1))
+        layer.keys, layer.values = torch.cat(keys), torch.cat(values)
+    return joined
+
+
 def _entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy (nats) of each row's next-token distribution."""
     log_probs = torch.log_softmax(logits, dim=-1)
@@ -312,9 +411,9 @@ def _fork_cache(cache: Any, rows: int) -> Any:
     return _map_cache(cache, lambda tensor: tensor.expand(rows, *tensor.shape[1:]))
 
 
-def _row_of(cache: Any, row: int) -> Any:
-    """One row of a K-row cache, as views."""
-    return _map_cache(cache, lambda tensor: tensor[row : row + 1])
+def _row_of(cache: Any, row: int, pad: int = 0) -> Any:
+    """One row of a batched cache, as views, without the row's left padding."""
+    return _map_cache(cache, lambda tensor: tensor[row : row + 1, :, pad:])
 
 
 def _map_cache(cache: Any, transform: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from stars_guard.messages import ChatMessage
 
@@ -113,6 +113,29 @@ class Backend(Protocol):
         seed: int | None,
     ) -> Generation:
         """Render and prefill `messages`; raise `ContextWindowExceededError` when they cannot fit."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class DraftRequest:
+    """One generation's share of a batched drafting round (`BatchDrafter.draft_batch`)."""
+
+    generation: Any  # a generation opened by the same backend
+    num_candidates: int
+    max_tokens: int
+    entropy_cut: float | None = None
+
+
+@runtime_checkable
+class BatchDrafter(Protocol):
+    """A backend that can draft for several of its open generations in one batched call.
+
+    Lets concurrent requests advance in lockstep (`stars_guard.lockstep.LockstepBackend`): one
+    forward per token for every request's candidates instead of one per request.
+    """
+
+    def draft_batch(self, requests: Sequence[DraftRequest]) -> list[list[Candidate]]:
+        """The candidates of each request, in order; each generation's `commit`/`retain` work as after `draft`."""
         ...
 
 

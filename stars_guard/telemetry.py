@@ -197,10 +197,11 @@ class _TimedGeneration:
     def llm_calls(self) -> int:
         return self.inner.llm_calls
 
-    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+    def draft(self, num_candidates: int, max_tokens: int, **options: Any) -> list[Candidate]:
+        """Timed draft; `options` (e.g. `entropy_cut`) pass through to backends that take them."""
         started = time.perf_counter()
         try:
-            return self.inner.draft(num_candidates, max_tokens)
+            return self.inner.draft(num_candidates, max_tokens, **options)
         finally:
             _safely(self._observe, time.perf_counter() - started)
 

@@ -1,0 +1,289 @@
+"""Lockstep batching: the drafting rounds of concurrent requests run as one batched call.
+
+STARS drafts fixed-size segments, so requests served at the same time reach their drafting
+rounds at nearly the same moments (the STARS paper's v2 makes this argument). `LockstepBackend`
+wraps a backend that can draft for several of its generations at once (`BatchDrafter`) and
+sends every model call of every request through one scheduler thread:
+
+- a draft waits until every open generation has asked for its next round, then all waiting
+  drafts run as one round: one forward per token for all rows. A request that is slow to come
+  back (still scoring, or stalled) holds the others up for at most a few times the usual gap
+  between a round and the next draft (a moving average), and never more than `max_wait_s`;
+- prefill (`open`) runs between rounds, so a new request joins the next round;
+- `retain`, `commit` and `close` are bookkeeping and run on the caller's thread.
+
+Requests never share sampling state: each generation samples with its own parameters and seed.
+Pure threading here; the batched arithmetic lives in the backend (e.g. `TransformersBackend`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from stars_guard.errors import ConfigError
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Backend, BatchDrafter, Candidate, DraftRequest, Generation
+
+_GAP_SMOOTHING = 0.2  # weight of the newest gap in the moving average
+_GAP_MULTIPLE = 3.0  # how many usual gaps a round waits for a late request
+_MIN_PATIENCE_S = 0.005
+_GAP_PRIOR_S = 0.1  # before any gap is seen: scoring a round of candidates takes about this long on CPU
+
+
+@dataclass
+class LockstepStats:
+    """What the scheduler did: rounds run and how many requests shared them."""
+
+    rounds: int = 0
+    drafts: int = 0  # request-rounds served (a round of 8 requests counts 8)
+    largest_round: int = 0
+    prefills: int = 0
+    round_sizes: dict[int, int] = field(default_factory=dict)  # requests per round -> rounds
+
+    @property
+    def mean_round(self) -> float:
+        """Requests per round on average: 1.0 means no batching happened."""
+        return self.drafts / self.rounds if self.rounds else 0.0
+
+
+@dataclass
+class _Waiting:
+    request: DraftRequest
+    future: Future[list[Candidate]]
+    since: float
+
+
+def supports_lockstep(backend: object) -> bool:
+    """True when `backend` can draft for several generations at once."""
+    return isinstance(backend, BatchDrafter) and callable(getattr(backend, "draft_batch", None))
+
+
+class LockstepBackend:
+    """A `Backend` whose concurrent generations draft in shared batched rounds (module docstring)."""
+
+    def __init__(self, inner: Backend, *, max_wait_s: float = 1.0, max_round: int = 32) -> None:
+        if not supports_lockstep(inner):
+            raise ConfigError(
+                f"backend {inner.model_name!r} cannot draft for several requests at once (no draft_batch): "
+                "lockstep batching needs a local backend such as TransformersBackend"
+            )
+        if max_wait_s < 0:
+            raise ConfigError(f"max_wait_s must be >= 0 seconds, got {max_wait_s}")
+        if max_round < 1:
+            raise ConfigError(f"max_round must be >= 1 request, got {max_round}")
+        self.inner = inner
+        self.max_wait_s = max_wait_s
+        self.max_round = max_round
+        self.stats = LockstepStats()
+        self._cond = threading.Condition()
+        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._waiting: list[_Waiting] = []
+        self._open = 0
+        self._free_since = 0.0  # when the scheduler thread last finished a call or round
+        self._gap_s = _GAP_PRIOR_S  # moving average: a round's end to the same request's next draft
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    @property
+    def open_generations(self) -> int:
+        """Generations opened and not yet closed."""
+        with self._cond:
+            return self._open
+
+    def open(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> LockstepGeneration:
+        def prefill() -> Generation:
+            generation = self.inner.open(
+                messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
+            )
+            with self._cond:  # counted before the scheduler looks at the next round: it waits for this one
+                self._open += 1
+                self.stats.prefills += 1
+            return generation
+
+        return LockstepGeneration(self, self._run_on_scheduler(prefill))
+
+    def close(self) -> None:
+        """Stop the scheduler thread; waiting calls fail with a clear error. Idempotent."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def __getattr__(self, name: str) -> Any:  # tokenizer, context_window, ... of the wrapped backend
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    # Called by generations -----------------------------------------------------------------------
+
+    def _draft(self, request: DraftRequest, previous_round_end: float | None) -> tuple[list[Candidate], float]:
+        """Join the next round; returns its candidates and when the round ended."""
+        future: Future[list[Candidate]] = Future()
+        with self._cond:
+            self._check_running()
+            now = time.perf_counter()
+            if previous_round_end is not None:
+                self._gap_s = _GAP_SMOOTHING * (now - previous_round_end) + (1 - _GAP_SMOOTHING) * self._gap_s
+            self._waiting.append(_Waiting(request, future, now))
+            self._cond.notify_all()
+        candidates = future.result()
+        return candidates, time.perf_counter()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._open -= 1
+            self._cond.notify_all()  # the waiting round may now be complete
+
+    def _run_on_scheduler(self, call: Callable[[], Any]) -> Any:
+        future: Future[Any] = Future()
+        with self._cond:
+            self._check_running()
+            self._calls.append((call, future))
+            self._cond.notify_all()
+        return future.result()
+
+    def _check_running(self) -> None:
+        if self._stopping:
+            raise RuntimeError("this LockstepBackend is closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="stars-lockstep", daemon=True)
+            self._thread.start()
+
+    # The scheduler thread ------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._calls and not self._round_ready():
+                    if self._stopping:
+                        self._fail_all(RuntimeError("this LockstepBackend was closed"))
+                        return
+                    self._cond.wait(self._seconds_to_deadline())
+                if self._calls:
+                    call, future = self._calls.popleft()
+                    batch: list[_Waiting] = []
+                else:
+                    batch, self._waiting = self._waiting[: self.max_round], self._waiting[self.max_round :]
+            if batch:
+                self._run_round(batch)
+            else:
+                _settle(future, call)
+            with self._cond:
+                self._free_since = time.perf_counter()
+
+    def _round_ready(self) -> bool:
+        """All open generations are waiting, the round is full, or the first one waited long enough."""
+        if not self._waiting:
+            return False
+        if len(self._waiting) >= min(self._open, self.max_round) or self._stopping:
+            return True
+        return time.perf_counter() >= self._deadline()
+
+    def _deadline(self) -> float:
+        """The patience clock starts when the first draft waits and the scheduler is free."""
+        patience = min(self.max_wait_s, _MIN_PATIENCE_S + _GAP_MULTIPLE * self._gap_s)
+        return max(self._waiting[0].since, self._free_since) + patience
+
+    def _seconds_to_deadline(self) -> float | None:
+        if not self._waiting:
+            return None
+        return max(0.0, self._deadline() - time.perf_counter())
+
+    def _run_round(self, batch: list[_Waiting]) -> None:
+        self.stats.rounds += 1
+        self.stats.drafts += len(batch)
+        self.stats.largest_round = max(self.stats.largest_round, len(batch))
+        self.stats.round_sizes[len(batch)] = self.stats.round_sizes.get(len(batch), 0) + 1
+        try:
+            results = self.inner.draft_batch([waiting.request for waiting in batch])  # type: ignore[attr-defined]
+            if len(results) != len(batch):
+                raise RuntimeError(f"draft_batch returned {len(results)} results for {len(batch)} requests")
+        except BaseException as exc:  # every request of the round learns why it failed
+            for waiting in batch:
+                waiting.future.set_exception(exc)
+            return
+        for waiting, candidates in zip(batch, results, strict=True):
+            waiting.future.set_result(candidates)
+
+    def _fail_all(self, error: Exception) -> None:
+        for waiting in self._waiting:
+            waiting.future.set_exception(error)
+        for _, future in self._calls:
+            future.set_exception(error)
+        self._waiting, self._calls = [], deque()
+
+
+def _settle(future: Future[Any], call: Callable[[], Any]) -> None:
+    try:
+        future.set_result(call())
+    except BaseException as exc:
+        future.set_exception(exc)
+
+
+class LockstepGeneration:
+    """One request's generation; its drafts join the scheduler's shared rounds."""
+
+    def __init__(self, backend: LockstepBackend, inner: Generation) -> None:
+        self._backend = backend
+        self.inner = inner
+        self._closed = False
+        self._last_round_end: float | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.inner.prompt_tokens
+
+    @property
+    def llm_forward_tokens(self) -> int | None:
+        return self.inner.llm_forward_tokens
+
+    @property
+    def llm_calls(self) -> int:
+        return self.inner.llm_calls
+
+    @property
+    def supports_entropy_segments(self) -> bool:
+        return bool(getattr(self.inner, "supports_entropy_segments", False))
+
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
+        if self._closed:
+            raise RuntimeError("this generation is closed")
+        request = DraftRequest(self.inner, num_candidates, max_tokens, entropy_cut)
+        candidates, self._last_round_end = self._backend._draft(request, self._last_round_end)
+        return candidates
+
+    def retain(self, candidate: Candidate) -> None:
+        self.inner.retain(candidate)
+
+    def commit(self, candidate: Candidate) -> None:
+        self.inner.commit(candidate)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.inner.close()
+            self._backend._release()
+
+    def __getattr__(self, name: str) -> Any:  # token_ids and other extras of the wrapped generation
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
