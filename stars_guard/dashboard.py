@@ -331,7 +331,7 @@ def _static_text(name: str) -> str:
 
 
 def dashboard_routes(
-    stats: RejectionStats,
+    stats: RejectionStats | None,
     recorder: DashboardRecorder,
     *,
     prefix: str = "/dashboard",
@@ -339,8 +339,11 @@ def dashboard_routes(
     """Starlette routes: `GET {prefix}` (page), `{prefix}/data` (JSON), `{prefix}/static/{name}`.
 
     Pass them to the app (`Starlette(routes=[..., *dashboard_routes(stats, recorder)])`); the
-    recorder must be an observer of the same `stats` for the time series to fill. `/data` takes
-    `?window=SECONDS` (1 to the recorder's retention) and `?step=SECONDS`; bad values get a 400.
+    recorder must be an observer of the same `stats` for the time series to fill. With
+    `stats=None` the routes read `request.app.state.stats` on each request: an app that builds its
+    own `RejectionStats` (as `chat_server.create_app` does) can take the routes before it exists.
+    `/data` takes `?window=SECONDS` (clamped to the recorder's retention) and `?step=SECONDS`;
+    bad values get a 400.
     """
     try:
         from starlette.requests import Request
@@ -373,7 +376,10 @@ def dashboard_routes(
                 {"error": {"message": BAD_QUERY, "type": "invalid_request_error"}},
                 status_code=400,
             )
-        payload = dashboard_payload(stats, recorder, window_s, step_s)
+        source = stats if stats is not None else getattr(request.app.state, "stats", None)
+        if not isinstance(source, RejectionStats):
+            raise RuntimeError("dashboard_routes(None, ...) needs app.state.stats set to a RejectionStats")
+        payload = dashboard_payload(source, recorder, window_s, step_s)
         return JSONResponse(payload, headers={"Cache-Control": "no-store"})
 
     async def static(request: Request) -> Response:

@@ -95,7 +95,7 @@ def test_data_has_series_window_and_totals(
     assert headline["refusals"] == 0 and headline["refusal_rate"] == 0.0
     assert headline["tokens_emitted"] == snapshot["tokens"]["emitted"] > 0
     assert data["totals"]["attempts_per_segment"] == snapshot["attempts_per_segment"]
-    assert data["window_s"] == 300.0 and data["step_s"] == 2.0
+    assert 300.0 <= data["window_s"] <= 301.0 and data["step_s"] == 2.0  # rounded out to whole steps
     series = data["series"]
     assert len(series["t"]) in (150, 151)
     assert {len(values) for values in series.values()} == {len(series["t"])}
@@ -134,3 +134,14 @@ def test_custom_prefix_and_mounted_under_a_root_path(
         assert client.get("/guard/ops/live/static/dashboard.css").status_code == 200
         assert client.get("/guard/ops/live/data").json()["headline"]["candidates_judged"] == 11
         assert client.get("/dashboard").status_code == 404
+
+
+def test_stats_taken_from_the_app_state(fed: tuple[RejectionStats, DashboardRecorder, PrometheusExporter]) -> None:
+    """`dashboard_routes(None, recorder)`: for apps that create their RejectionStats themselves."""
+    stats, recorder, _ = fed
+    app = Starlette(routes=dashboard_routes(None, recorder))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/dashboard").status_code == 200
+        assert client.get("/dashboard/data").status_code == 500  # nothing to read yet: a wiring error
+        app.state.stats = stats
+        assert client.get("/dashboard/data").json()["headline"]["candidates_judged"] == 11
