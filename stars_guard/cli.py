@@ -1,4 +1,4 @@
-"""The `stars-guard` command line: `models pull` and `chat`."""
+"""The `stars-guard` command line: `models pull`, `chat`, `bench`, `serve` and `serve-reward`."""
 
 from __future__ import annotations
 
@@ -70,6 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
     train_judge.add_argument("--l2", type=float, default=1e-2, help="L2 penalty (default 0.01)")
     train_judge.add_argument("--max-pairs", type=int, help="use only the first N pairs")
 
+    serve = commands.add_parser("serve", help="guarded OpenAI-compatible chat API (/v1/chat/completions, /metrics)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument("--backend", default="local", help=_spec_help("backend", "local"))
+    serve.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
+    serve.add_argument(
+        "--api-key",
+        help="bearer key clients must send (default: $STARS_GUARD_API_KEY; none: no auth). "
+        "Prefer the variable: a flag shows in the process list",
+    )
+    serve.add_argument("--max-concurrent", type=int, default=8, help="requests generating at once (default 8)")
+    serve.add_argument("--max-queue", type=int, default=32, help="requests waiting beyond those; then 429 (default 32)")
+    serve.add_argument(
+        "--request-timeout", type=float, default=120.0, help="seconds per request, queue wait included (default 120)"
+    )
+    serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
+    serve.add_argument("--max-new-tokens", type=int, help="default answer length when a request sets none (256)")
+    serve.add_argument("--segment-size", type=int, help="tokens per candidate segment (default 16)")
+    serve.add_argument("--candidates", type=int, help="candidates drafted per round (default 4)")
+    serve.add_argument("--max-attempts", type=int, help="most candidates judged per segment (default 16)")
+    serve.add_argument("--temperature", type=float, help="default sampling temperature (default 0.8)")
+    serve.add_argument("--safety-floor", type=float, help="reward under which text is never emitted (default: none)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+
     serve_reward = commands.add_parser("serve-reward", help="serve a reward scorer over TEI's /predict API")
     serve_reward.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve_reward.add_argument("--port", type=int, default=8081, help="port to listen on (default: 8081)")
@@ -92,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _models_pull(args)
         if args.command == "serve-reward":
             return _serve_reward(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "bench":
             return _bench(args)
         if args.command == "train-judge":
@@ -151,6 +177,57 @@ def _chat(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write("\n")
         print(f"{result.stats.summary()}, finish: {result.finish_reason}", file=sys.stderr)
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from stars_guard.config import STARSConfig
+    from stars_guard.specs import API_KEY_ENV, build_backend, build_reward
+
+    try:
+        from stars_guard.chat_server import serve
+    except ImportError as exc:
+        print(f"stars-guard: error: serve needs the server, langchain and telemetry extras: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    config = STARSConfig.build(
+        **{
+            key: value
+            for key, value in {
+                "max_new_tokens": args.max_new_tokens,
+                "segment_size": args.segment_size,
+                "candidates_per_round": args.candidates,
+                "max_attempts": args.max_attempts,
+                "temperature": args.temperature,
+                "safety_floor": args.safety_floor,
+            }.items()
+            if value is not None
+        }
+    )
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    _quiet_model_loading()
+    backend = build_backend(args.backend)
+    reward = build_reward(args.reward)
+    url = f"http://{args.host}:{args.port}"
+    announce = [
+        f"stars-guard serve: {backend.model_name} guarded by {reward.name} on {url}/v1 "
+        f"({'API key required' if api_key else 'no API key'}; /health, /metrics)"
+    ]
+    if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
+        announce.append(f"stars-guard serve: warning: listening on {args.host} without an API key")
+    serve(
+        backend,
+        reward,
+        config,
+        host=args.host,
+        port=args.port,
+        api_key=api_key,
+        max_concurrent=args.max_concurrent,
+        max_queue=args.max_queue,
+        request_timeout_s=args.request_timeout,
+        max_body_bytes=args.max_body_bytes,
+        log_level=args.log_level,
+        announce=announce,
+    )
     return 0
 
 
