@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from stars_guard.errors import ConfigError
 
@@ -19,6 +19,7 @@ FallbackMode = Literal["best", "refuse"]
 RewardErrorPolicy = Literal["fail_closed", "fail_open"]
 Segmentation = Literal["fixed", "entropy"]
 FailClosedAction = Literal["raise", "refuse"]
+RoundSelection = Literal["first", "best"]
 
 DEFAULT_REFUSAL = "I can't help with that."
 
@@ -35,6 +36,17 @@ class STARSConfig(BaseModel):
         16, ge=1, le=1024, description="Most candidates judged for one segment before the fallback."
     )
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens in the answer.")
+    segment_candidates: tuple[int, ...] | None = Field(
+        None,
+        description="K per segment, by segment index (the last value repeats); None = candidates_per_round "
+        "for every segment. Spends the draft budget where it pays.",
+    )
+    final_candidates: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="K for the segment that reaches max_new_tokens: its reward is the final answer's reward.",
+    )
     segmentation: Segmentation = Field(
         "fixed",
         description="'fixed': segments of segment_size tokens; 'entropy' (the CARDS rule): a segment also "
@@ -60,6 +72,13 @@ class STARSConfig(BaseModel):
     relative_quantile: float = Field(
         0.5, gt=0.0, lt=1.0, description="Quantile of recent candidate rewards used as the threshold."
     )
+    relative_quantile_end: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Relative mode: the quantile rises linearly from relative_quantile at the first token to "
+        "this at max_new_tokens; None = constant.",
+    )
     relative_window: int = Field(
         0, ge=0, description="Recent candidate rewards the quantile looks at; 0 = 2 x candidates_per_round."
     )
@@ -72,6 +91,11 @@ class STARSConfig(BaseModel):
 
     # Acceptance.
     acceptance: AcceptanceMode = Field("hard", description="'hard': R >= tau; 'soft': probabilistic.")
+    round_selection: RoundSelection = Field(
+        "first",
+        description="'first': judge a round's candidates in index order (the paper's rejection sampling); "
+        "'best': judge them from the highest reward down, so the best passing candidate is accepted.",
+    )
     beta: float = Field(0.05, gt=0.0, description="Soft acceptance temperature: P = min(1, exp((R - tau) / beta)).")
 
     # When no candidate passes.
@@ -96,6 +120,13 @@ class STARSConfig(BaseModel):
         None, gt=0.0, description="Wall-clock budget per request; the answer ends when it is spent."
     )
 
+    @field_validator("segment_candidates")
+    @classmethod
+    def _check_segment_candidates(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not value or any(not 1 <= k <= 64 for k in value)):
+            raise ValueError("needs at least one K, each in 1..64")
+        return value
+
     @model_validator(mode="after")
     def _check_consistency(self) -> STARSConfig:
         if self.threshold_mode == "absolute" and self.reward_threshold is None:
@@ -118,6 +149,21 @@ class STARSConfig(BaseModel):
     def effective_window(self) -> int:
         """Number of recent rewards the relative threshold looks at."""
         return self.relative_window or 2 * self.candidates_per_round
+
+    def round_size(self, segment_index: int, final: bool) -> int:
+        """K for the rounds of segment `segment_index`; `final`: it would reach max_new_tokens."""
+        if final and self.final_candidates is not None:
+            return self.final_candidates
+        if self.segment_candidates is None:
+            return self.candidates_per_round
+        return self.segment_candidates[min(segment_index, len(self.segment_candidates) - 1)]
+
+    def quantile_at(self, response_tokens: int) -> float:
+        """The relative threshold's quantile for a response of `response_tokens` tokens."""
+        if self.relative_quantile_end is None:
+            return self.relative_quantile
+        progress = min(1.0, response_tokens / self.max_new_tokens)
+        return self.relative_quantile + (self.relative_quantile_end - self.relative_quantile) * progress
 
     @classmethod
     def plain_sampling(cls, max_new_tokens: int = 256, **values: Any) -> STARSConfig:

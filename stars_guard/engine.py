@@ -135,10 +135,9 @@ class _Run:
         self.streamed = 0  # characters of self.text already emitted
         self.started = time.perf_counter()
         self.rng = random.Random(config.seed)
-        greedy = config.temperature == 0.0
         # Greedy drafts are deterministic: one candidate per segment, judged once.
-        self.round_size = 1 if greedy else config.candidates_per_round
-        self.attempts_per_segment = 1 if greedy else config.max_attempts
+        self.greedy = config.temperature == 0.0
+        self.attempts_per_segment = 1 if self.greedy else config.max_attempts
 
     # The loop -----------------------------------------------------------------------------------
 
@@ -184,7 +183,9 @@ class _Run:
     ) -> Iterator[Event]:
         """Settle one segment; return a finish reason when the answer ends with it."""
         config = self.config
-        budget = min(config.segment_size, config.max_new_tokens - self.stats.tokens_emitted)
+        remaining = config.max_new_tokens - self.stats.tokens_emitted
+        budget = min(config.segment_size, remaining)
+        round_size = 1 if self.greedy else config.round_size(segment_index, final=budget >= remaining)
         attempts = 0
         best: _Judged | None = None  # best candidate under the floor rule, for the fallback
         out_of_time = False
@@ -192,7 +193,7 @@ class _Run:
             if self._out_of_time():
                 out_of_time = True
                 break
-            drafts = self._draft(generation, min(self.round_size, self.attempts_per_segment - attempts), budget)
+            drafts = self._draft(generation, min(round_size, self.attempts_per_segment - attempts), budget)
             self.stats.tokens_sampled += sum(candidate.num_tokens for candidate in drafts)
             judged = self._score(drafts, attempts)
             if judged is None:  # the reward failed and the policy says refuse
@@ -200,7 +201,7 @@ class _Run:
                 return "refusal"
             schedule.observe([item.reward for item in judged if not math.isnan(item.reward)])
             round_best: _Judged | None = None
-            for item in judged:
+            for item in self._judging_order(judged):
                 attempts += 1
                 threshold = schedule.threshold(self.stats.tokens_emitted + item.tokens)
                 if math.isnan(item.reward):  # fail-open: the reward failed, the text goes out unscored
@@ -234,6 +235,12 @@ class _Run:
         return "refusal"
 
     # Steps --------------------------------------------------------------------------------------
+
+    def _judging_order(self, judged: list[_Judged]) -> list[_Judged]:
+        """Index order ('first'), or highest reward first ('best'; unscored fail-open drafts last)."""
+        if self.config.round_selection == "first":
+            return judged
+        return sorted(judged, key=lambda item: -math.inf if math.isnan(item.reward) else item.reward, reverse=True)
 
     def _draft(self, generation: Generation, count: int, budget: int) -> list[Candidate]:
         if self.config.segmentation == "entropy":

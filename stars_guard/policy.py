@@ -71,7 +71,7 @@ class ThresholdSchedule:
             )
         if not self._recent:
             return -math.inf
-        return quantile(list(self._recent), config.relative_quantile)
+        return quantile(list(self._recent), config.quantile_at(response_tokens))
 
 
 class AcceptanceRule:

@@ -8,6 +8,7 @@ the final answers, outside every method's cost.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -143,13 +144,65 @@ class PeakRSS:
         return self.peak / 1e6
 
 
+class RescaledReward:
+    """A reward on another scale: `logit` maps a [0, 1] score p to log(p / (1 - p)) (raw-logit scale,
+    unbounded), `affine` to scale * r + shift. Same ranking as the inner reward, different units:
+    the bench runs it to check that the default threshold mode needs no tuning per reward scale.
+    """
+
+    def __init__(self, inner: Any, kind: str, scale: float = 1.0, shift: float = 0.0) -> None:
+        if kind not in ("logit", "affine"):
+            raise ValueError(f"unknown rescaling {kind!r}: use logit or affine")
+        self.inner, self.kind, self.scale, self.shift = inner, kind, scale, shift
+
+    @property
+    def name(self) -> str:
+        inner = getattr(self.inner, "name", "reward")
+        return f"logit({inner})" if self.kind == "logit" else f"{self.scale:g}*{inner}{self.shift:+g}"
+
+    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        values = [float(value) for value in self.inner.score(prompt, responses)]
+        if self.kind == "affine":
+            return [self.scale * value + self.shift for value in values]
+        eps = 1e-6
+        return [math.log(min(max(v, eps), 1 - eps) / (1 - min(max(v, eps), 1 - eps))) for v in values]
+
+
+def build_bench_reward(spec: str) -> Any:
+    """A reward spec (see `stars-guard bench --help`), plus two bench-only rescalings of any spec:
+    `logit:SPEC` (raw-logit scale) and `affine:SCALE,SHIFT:SPEC`; and `guard-relevance`, the
+    GuardReward without the refusal-aware gate (the pre-issue-5 default), for comparison.
+    """
+    from stars_guard.specs import build_reward
+
+    kind, _, rest = spec.partition(":")
+    if kind == "logit" and rest:
+        return RescaledReward(build_bench_reward(rest), "logit")
+    if kind == "affine" and rest:
+        numbers, _, inner = rest.partition(":")
+        try:
+            scale, shift = (float(part) for part in numbers.split(","))
+        except ValueError:
+            raise ValueError(
+                f"bad reward spec {spec!r}: use affine:SCALE,SHIFT:SPEC, e.g. affine:40,-25:default"
+            ) from None
+        if not inner or scale <= 0:
+            raise ValueError(f"bad reward spec {spec!r}: SCALE must be > 0 and SPEC given")
+        return RescaledReward(build_bench_reward(inner), "affine", scale, shift)
+    if spec == "guard-relevance":
+        from stars_guard.adapters.guard_reward import GuardReward
+
+        return GuardReward(refusal_aware=False)
+    return build_reward(spec)
+
+
 def run_bench(options: BenchOptions) -> dict[str, Any]:
     """Run the comparison and write report.json, report.md and the plots under `options.out`."""
     from tqdm import tqdm
 
     from stars_guard.bench import report as reporting
     from stars_guard.bench.judge import BTJudge
-    from stars_guard.specs import build_backend, build_reward
+    from stars_guard.specs import build_backend
 
     options.apply_quick()
     started = time.perf_counter()
@@ -160,7 +213,7 @@ def run_bench(options: BenchOptions) -> dict[str, Any]:
     if len({method.name for method in methods}) != len(methods):
         raise ValueError("each method may be listed once")
     judge = BTJudge(options.judge_weights)
-    backend, reward = build_backend(options.backend), build_reward(options.reward)
+    backend, reward = build_backend(options.backend), build_bench_reward(options.reward)
     seeds = [options.seed + index for index in range(len(prompts))]
     parse_method("stars", 8).run(backend, reward, "Warm up.", 0)  # first-call allocations off the clock
 
