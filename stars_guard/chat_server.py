@@ -586,13 +586,19 @@ class ChatService:
             executor = self._executor
         try:
             assert executor is not None
-            executor.submit(self._work, job)
+            future = executor.submit(self._work, job)
         except RuntimeError:  # shut down meanwhile
-            with self._lock:
-                self._jobs.discard(job)
-            self.admission.release()
+            self._abandon(job)
             raise OpenAIError(503, "the server is shutting down", type="server_error", code="shutting_down") from None
+        future.add_done_callback(lambda done: self._abandon(job) if done.cancelled() else None)
         return job
+
+    def _abandon(self, job: _Job) -> None:
+        """A job whose worker never ran (shutdown): give its slot back and tell its handler."""
+        with self._lock:
+            self._jobs.discard(job)
+        self.admission.release()
+        job.put(_Failure(OpenAIError(503, "the server is shutting down", type="server_error", code="shutting_down")))
 
     def _work(self, job: _Job) -> None:
         try:
@@ -967,7 +973,9 @@ def create_app(
                 item = await _unless_gone(job.queue.get(), watcher)
                 if isinstance(item, _Failure):
                     raise error_for(item.error)
-                watcher.cancel()
+                watcher.cancel()  # the stream listens for the disconnect from here on
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
                 handed_over = True
                 return _EventStream(
                     _stream_events(job, _Chunks(request_id, created, model), started, finish_log),
