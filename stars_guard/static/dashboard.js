@@ -5,6 +5,7 @@
 
   const SVG_NS = "http://www.w3.org/2000/svg";
   const POLL_MS = 1000;
+  const ROLLING_S = 10;
   const base = document.body.dataset.base || "/dashboard";
   const state = { window: 300, timer: null, lastOk: 0, seq: 0, last: null };
 
@@ -122,6 +123,21 @@
 
   // Charts ---------------------------------------------------------------------------------------
 
+  // Rejected / judged over the trailing `span` steps; null until something was judged in them.
+  function rollingRate(judged, rejected, span) {
+    let j = 0;
+    let r = 0;
+    return judged.map((n, i) => {
+      j += n;
+      r += rejected[i];
+      if (i >= span) {
+        j -= judged[i - span];
+        r -= rejected[i - span];
+      }
+      return j > 0 ? r / j : null;
+    });
+  }
+
   function drawRejection(svg, data) {
     const s = data.series;
     const plot = frame(svg, { yMax: 1, yFormat: (v) => fmtPct(v, 0) });
@@ -141,11 +157,16 @@
     if (avg !== null && avg !== undefined) {
       svg.appendChild(el("line", { class: "average", x1: plot.x0, x2: plot.x1, y1: plot.y(avg), y2: plot.y(avg) }));
     }
-    const lone = line(plot, xs, s.rejection_rate, "rate");
-    lone.forEach((i) => {
-      const dot = el("circle", { class: "rate-dot", cx: xs.x(i), cy: plot.y(s.rejection_rate[i]), r: 3 });
-      svg.appendChild(tip(dot, `${fmtClock(s.t[i])}: ${fmtPct(s.rejection_rate[i])}`));
+    // Each step's own rate as a faint dot; the line is a trailing rolling rate (about 10 s), which
+    // a single step's handful of candidates would make too jumpy to read.
+    s.rejection_rate.forEach((rate, i) => {
+      if (rate === null || rate === undefined) return;
+      const dot = el("circle", { class: "step-dot", cx: xs.x(i), cy: plot.y(rate), r: 2.5 });
+      svg.appendChild(tip(dot, `${fmtClock(s.t[i])}: ${s.rejected[i]} of ${s.judged[i]} rejected (${fmtPct(rate)})`));
     });
+    const rolling = rollingRate(s.judged, s.rejected, Math.max(1, Math.round(ROLLING_S / data.step_s)));
+    const lone = line(plot, xs, rolling, "rate");
+    lone.forEach((i) => svg.appendChild(el("circle", { class: "rate-dot", cx: xs.x(i), cy: plot.y(rolling[i]), r: 3 })));
     if (maxJudged === 0) emptyNote(plot, "no candidates judged in this window");
   }
 
@@ -157,7 +178,7 @@
     for (let k = 1; k <= Math.max(top, 4); k += 1) labels.push(k);
     const counts = labels.map((k) => hist[String(k)] || 0);
     const total = counts.reduce((a, b) => a + b, 0);
-    const yMax = niceMax(Math.max(...counts));
+    const yMax = niceMax(1.15 * Math.max(...counts));
     const plot = frame(svg, { yMax, ticks: countTicks(yMax), yFormat: (v) => fmtInt(v) });
     const slot = (plot.x1 - plot.x0) / labels.length;
     labels.forEach((k, i) => {
@@ -180,7 +201,7 @@
     const h = data.window.reward_histogram;
     const bins = h.accepted.length;
     const stacked = h.accepted.map((a, i) => a + h.rejected[i]);
-    const yMax = niceMax(Math.max(0, ...stacked));
+    const yMax = niceMax(1.1 * Math.max(0, ...stacked));
     const plot = frame(svg, { yMax, ticks: countTicks(yMax), yFormat: (v) => fmtInt(v) });
     const slot = (plot.x1 - plot.x0) / bins;
     for (let i = 0; i < bins; i += 1) {
@@ -199,7 +220,7 @@
 
   function drawRequests(svg, data) {
     const s = data.series;
-    const top = niceMax(Math.max(1, ...s.finished, ...s.in_flight));
+    const top = niceMax(1.2 * Math.max(1, ...s.finished, ...s.in_flight));
     const plot = frame(svg, { yMax: top, ticks: countTicks(top), yFormat: (v) => fmtInt(v) });
     const xs = timeAxis(plot, s.t, data.step_s);
     s.finished.forEach((n, i) => {
@@ -237,7 +258,7 @@
 
   function drawRefusals(svg, data) {
     const s = data.series;
-    const top = niceMax(Math.max(1, ...s.refusals));
+    const top = niceMax(1.2 * Math.max(1, ...s.refusals));
     const plot = frame(svg, { yMax: top, ticks: countTicks(top), yFormat: (v) => fmtInt(v) });
     const xs = timeAxis(plot, s.t, data.step_s);
     s.refusals.forEach((n, i) => {
@@ -313,7 +334,7 @@
       `${fmtInt(h.candidates_rejected)} of ${fmtInt(h.candidates_judged)} candidates`;
     setFigure("in-flight", fmtInt(h.requests_in_flight), { value: h.requests_in_flight });
     setFigure("requests-finished", fmtInt(h.requests_finished), { value: h.requests_finished });
-    const outcomes = Object.entries(h.requests_by_outcome).map(([k, v]) => `${k} ${fmtInt(v)}`);
+    const outcomes = Object.entries(h.requests_by_outcome).map(([k, v]) => `${k}\u00a0${fmtInt(v)}`);
     document.getElementById("requests-detail").textContent = outcomes.length ? outcomes.join(" · ") : "none yet";
     setFigure("refusals", fmtInt(h.refusals), { value: h.refusals, rate: h.refusal_rate });
     document.getElementById("refusals-detail").textContent = `${fmtPct(h.refusal_rate)} of finished`;
