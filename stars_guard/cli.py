@@ -189,6 +189,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"stars-guard: error: serve needs the server, langchain and telemetry extras: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    for flag, value, low in (
+        ("--max-concurrent", args.max_concurrent, 1),
+        ("--max-queue", args.max_queue, 0),
+        ("--request-timeout", args.request_timeout, 1e-3),
+        ("--max-body-bytes", args.max_body_bytes, 1),
+    ):
+        if value < low:
+            print(f"stars-guard: error: {flag} must be at least {low} (got {value})", file=sys.stderr)
+            return EXIT_ERROR
     config = STARSConfig.build(
         **{
             key: value
