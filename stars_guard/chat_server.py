@@ -1116,10 +1116,21 @@ def serve(
     extra_routes: Iterable[BaseRoute] = (),
     log_level: str = "info",
     announce: Sequence[str] = (),
+    dashboard: bool = True,
 ) -> None:
-    """Run the chat service on uvicorn until interrupted (binds 127.0.0.1 unless told otherwise)."""
+    """Run the chat service on uvicorn until interrupted (binds 127.0.0.1 unless told otherwise).
+
+    With `dashboard`, the live dashboard (`stars_guard.dashboard`) is mounted at `/dashboard`.
+    """
     import uvicorn
 
+    observers, extra_routes = list(observers), list(extra_routes)
+    if dashboard:
+        from stars_guard.dashboard import DashboardRecorder, dashboard_routes
+
+        recorder = DashboardRecorder()
+        observers.append(recorder)
+        extra_routes.extend(dashboard_routes(None, recorder))  # reads app.state.stats, built by create_app
     app = create_app(
         backend,
         reward,

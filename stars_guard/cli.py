@@ -219,7 +219,7 @@ def _serve(args: argparse.Namespace) -> int:
     url = f"http://{args.host}:{args.port}"
     announce = [
         f"stars-guard serve: {backend.model_name} guarded by {reward.name} on {url}/v1 "
-        f"({'API key required' if api_key else 'no API key'}; /health, /metrics)"
+        f"({'API key required' if api_key else 'no API key'}; /health, /metrics, /dashboard)"
     ]
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         announce.append(f"stars-guard serve: warning: listening on {args.host} without an API key")

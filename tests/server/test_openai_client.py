@@ -157,3 +157,12 @@ def test_reward_service_down_fails_closed_and_the_server_stays_up():
         assert streamed.value.body["code"] == "reward_error"
         health = httpx.get(f"{server.url}/health").json()
         assert health["status"] == "ok" and health["failed"] == 2 and health["in_flight"] == 0
+
+
+def test_dashboard_is_mounted_behind_the_api_key(server, answer):
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    assert httpx.get(f"{server.url}/dashboard").status_code == 401
+    page = httpx.get(f"{server.url}/dashboard", headers=auth)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    data = httpx.get(f"{server.url}/dashboard/data", headers=auth)
+    assert data.status_code == 200 and isinstance(data.json(), dict)
