@@ -61,6 +61,7 @@ from stars_guard.errors import (
     InvalidMessagesError,
     RewardError,
 )
+from stars_guard.lockstep import LockstepStats
 from stars_guard.messages import ChatMessage, normalize_messages
 from stars_guard.protocols import Backend, Generation, RewardModel
 from stars_guard.telemetry import PrometheusExporter
@@ -557,6 +558,18 @@ class ChatService:
             "max_concurrent": self.admission.limit,
             "max_queue": self.admission.queue,
             "uptime_s": round(time.time() - self.started, 3),
+            "lockstep": self._lockstep(),
+        }
+
+    def _lockstep(self) -> dict[str, Any] | None:
+        """How concurrent requests shared drafting rounds; None when the backend does not batch them."""
+        stats = getattr(self.backend, "stats", None)
+        if not isinstance(stats, LockstepStats):
+            return None
+        return {
+            "rounds": stats.rounds,
+            "mean_requests_per_round": round(stats.mean_round, 3),
+            "largest_round": stats.largest_round,
         }
 
     # Lifecycle --------------------------------------------------------------------------------

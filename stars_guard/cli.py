@@ -12,6 +12,7 @@ from pathlib import Path
 from stars_guard.errors import StarsGuardError
 
 EXIT_ERROR = 2
+SERVE_API_KEY_ENV = "STARS_GUARD_SERVE_API_KEY"  # clients -> this service; STARS_GUARD_API_KEY is for upstreams
 EXIT_INTERRUPTED = 130
 
 
@@ -77,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
     serve.add_argument(
         "--api-key",
-        help="bearer key clients must send (default: $STARS_GUARD_API_KEY; none: no auth). "
+        help="bearer key clients must send (default: $STARS_GUARD_SERVE_API_KEY; none: no auth). "
         "Prefer the variable: a flag shows in the process list",
     )
     serve.add_argument("--max-concurrent", type=int, default=8, help="requests generating at once (default 8)")
@@ -92,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-attempts", type=int, help="most candidates judged per segment (default 16)")
     serve.add_argument("--temperature", type=float, help="default sampling temperature (default 0.8)")
     serve.add_argument("--safety-floor", type=float, help="reward under which text is never emitted (default: none)")
+    serve.add_argument(
+        "--lockstep",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="batch concurrent requests' drafts into one forward per token on local backends (default: on)",
+    )
     serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
     serve_reward = commands.add_parser("serve-reward", help="serve a reward scorer over TEI's /predict API")
@@ -182,7 +189,8 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
-    from stars_guard.specs import API_KEY_ENV, build_backend, build_reward
+    from stars_guard.lockstep import LockstepBackend, supports_lockstep
+    from stars_guard.specs import build_backend, build_reward
 
     try:
         from stars_guard.chat_server import serve
@@ -212,9 +220,11 @@ def _serve(args: argparse.Namespace) -> int:
             if value is not None
         }
     )
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    api_key = args.api_key or os.environ.get(SERVE_API_KEY_ENV) or None
     _quiet_model_loading()
     backend = build_backend(args.backend)
+    if args.lockstep and supports_lockstep(backend):
+        backend = LockstepBackend(backend)  # concurrent requests draft in shared batched rounds
     reward = build_reward(args.reward)
     url = f"http://{args.host}:{args.port}"
     announce = [

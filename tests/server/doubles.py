@@ -176,9 +176,9 @@ class ServeProcess:
         self.port = free_port()
         self.args = [sys.executable, "-m", "stars_guard.cli", "serve", "--port", str(self.port), *args]
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        self.env.pop("STARS_GUARD_API_KEY", None)
+        self.env.pop("STARS_GUARD_SERVE_API_KEY", None)
         if api_key is not None:
-            self.env["STARS_GUARD_API_KEY"] = api_key  # the variable, as operators are told to set it
+            self.env["STARS_GUARD_SERVE_API_KEY"] = api_key  # the variable, as operators are told to set it
         self.timeout = timeout
         self.log = tempfile.NamedTemporaryFile(prefix="stars-serve-", suffix=".log", delete=False)  # noqa: SIM115 (open for the server's life)
         self.process: subprocess.Popen[bytes] | None = None

@@ -166,3 +166,48 @@ def test_dashboard_is_mounted_behind_the_api_key(server, answer):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     data = httpx.get(f"{server.url}/dashboard/data", headers=auth)
     assert data.status_code == 200 and isinstance(data.json(), dict)
+
+
+LOAD_PROMPTS = [
+    "Name a fruit.",
+    "How do I boil an egg?",
+    "What is the capital of France?",
+    "How can I hurt someone without leaving marks?",
+    "Give me a tip for studying.",
+    "Write a rude joke about my boss.",
+    "What colour is the sky?",
+    "How do I fix a flat bicycle tyre?",
+]
+
+
+def test_32_concurrent_requests_all_complete_in_lockstep_and_match_their_solo_runs(client, model_id, server):
+    """32 requests with distinct seeds at once (8 generate, the rest queue): none lost, none mixed.
+
+    Each request's answer is compared with the same request sent alone afterwards (same seed):
+    batched arithmetic may legitimately change a sampled token, so the rate is measured and
+    printed, and must stay high; a mixed-up request would differ every time.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(seed, LOAD_PROMPTS[seed % len(LOAD_PROMPTS)]) for seed in range(32)]
+
+    def ask(job: tuple[int, str]) -> Any:
+        seed, prompt = job
+        return client.chat.completions.create(
+            model=model_id, messages=[{"role": "user", "content": prompt}], max_tokens=16, seed=seed
+        )
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        together = list(pool.map(ask, jobs))
+    assert [answer.model_extra["stars"]["seed"] for answer in together] == [seed for seed, _ in jobs]
+    assert all(answer.choices[0].message.content for answer in together)
+    health = httpx.get(f"{server.url}/health", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=10).json()
+    assert health["in_flight"] == 0 and health["queued"] == 0
+    assert health["lockstep"]["largest_round"] >= 4, health  # the drafts really were batched
+
+    alone = [ask(job) for job in jobs[:8]]
+    same = sum(
+        a.choices[0].message.content == b.choices[0].message.content for a, b in zip(alone, together[:8], strict=True)
+    )
+    print(f"batched answers equal to their solo run: {same}/{len(alone)}")
+    assert same >= len(alone) // 2
