@@ -92,9 +92,9 @@ class LlamaCppBackend:
     ) -> None:
         self._llama_cpp = _llama_cpp()
         if model is None:
-            from stars_guard.models import default_lm_gguf
+            from stars_guard.models import ensure_llamacpp_gguf
 
-            model = default_lm_gguf()
+            model = ensure_llamacpp_gguf()  # F16: llama.cpp batches its CPU matmuls (Q4_1: it does not)
         self.model_path = Path(model).expanduser()
         self.llm = load_llama(self.model_path)
         llama_cpp = self._llama_cpp

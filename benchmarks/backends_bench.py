@@ -1,13 +1,17 @@
 """STARS end to end on LlamaCppBackend vs TransformersBackend: same model, prompts, reward, config and seeds.
 
 Both backends run SmolLM2-135M-Instruct from the same pulled GGUF (transformers loads the fp32
-safetensors converted from it at `models pull`; llama.cpp runs the Q4_1 GGUF itself), the offline
+safetensors converted from it at `models pull`; llama.cpp runs its default, the F16 copy of that
+GGUF, whose batched CPU kernels the Q4_1 file lacks), the offline
 GuardReward scores both, and STARS runs at its default configuration (segment 16, K=4, up to 16
 attempts, 256 new tokens, temperature 0.8, relative threshold). Prompts run in alternation (one
 backend, then the other, per prompt) so background load hits both alike, after one warm-up each.
 Both get the same number of CPU threads (`--threads`, default: llama.cpp's default, cores - 1).
 
-The reward is timed apart from the run, so the table shows where the time goes. Prints a table
+The reward is timed apart from the run, so the table shows where the time goes. "Same model" is
+checked, not assumed: the next-token logits of each llama.cpp file (the default F16 and the pulled
+Q4_1) are compared with transformers' on teacher-forced greedy continuations of three prompts
+(mean of the per-position largest logit gap, and how often the top token agrees). Prints a table
 and writes JSON (`--out`).
 
     .venv/bin/python benchmarks/backends_bench.py                  # full: 8 prompts, 256 tokens
@@ -88,13 +92,44 @@ def build_backends(threads: int, gguf: Path | None) -> dict[str, Any]:
     import torch
 
     from stars_guard.adapters import LlamaCppBackend, TransformersBackend
-    from stars_guard.models import default_lm_gguf
 
     torch.set_num_threads(threads)
     return {
-        "llamacpp": LlamaCppBackend(gguf or default_lm_gguf(), n_threads=threads),
+        "llamacpp": LlamaCppBackend(gguf, n_threads=threads),  # None: the backend's default (F16)
         "transformers": TransformersBackend(),
     }
+
+
+def fidelity(transformers: Any, gguf_files: dict[str, Path], tokens: int = 40) -> dict[str, dict[str, float]]:
+    """How close each llama.cpp file's next-token logits are to the transformers model's."""
+    import llama_cpp
+    import numpy as np
+    import torch
+
+    from stars_guard.messages import normalize_messages
+
+    sequences = []
+    for prompt in PROMPTS[:3]:
+        prompt_ids = transformers.encode_chat(normalize_messages(prompt))
+        with torch.inference_mode():
+            full = transformers.model.generate(torch.tensor([prompt_ids]), max_new_tokens=tokens, do_sample=False)
+            logits = transformers.model(full).logits[0].float().numpy()
+        sequences.append((len(prompt_ids), full[0].tolist(), logits))
+    report = {}
+    for name, path in gguf_files.items():
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, logits_all=True, verbose=False, n_threads=1)
+        gaps, agree, total = [], 0, 0
+        for prompt_len, ids, reference in sequences:
+            llm.reset()
+            llm.eval(ids)
+            scores = np.asarray(llm.scores[: len(ids)])
+            gaps.append(float(np.abs(scores - reference).max(axis=1).mean()))
+            same = scores.argmax(axis=1) == reference.argmax(axis=1)
+            agree += int(same[prompt_len - 1 :].sum())
+            total += len(ids) - prompt_len + 1
+        del llm
+        report[name] = {"mean_max_logit_gap": round(float(np.mean(gaps)), 4), "top_token_agreement": f"{agree}/{total}"}
+    return report
 
 
 def run_one(backend: Any, reward: Any, clock: RewardClock, prompt: str, config: Any) -> dict[str, Any]:
@@ -116,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for both backends")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument(
-        "--gguf", type=Path, help="another GGUF of the same model for llama.cpp (default: the pulled Q4_1 file)"
+        "--gguf", type=Path, help="another GGUF of the same model for llama.cpp (default: the backend's F16 file)"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/backends_bench.json"))
     args = parser.parse_args(argv)
@@ -133,6 +168,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["max_new_tokens"] = args.max_new_tokens or 64
     config = STARSConfig(**overrides)
     backends = build_backends(args.threads, args.gguf)
+    from stars_guard.models import default_lm_gguf
+
+    files = {"llamacpp run": Path(backends["llamacpp"].model_path), "pulled Q4_1": default_lm_gguf()}
+    closeness = fidelity(backends["transformers"], files)
+    print(f"logits vs transformers: {closeness}", file=sys.stderr)
     clock = RewardClock()
     reward = TimedReward(GuardReward(), clock)
     for name, backend in backends.items():  # warm-up: first-call allocations, lazy imports, caches
@@ -162,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "model": "SmolLM2-135M-Instruct (transformers: fp32 converted from the pulled Q4_1 GGUF)",
         "llamacpp_gguf": str(backends["llamacpp"].model_path),
+        "logits_vs_transformers": closeness,
         "reward": reward.name,
         "speedup_end_to_end": round(speedup, 2),
         "speedup_llm_only": round(llm_speedup, 2),

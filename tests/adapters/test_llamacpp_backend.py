@@ -207,3 +207,56 @@ def test_entropy_cut_ends_segments_before_an_uncertain_token(llamacpp_backend):
     finally:
         generation.close()
     assert continued == fresh_greedy(llamacpp_backend, prefix, 6)
+
+
+@pytest.fixture(scope="module")
+def transformers_backend():
+    from stars_guard.adapters import TransformersBackend
+
+    return TransformersBackend()
+
+
+def test_default_model_is_an_f16_copy_written_once_and_close_to_the_transformers_weights(
+    gguf, tmp_path, monkeypatch, transformers_backend
+):
+    """The F16 default is the same model: its logits sit near transformers' fp32 ones (closer than Q4_1's)."""
+    import numpy as np
+    import torch
+
+    from stars_guard.models import HOME_ENV, default_lm_gguf, ensure_llamacpp_gguf, llamacpp_lm_gguf
+
+    monkeypatch.setenv(HOME_ENV, str(tmp_path))
+    default_lm_gguf().parent.mkdir(parents=True)
+    default_lm_gguf().symlink_to(gguf)
+    notes: list[str] = []
+    written = ensure_llamacpp_gguf(notes.append)
+    assert written == llamacpp_lm_gguf() and written.is_file() and len(notes) == 1
+    assert ensure_llamacpp_gguf(notes.append) == written and len(notes) == 1  # once only
+
+    import llama_cpp
+
+    ids = transformers_backend.encode_chat(PROMPT)
+    with torch.inference_mode():
+        reference = transformers_backend.model(torch.tensor([ids])).logits[0].float().numpy()
+    gaps = {}
+    for name, path in (("f16", written), ("q4_1", gguf)):
+        llm = llama_cpp.Llama(str(path), n_ctx=256, n_threads=1, logits_all=True, verbose=False)
+        try:
+            llm.eval(ids)
+            gaps[name] = float(np.abs(np.asarray(llm.scores[: len(ids)]) - reference).max(axis=1).mean())
+        finally:
+            llm.close()
+    assert gaps["f16"] < 0.1 and gaps["f16"] * 5 < gaps["q4_1"], gaps
+
+
+def test_the_backend_runs_the_f16_copy_by_default():
+    from stars_guard.adapters import LlamaCppBackend
+    from stars_guard.models import llamacpp_lm_gguf
+
+    backend = LlamaCppBackend()
+    assert backend.model_path == llamacpp_lm_gguf()
+    generation = backend.open(PROMPT, max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0)
+    try:
+        assert generation.draft(1, 4)[0].text.strip()
+    finally:
+        generation.close()
