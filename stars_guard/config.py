@@ -7,6 +7,7 @@ validates again.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -20,6 +21,7 @@ RewardErrorPolicy = Literal["fail_closed", "fail_open"]
 Segmentation = Literal["fixed", "entropy"]
 FailClosedAction = Literal["raise", "refuse"]
 RoundSelection = Literal["first", "best"]
+SegmentBudget = Literal["flat", "shaped"]
 
 DEFAULT_REFUSAL = "I can't help with that."
 
@@ -30,22 +32,27 @@ class STARSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # Segmentation and sampling budget.
-    segment_size: int = Field(16, ge=1, le=512, description="Tokens per candidate segment (L).")
+    segment_size: int = Field(8, ge=1, le=512, description="Tokens per candidate segment (L).")
     candidates_per_round: int = Field(4, ge=1, le=64, description="Candidates drafted in one batched call (K).")
     max_attempts: int = Field(
         16, ge=1, le=1024, description="Most candidates judged for one segment before the fallback."
     )
     max_new_tokens: int = Field(256, ge=1, le=32768, description="Most tokens in the answer.")
+    segment_budget: SegmentBudget = Field(
+        "shaped",
+        description="'shaped': K drafts for the first segment, ceil(3K/4) for the middle ones, ceil(3K/2) for "
+        "the one that reaches max_new_tokens; 'flat': K for every segment.",
+    )
     segment_candidates: tuple[int, ...] | None = Field(
         None,
-        description="K per segment, by segment index (the last value repeats); None = candidates_per_round "
-        "for every segment. Spends the draft budget where it pays.",
+        description="Explicit K per segment, by segment index (the last value repeats); overrides "
+        "segment_budget for all but the final segment.",
     )
     final_candidates: int | None = Field(
         None,
         ge=1,
         le=64,
-        description="K for the segment that reaches max_new_tokens: its reward is the final answer's reward.",
+        description="Explicit K for the segment that reaches max_new_tokens: its reward is the final answer's.",
     )
     segmentation: Segmentation = Field(
         "fixed",
@@ -92,7 +99,7 @@ class STARSConfig(BaseModel):
     # Acceptance.
     acceptance: AcceptanceMode = Field("hard", description="'hard': R >= tau; 'soft': probabilistic.")
     round_selection: RoundSelection = Field(
-        "first",
+        "best",
         description="'first': judge a round's candidates in index order (the paper's rejection sampling); "
         "'best': judge them from the highest reward down, so the best passing candidate is accepted.",
     )
@@ -154,9 +161,13 @@ class STARSConfig(BaseModel):
         """K for the rounds of segment `segment_index`; `final`: it would reach max_new_tokens."""
         if final and self.final_candidates is not None:
             return self.final_candidates
-        if self.segment_candidates is None:
-            return self.candidates_per_round
-        return self.segment_candidates[min(segment_index, len(self.segment_candidates) - 1)]
+        if self.segment_candidates is not None:
+            return self.segment_candidates[min(segment_index, len(self.segment_candidates) - 1)]
+        k = self.candidates_per_round
+        if self.segment_budget == "flat" or segment_index == 0 or k == 1:
+            return k
+        # The final segment fixes the answer's reward: it gets the drafts the middle ones save.
+        return min(64, math.ceil(1.5 * k)) if final else max(1, math.ceil(0.75 * k))
 
     def quantile_at(self, response_tokens: int) -> float:
         """The relative threshold's quantile for a response of `response_tokens` tokens."""

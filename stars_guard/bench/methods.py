@@ -25,16 +25,25 @@ DEFAULT_METHODS: tuple[str, ...] = (
     "bon-8",
     "bon-16",
     "stars",
-    "stars-L8",
+    "stars-L16",
     "stars-L32",
     "stars-K2",
     "stars-K8",
-    "stars-q0.25",
     "stars-q0.75",
+    "stars-flat",
+    "stars-first",
+    "stars-first-flat-L16",
     "cards",
 )
 
 _STARS_KEYS = {"L": ("segment_size", int), "K": ("candidates_per_round", int), "q": ("relative_quantile", float)}
+# Named switches: `first` (paper's index-order acceptance), `best`, and `flat` (K drafts for every
+# segment: no per-segment budget). `stars-first-flat` is the engine default before issue 5.
+_FLAGS: dict[str, dict[str, Any]] = {
+    "first": {"round_selection": "first"},
+    "best": {"round_selection": "best"},
+    "flat": {"segment_budget": "flat", "segment_candidates": None, "final_candidates": None},
+}
 _CARDS_KEYS = {"L": ("segment_size", int), "K": ("candidates_per_round", int), "e": ("entropy_threshold", float)}
 
 
@@ -129,7 +138,8 @@ def best_of_n(
 
 
 def parse_method(name: str, max_new_tokens: int, base: STARSConfig | None = None) -> Method:
-    """A method from its name: `vanilla`, `bon-N`, `stars[-L16][-K4][-q0.5]`, `cards[-L32][-K4][-e3.0]`.
+    """A method from its name: `vanilla`, `bon-N`, `stars[-L16][-K4][-q0.5]`, `cards[-L32][-K4][-e3.0]`,
+    each optionally with switches `first`, `best`, `flat` (e.g. `stars-first-flat`).
 
     `base` holds settings shared by every method (temperature, top_p); sweep suffixes override it.
     """
@@ -153,9 +163,16 @@ def parse_method(name: str, max_new_tokens: int, base: STARSConfig | None = None
         values.update(segmentation="entropy", segment_size=max(values["segment_size"], 32))
     sweep: dict[str, float] = {}
     for part in filter(None, suffix.split("-")):
+        if part in _FLAGS:
+            values.update(_FLAGS[part])
+            sweep[part] = 1.0
+            continue
         match = re.fullmatch(r"([A-Za-z])([0-9.]+)", part)
         if not match or match.group(1) not in keys:
-            raise ValueError(f"bad method suffix {part!r} in {name!r}; allowed prefixes: {', '.join(keys)}")
+            raise ValueError(
+                f"bad method suffix {part!r} in {name!r}; allowed prefixes: {', '.join(keys)}; "
+                f"switches: {', '.join(_FLAGS)}"
+            )
         field_name, kind = keys[match.group(1)]
         values[field_name] = kind(match.group(2))
         sweep[field_name] = kind(match.group(2))

@@ -11,8 +11,11 @@ from tests.unit.scripted import ScriptedBackend, ScriptedReward
 
 def test_default_methods_cover_the_issue() -> None:
     names = set(DEFAULT_METHODS)
-    assert {"vanilla", "bon-4", "bon-8", "bon-16", "stars", "stars-L8", "stars-L32", "cards"} <= names
+    assert {"vanilla", "bon-4", "bon-8", "bon-16", "stars", "cards"} <= names
     assert any(name.startswith("stars-K") for name in names)
+    sizes = {parse_method(name, 64).config.segment_size for name in names if name.startswith("stars")}  # type: ignore[union-attr]
+    assert {8, 16, 32} <= sizes  # the issue's segment_size sweep
+    assert "stars-first-flat-L16" in names  # the engine default before issue 5, for comparison
 
 
 def test_method_names_map_to_configs() -> None:
@@ -34,7 +37,16 @@ def test_method_names_map_to_configs() -> None:
     assert (cards.config.segmentation, cards.config.entropy_threshold) == ("entropy", 2.5)
 
 
-@pytest.mark.parametrize("name", ["bon-0", "best-of-4", "stars-Z3", "cards-q0.5", "stars-L"])
+def test_switches_select_the_paper_rule_and_a_flat_budget() -> None:
+    old = parse_method("stars-first-flat-L16", 64)
+    assert old.config is not None
+    config = old.config
+    assert (config.round_selection, config.segment_budget, config.segment_size) == ("first", "flat", 16)
+    assert old.sweep == {"first": 1.0, "flat": 1.0, "segment_size": 16}
+    assert parse_method("stars-best", 64).config.round_selection == "best"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("name", ["bon-0", "best-of-4", "stars-Z3", "cards-q0.5", "stars-L", "stars-worst"])
 def test_bad_method_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError):
         parse_method(name, 32)

@@ -44,13 +44,17 @@ def test_absolute_mode_requires_a_threshold_and_a_consistent_floor():
 def test_defaults_match_the_documented_ones():
     config = STARSConfig()
     assert (config.segment_size, config.candidates_per_round, config.max_attempts, config.max_new_tokens) == (
-        16,
+        8,
         4,
         16,
         256,
     )
     assert config.threshold_mode == "relative" and config.acceptance == "hard" and config.fallback == "best"
     assert config.effective_window == 8
+    # Issue 5's default: best passing candidate of a round, shaped per-segment budget.
+    assert config.round_selection == "best" and config.segment_budget == "shaped"
+    assert [config.round_size(index, final=False) for index in range(3)] == [4, 3, 3]
+    assert config.round_size(5, final=True) == 6
 
 
 def test_overrides_ignore_none_and_validate():

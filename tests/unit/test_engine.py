@@ -31,7 +31,8 @@ def judged(events) -> list[CandidateJudged]:
 
 def test_first_passing_candidate_in_index_order_is_accepted():
     rewards = reward_table({"aa": 0.1, "bb": 0.9, "cc": 0.95}, default=1.0)
-    result, events, generation, _ = run([["aa", "bb", "cc", "dd"], ["x<eos>"] * 4], rewards, absolute(segment_size=2))
+    config = absolute(segment_size=2, round_selection="first")
+    result, events, generation, _ = run([["aa", "bb", "cc", "dd"], ["x<eos>"] * 4], rewards, config)
     decisions = judged(events)
     assert [(d.text, d.accepted) for d in decisions[:2]] == [("aa", False), ("bb", True)]
     assert "cc" not in [d.text for d in decisions]  # never judged: the round stopped at "bb"

@@ -93,3 +93,12 @@ def test_new_fields_are_validated_by_name(values, field):
     with pytest.raises(ConfigError) as error:
         STARSConfig.build(**values)
     assert field in str(error.value)
+
+
+def test_shaped_budget_scales_with_k_and_flat_keeps_k():
+    shaped = STARSConfig(candidates_per_round=8)
+    assert [shaped.round_size(0, False), shaped.round_size(1, False), shaped.round_size(9, True)] == [8, 6, 12]
+    flat = STARSConfig(candidates_per_round=8, segment_budget="flat")
+    assert {flat.round_size(index, final) for index in range(3) for final in (False, True)} == {8}
+    single = STARSConfig(candidates_per_round=1)
+    assert {single.round_size(index, final) for index in range(3) for final in (False, True)} == {1}
