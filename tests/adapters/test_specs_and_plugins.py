@@ -24,9 +24,11 @@ def test_remote_specs_build_without_contacting_the_server(lm_dir):
         adapter.close()
 
 
-def test_llamacpp_spec_defaults_to_the_pulled_gguf(gguf):
+def test_llamacpp_spec_defaults_to_the_f16_copy_of_the_pulled_gguf(gguf):
+    from stars_guard.models import llamacpp_lm_gguf
+
     backend = build_backend("llamacpp")
-    assert isinstance(backend, LlamaCppBackend) and backend.model_path == gguf
+    assert isinstance(backend, LlamaCppBackend) and backend.model_path == llamacpp_lm_gguf()
     assert build_backend(f"llamacpp:{gguf}?n_threads=1").n_threads == 1
 
 

@@ -18,7 +18,7 @@ import uvicorn
 from openai import OpenAI
 
 from stars_guard.dashboard import DashboardRecorder, dashboard_routes
-from tests.dashboard.support import free_port
+from tests.loopback import free_port
 
 # Small answers in 4-token segments, so each request judges a dozen candidates or more.
 STARS_OVERRIDES = {"segment_size": 4, "candidates_per_round": 2}

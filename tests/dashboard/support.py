@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -28,12 +27,6 @@ from stars_guard.telemetry import PrometheusExporter
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"})
 CHART_IDS = ("chart-rejection-rate", "chart-attempts", "chart-rewards", "chart-requests", "chart-refusals")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def run_request(engine: STARSEngine, stats: RejectionStats, prompt: str, **overrides: Any) -> dict[str, Any]:

@@ -26,6 +26,9 @@ CONFIG = STARSConfig(
     candidates_per_round=2,
     max_attempts=4,
     max_new_tokens=64,
+    # The scripts below spell out each round: K candidates per round, judged in index order.
+    segment_budget="flat",
+    round_selection="first",
 )
 # Two segments: the first accepted on attempt 2, the second on attempt 3 (after two rejections).
 ROUNDS = [["BAD-0001", "Hello, "], ["BAD-0002", "BAD-0003"], [f"world!{EOS}"]]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 from stars_guard.config import STARSConfig
 from stars_guard.messages import ChatMessage
+from tests.loopback import ThreadedServer as LiveServer
+from tests.loopback import free_port
 from tests.unit.scripted import EOS, ScriptedGeneration, ScriptedReward
 
 Script = Callable[[list[ChatMessage]], list[list[str]]]
@@ -103,47 +103,13 @@ def test_config(**overrides: Any) -> STARSConfig:
         "threshold_mode": "absolute",
         "reward_threshold": 0.5,
         "alpha": 1.0,
+        "segment_budget": "flat",  # scripted rounds: K candidates each, judged in index order
+        "round_selection": "first",
     }
     return STARSConfig(**{**values, **overrides})
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveServer:
-    """An ASGI app on uvicorn in a daemon thread, on a free 127.0.0.1 port."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="error", lifespan="on", timeout_graceful_shutdown=2
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True, name=f"chat-server-{self.port}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"the chat server on port {self.port} did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
