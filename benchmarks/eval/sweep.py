@@ -73,7 +73,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--num-prompts", type=int, default=12)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--reward", default="guard", choices=["guard", "guard-refusal"])
+    parser.add_argument(
+        "--reward",
+        default="guard",
+        choices=["guard", "guard-refusal"],
+        help="guard: relevance-only GuardReward; guard-refusal: the refusal-aware default",
+    )
     parser.add_argument("--variant", action="append", default=[], help="NAME=JSON config overrides")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/stars-sweep"))
     parser.add_argument("--log", type=Path, default=Path("/tmp/stars-sweep/log.jsonl"))
