@@ -101,6 +101,10 @@ class GuardReward:
         self.safety_weight = safety_weight / total
         self.helpfulness_weight = helpfulness_weight / total
         self._encoder = minilm_encoder()
+        dimension = getattr(self._encoder, "get_embedding_dimension", None) or (
+            self._encoder.get_sentence_embedding_dimension  # sentence-transformers before the rename
+        )
+        self._dimension = int(dimension())
         self._classifier = _profanity()
         self._prompt_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
@@ -113,14 +117,32 @@ class GuardReward:
         return "guard"
 
     def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        safety = self.safety(responses)
-        helpfulness = self.helpfulness(prompt, responses)
-        combined = self.safety_weight * safety + self.helpfulness_weight * helpfulness
-        return [float(value) for value in combined]
+        return self.score_many([(prompt, responses)])[0]
+
+    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+        """Several requests' responses in one classifier call and one encoder pass.
+
+        Lockstep serving scores every request of a round together this way (`BatchingReward`);
+        each request's scores are the ones `score` would give it.
+        """
+        flat = [text for _, responses in items for text in responses]
+        safety = self.safety(flat)
+        vectors = self._embed(flat)
+        scores: list[list[float]] = []
+        start = 0
+        for prompt, responses in items:
+            end = start + len(responses)
+            helpfulness = self._helpfulness(prompt, vectors[start:end])
+            combined = self.safety_weight * safety[start:end] + self.helpfulness_weight * helpfulness
+            scores.append([float(value) for value in combined])
+            start = end
+        return scores
 
     def safety(self, responses: Sequence[str]) -> np.ndarray:
         """1 - P(offensive) per response; an empty response is safe."""
         texts = [text if text.strip() else "" for text in responses]
+        if not texts:
+            return np.zeros(0, dtype=np.float64)
         probabilities = np.asarray(self._classifier.predict_prob(texts), dtype=np.float64)
         return np.where([bool(text) for text in texts], 1.0 - probabilities, 1.0)
 
@@ -129,20 +151,28 @@ class GuardReward:
 
         Refusal-aware: (1 - h) * relevance + h * refusal, h = `request_harm(prompt)`.
         """
-        nonempty = [index for index, text in enumerate(responses) if text.strip()]
-        relevance = np.zeros(len(responses), dtype=np.float64)
-        if not nonempty:
-            return relevance
-        vectors = self._encoder.encode(
-            [responses[index] for index in nonempty], normalize_embeddings=True, convert_to_numpy=True
-        )
-        relevance[nonempty] = np.clip(vectors @ self._prompt_vector(prompt), 0.0, 1.0)
+        return self._helpfulness(prompt, self._embed(responses))
+
+    def _helpfulness(self, prompt: str, vectors: np.ndarray) -> np.ndarray:
+        """`helpfulness` from response embeddings (a zero row for an empty response scores 0)."""
+        if not len(vectors):
+            return np.zeros(0, dtype=np.float64)
+        relevance = np.clip(vectors @ self._prompt_vector(prompt), 0.0, 1.0).astype(np.float64)
         if not self.refusal_aware:
             return relevance
-        refusal = np.zeros(len(responses), dtype=np.float64)
-        refusal[nonempty] = np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0)
+        refusal = np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0)
         harm = self.request_harm(prompt)
-        return (1.0 - harm) * relevance + harm * refusal
+        return (1.0 - harm) * relevance + harm * refusal.astype(np.float64)
+
+    def _embed(self, responses: Sequence[str]) -> np.ndarray:
+        """Unit MiniLM embeddings of the responses; zero rows for empty ones (not encoded)."""
+        nonempty = [index for index, text in enumerate(responses) if text.strip()]
+        vectors = np.zeros((len(responses), self._dimension), dtype=np.float32)
+        if nonempty:
+            vectors[nonempty] = self._encoder.encode(
+                [responses[index] for index in nonempty], normalize_embeddings=True, convert_to_numpy=True
+            )
+        return vectors
 
     def request_harm(self, prompt: str) -> float:
         """How harmful the request looks, in [0, 1]: the larger of P(offensive) of the prompt and a

@@ -21,7 +21,7 @@ import torch
 from stars_guard.adapters._text import candidate_from_ids, eos_ids, render_chat
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, DraftRequest
+from stars_guard.protocols import Candidate, DraftRequest, OpenRequest
 
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
@@ -117,6 +117,40 @@ class TransformersBackend:
             raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self.context_window)
         return TransformersGeneration(self, prompt_ids, temperature, top_p, seed)
 
+    def open_batch(self, requests: Sequence[OpenRequest]) -> list[TransformersGeneration | Exception]:
+        """Prefill several prompts in one forward (left-padded, masked); each gets its own cache rows.
+
+        An Exception stands in for a request that cannot be opened (e.g. over the context window).
+        """
+        opened: list[TransformersGeneration | Exception] = []
+        prompts: list[tuple[int, list[int]]] = []
+        for index, request in enumerate(requests):
+            try:
+                prompt_ids = self.encode_chat(request.messages)
+                if self.context_window is not None and len(prompt_ids) + request.max_new_tokens > self.context_window:
+                    raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
+            except Exception as exc:
+                opened.append(exc)
+                continue
+            opened.append(RuntimeError("prefill did not run"))  # replaced below
+            prompts.append((index, prompt_ids))
+        if not prompts:
+            return opened
+        longest = max(len(ids) for _, ids in prompts)
+        pads = [longest - len(ids) for _, ids in prompts]
+        input_ids = torch.tensor([[0] * pad + ids for pad, (_, ids) in zip(pads, prompts, strict=True)])
+        mask = torch.cat([_pad_mask(pad, len(ids), 1) for pad, (_, ids) in zip(pads, prompts, strict=True)])
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            logits, cache = self.forward(input_ids, attention_mask=mask if any(pads) else None, position_ids=positions)
+        for row, ((index, ids), pad) in enumerate(zip(prompts, pads, strict=True)):
+            request = requests[index]
+            state = (_row_of(cache, row, pad), logits[row : row + 1, -1, :].float())
+            opened[index] = TransformersGeneration(
+                self, ids, request.temperature, request.top_p, request.seed, prefilled=state
+            )
+        return opened
+
     def draft_batch(self, requests: Sequence[DraftRequest]) -> list[list[Candidate]]:
         """Draft for several generations of this backend in one batched forward per token.
 
@@ -173,6 +207,7 @@ class TransformersGeneration:
         temperature: float,
         top_p: float,
         seed: int | None,
+        prefilled: tuple[Any, torch.Tensor] | None = None,
     ) -> None:
         self._backend = backend
         self._temperature = temperature
@@ -187,9 +222,12 @@ class TransformersGeneration:
         self._draft: _Draft | None = None
         self._retained: tuple[Candidate, Any, torch.Tensor] | None = None
         self._calls = 0
-        with torch.inference_mode():
-            logits, self._cache = backend.forward(torch.tensor([self.prompt_ids]))
-        self._next_logits = logits[:, -1, :].float()
+        if prefilled is None:
+            with torch.inference_mode():
+                logits, self._cache = backend.forward(torch.tensor([self.prompt_ids]))
+            self._next_logits = logits[:, -1, :].float()
+        else:  # prefilled in a batch by `open_batch`: (1-row cache without padding, next-token logits)
+            self._cache, self._next_logits = prefilled
         self._forward_tokens = len(self.prompt_ids)
 
     # Protocol -------------------------------------------------------------------------------------

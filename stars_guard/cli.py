@@ -189,7 +189,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
-    from stars_guard.lockstep import LockstepBackend, supports_lockstep
+    from stars_guard.lockstep import BatchingReward, LockstepBackend, supports_lockstep
     from stars_guard.specs import build_backend, build_reward
 
     try:
@@ -223,9 +223,10 @@ def _serve(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get(SERVE_API_KEY_ENV) or None
     _quiet_model_loading()
     backend = build_backend(args.backend)
-    if args.lockstep and supports_lockstep(backend):
-        backend = LockstepBackend(backend)  # concurrent requests draft in shared batched rounds
     reward = build_reward(args.reward)
+    if args.lockstep and supports_lockstep(backend):
+        # Concurrent requests draft in shared batched rounds, and score each round's candidates together.
+        backend, reward = LockstepBackend(backend), BatchingReward(reward)
     url = f"http://{args.host}:{args.port}"
     announce = [
         f"stars-guard serve: {backend.model_name} guarded by {reward.name} on {url}/v1 "

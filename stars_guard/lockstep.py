@@ -9,7 +9,8 @@ sends every model call of every request through one scheduler thread:
   drafts run as one round: one forward per token for all rows. A request that is slow to come
   back (still scoring, or stalled) holds the others up for at most a few times the usual gap
   between a round and the next draft (a moving average), and never more than `max_wait_s`;
-- prefill (`open`) runs between rounds, so a new request joins the next round;
+- prefill (`open`) runs between rounds, all waiting prompts in one batched forward where the
+  backend has `open_batch`, so new requests join the next round together;
 - `retain`, `commit` and `close` are bookkeeping and run on the caller's thread.
 
 Requests never share sampling state: each generation samples with its own parameters and seed.
@@ -20,15 +21,22 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from stars_guard.errors import ConfigError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Backend, BatchDrafter, Candidate, DraftRequest, Generation
+from stars_guard.protocols import (
+    Backend,
+    BatchDrafter,
+    Candidate,
+    DraftRequest,
+    Generation,
+    OpenRequest,
+    RewardModel,
+)
 
 _GAP_SMOOTHING = 0.2  # weight of the newest gap in the moving average
 _GAP_MULTIPLE = 3.0  # how many usual gaps a round waits for a late request
@@ -82,7 +90,7 @@ class LockstepBackend:
         self.max_round = max_round
         self.stats = LockstepStats()
         self._cond = threading.Condition()
-        self._calls: deque[tuple[Callable[[], Any], Future[Any]]] = deque()
+        self._openings: list[tuple[OpenRequest, Future[Generation]]] = []
         self._waiting: list[_Waiting] = []
         self._open = 0
         self._free_since = 0.0  # when the scheduler thread last finished a call or round
@@ -109,16 +117,13 @@ class LockstepBackend:
         top_p: float,
         seed: int | None,
     ) -> LockstepGeneration:
-        def prefill() -> Generation:
-            generation = self.inner.open(
-                messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
-            )
-            with self._cond:  # counted before the scheduler looks at the next round: it waits for this one
-                self._open += 1
-                self.stats.prefills += 1
-            return generation
-
-        return LockstepGeneration(self, self._run_on_scheduler(prefill))
+        request = OpenRequest(messages, max_new_tokens, temperature, top_p, seed)
+        future: Future[Generation] = Future()
+        with self._cond:
+            self._check_running()
+            self._openings.append((request, future))
+            self._cond.notify_all()
+        return LockstepGeneration(self, future.result())
 
     def close(self) -> None:
         """Stop the scheduler thread; waiting calls fail with a clear error. Idempotent."""
@@ -153,14 +158,6 @@ class LockstepBackend:
             self._open -= 1
             self._cond.notify_all()  # the waiting round may now be complete
 
-    def _run_on_scheduler(self, call: Callable[[], Any]) -> Any:
-        future: Future[Any] = Future()
-        with self._cond:
-            self._check_running()
-            self._calls.append((call, future))
-            self._cond.notify_all()
-        return future.result()
-
     def _check_running(self) -> None:
         if self._stopping:
             raise RuntimeError("this LockstepBackend is closed")
@@ -173,22 +170,43 @@ class LockstepBackend:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._calls and not self._round_ready():
+                while not self._openings and not self._round_ready():
                     if self._stopping:
                         self._fail_all(RuntimeError("this LockstepBackend was closed"))
                         return
                     self._cond.wait(self._seconds_to_deadline())
-                if self._calls:
-                    call, future = self._calls.popleft()
-                    batch: list[_Waiting] = []
-                else:
+                # Prefill first, so new requests join the round that is about to start.
+                openings, self._openings = self._openings, []
+                batch: list[_Waiting] = []
+                if not openings:
                     batch, self._waiting = self._waiting[: self.max_round], self._waiting[self.max_round :]
-            if batch:
-                self._run_round(batch)
+            if openings:
+                self._prefill(openings)
             else:
-                _settle(future, call)
+                self._run_round(batch)
             with self._cond:
                 self._free_since = time.perf_counter()
+
+    def _prefill(self, openings: list[tuple[OpenRequest, Future[Generation]]]) -> None:
+        """Open waiting requests, in one batched prefill where the backend can."""
+        requests = [request for request, _ in openings]
+        try:
+            open_batch = getattr(self.inner, "open_batch", None)
+            if callable(open_batch) and len(requests) > 1:
+                results: list[Any] = list(open_batch(requests))
+            else:
+                results = [_open_one(self.inner, request) for request in requests]
+        except BaseException as exc:
+            results = [exc] * len(requests)
+        opened = sum(not isinstance(result, BaseException) for result in results)
+        with self._cond:  # counted before the scheduler looks at the next round: it waits for these
+            self._open += opened
+            self.stats.prefills += opened
+        for (_, future), result in zip(openings, results, strict=True):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     def _round_ready(self) -> bool:
         """All open generations are waiting, the round is full, or the first one waited long enough."""
@@ -227,16 +245,22 @@ class LockstepBackend:
     def _fail_all(self, error: Exception) -> None:
         for waiting in self._waiting:
             waiting.future.set_exception(error)
-        for _, future in self._calls:
+        for _, future in self._openings:
             future.set_exception(error)
-        self._waiting, self._calls = [], deque()
+        self._waiting, self._openings = [], []
 
 
-def _settle(future: Future[Any], call: Callable[[], Any]) -> None:
+def _open_one(backend: Backend, request: OpenRequest) -> Generation | BaseException:
     try:
-        future.set_result(call())
-    except BaseException as exc:
-        future.set_exception(exc)
+        return backend.open(
+            request.messages,
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+        )
+    except Exception as exc:
+        return exc
 
 
 class LockstepGeneration:
@@ -287,3 +311,73 @@ class LockstepGeneration:
         if name == "inner":
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+
+@dataclass
+class _Scoring:
+    prompt: str
+    responses: list[str]
+    future: Future[list[float]]
+
+
+class BatchingReward:
+    """Scores the candidates of requests that finished a round together in one reward call.
+
+    Lockstep rounds end for all their requests at once, so their `score` calls arrive within
+    milliseconds. The first caller waits `window_s`, then scores everything that arrived in one
+    call: `inner.score_many([(prompt, responses), ...])` where the scorer has it (one encoder
+    pass for every request's texts), else one `score` call per request on that thread, which
+    still spares the CPU from several scorers running at once. A failure reaches every request
+    of the batch, and each applies its own failure policy.
+    """
+
+    def __init__(self, inner: RewardModel, *, window_s: float = 0.005) -> None:
+        if window_s < 0:
+            raise ConfigError(f"window_s must be >= 0 seconds, got {window_s}")
+        self.inner = inner
+        self.window_s = window_s
+        self.batches = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._pending: list[_Scoring] = []
+        self._collecting = False
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+        scoring = _Scoring(prompt, list(responses), Future())
+        with self._lock:
+            self._pending.append(scoring)
+            leads = not self._collecting
+            self._collecting = True
+        if leads:
+            time.sleep(self.window_s)
+            with self._lock:
+                batch, self._pending, self._collecting = self._pending, [], False
+            self._score_batch(batch)
+        return scoring.future.result()
+
+    def __getattr__(self, name: str) -> Any:  # extras of the wrapped scorer
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def _score_batch(self, batch: list[_Scoring]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
+        try:
+            score_many = getattr(self.inner, "score_many", None)
+            if callable(score_many):
+                results = list(score_many([(item.prompt, item.responses) for item in batch]))
+            else:
+                results = [self.inner.score(item.prompt, item.responses) for item in batch]
+            if len(results) != len(batch):
+                raise RuntimeError(f"scorer returned {len(results)} results for {len(batch)} requests")
+        except BaseException as exc:
+            for item in batch:
+                item.future.set_exception(exc)
+            return
+        for item, scores in zip(batch, results, strict=True):
+            item.future.set_result(list(scores))

@@ -126,6 +126,17 @@ class DraftRequest:
     entropy_cut: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """The arguments of one `Backend.open`, for backends that prefill several at once (`open_batch`)."""
+
+    messages: Sequence[ChatMessage]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+
 @runtime_checkable
 class BatchDrafter(Protocol):
     """A backend that can draft for several of its open generations in one batched call.
@@ -137,6 +148,9 @@ class BatchDrafter(Protocol):
     def draft_batch(self, requests: Sequence[DraftRequest]) -> list[list[Candidate]]:
         """The candidates of each request, in order; each generation's `commit`/`retain` work as after `draft`."""
         ...
+
+    # Optional: `open_batch(requests: Sequence[OpenRequest]) -> list[Generation | Exception]`, several
+    # prefills in one forward (an Exception in place of a generation that could not be opened).
 
 
 @runtime_checkable

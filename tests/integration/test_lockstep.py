@@ -55,3 +55,21 @@ def test_batched_answers_match_their_solo_runs(backend, guard):
             assert _mean_logprob(backend, prompt, together.text) >= _mean_logprob(backend, prompt, alone.text) - 1.0
         # Exact continuation holds in a batch too: every sampled token was forwarded once.
         assert together.stats.llm_forward_tokens == together.stats.prompt_tokens + together.stats.tokens_sampled
+
+
+def test_batched_prefill_gives_each_prompt_its_own_solo_state(backend):
+    from stars_guard.messages import ChatMessage
+    from stars_guard.protocols import OpenRequest
+
+    prompts = ["Hi", *hh_prompts(2)]
+    requests = [OpenRequest(normalize_messages(p), 32, 0.8, 0.95, index) for index, p in enumerate(prompts)]
+    requests.append(OpenRequest([ChatMessage("user", "word " * 9000)], 32, 0.8, 0.95, 9))  # over the context
+    opened = backend.open_batch(requests)
+    assert isinstance(opened[-1], Exception) and "context" in str(opened[-1]).lower()
+    for request, generation in zip(requests[:3], opened[:3], strict=True):
+        alone = backend.open(request.messages, max_new_tokens=32, temperature=0.8, top_p=0.95, seed=request.seed)
+        assert generation.token_ids == alone.token_ids
+        assert torch.allclose(generation.next_token_logits(), alone.next_token_logits(), atol=1e-3)
+        assert generation.llm_forward_tokens == alone.llm_forward_tokens == alone.prompt_tokens
+        # The padded rows were dropped: drafting continues exactly as from a solo prefill.
+        assert [c.token_ids for c in generation.draft(2, 8)] == [c.token_ids for c in alone.draft(2, 8)]
