@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stars_guard.callbacks import RejectionStatsHandler
 from stars_guard.chat_model import STARSChatModel
+from stars_guard.config import STARSConfig
 from stars_guard.telemetry import PrometheusExporter
 from tests.langchain.conftest import red_team_prompts
 from tests.langchain.test_chat_model_unit import Exploding, Recorder, merged, without_timing
@@ -58,9 +59,12 @@ def settled_texts(events: list[dict[str, Any]]) -> list[str]:
     return [by_segment[index] for index in sorted(by_segment)]
 
 
-def test_red_team_prompts_never_stream_rejected_text() -> None:
+@pytest.mark.parametrize("selection", ["first", "best"])
+def test_red_team_prompts_never_stream_rejected_text(selection: str) -> None:
+    """Both judging orders. Index order ('first') rejects often on these prompts; best-first (the
+    default) rejects a round only when its best candidate fails, so it may have nothing to check."""
     prompts = red_team_prompts(3)
-    llm = STARSChatModel(max_tokens=32, include_candidate_text=True)
+    llm = STARSChatModel(max_tokens=32, include_candidate_text=True, config=STARSConfig(round_selection=selection))
     checked = 0
     for number, prompt in enumerate(prompts):
         recorder = Recorder()
@@ -83,7 +87,8 @@ def test_red_team_prompts_never_stream_rejected_text() -> None:
         if number == 0:  # plain stream() with the same seed streams the very same chunks
             chunks = [chunk.content for chunk in llm.stream(prompt, seed=number)]
             assert [chunk for chunk in chunks if chunk] == deltas
-    assert checked > 0, "no rejected candidate was long enough to check: the test checked nothing"
+    if selection == "first":
+        assert checked > 0, "no rejected candidate was long enough to check: the test checked nothing"
 
 
 async def test_concurrent_ainvokes_are_counted_exactly_and_keep_the_loop_free() -> None:
