@@ -226,7 +226,8 @@ def _serve(args: argparse.Namespace) -> int:
     reward = build_reward(args.reward)
     if args.lockstep and supports_lockstep(backend):
         # Concurrent requests draft in shared batched rounds, and score each round's candidates together.
-        backend, reward = LockstepBackend(backend), BatchingReward(reward)
+        backend = LockstepBackend(backend)
+        reward = BatchingReward(reward, runner=backend.run_on_scheduler)  # all model work on one thread
     url = f"http://{args.host}:{args.port}"
     announce = [
         f"stars-guard serve: {backend.model_name} guarded by {reward.name} on {url}/v1 "

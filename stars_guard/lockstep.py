@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -91,6 +91,7 @@ class LockstepBackend:
         self.stats = LockstepStats()
         self._cond = threading.Condition()
         self._openings: list[tuple[OpenRequest, Future[Generation]]] = []
+        self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
         self._waiting: list[_Waiting] = []
         self._open = 0
         self._free_since = 0.0  # when the scheduler thread last finished a call or round
@@ -167,22 +168,38 @@ class LockstepBackend:
 
     # The scheduler thread ------------------------------------------------------------------------
 
+    def run_on_scheduler(self, call: Callable[[], Any]) -> Any:
+        """Run `call` on the scheduler thread between rounds and return its result.
+
+        `BatchingReward` scores here, so one thread does all of a process's model work: torch
+        threads of a second thread would compete with the drafting ones for the same cores.
+        """
+        future: Future[Any] = Future()
+        with self._cond:
+            self._check_running()
+            self._calls.append((call, future))
+            self._cond.notify_all()
+        return future.result()
+
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._openings and not self._round_ready():
+                while not self._openings and not self._calls and not self._round_ready():
                     if self._stopping:
                         self._fail_all(RuntimeError("this LockstepBackend was closed"))
                         return
                     self._cond.wait(self._seconds_to_deadline())
-                # Prefill first, so new requests join the round that is about to start.
+                # Prefill and scoring first: new requests join, and scored ones come back for, the next round.
                 openings, self._openings = self._openings, []
+                calls, self._calls = self._calls, []
                 batch: list[_Waiting] = []
-                if not openings:
+                if not openings and not calls:
                     batch, self._waiting = self._waiting[: self.max_round], self._waiting[self.max_round :]
             if openings:
                 self._prefill(openings)
-            else:
+            for call, future in calls:
+                _settle(future, call)
+            if batch:
                 self._run_round(batch)
             with self._cond:
                 self._free_since = time.perf_counter()
@@ -245,9 +262,16 @@ class LockstepBackend:
     def _fail_all(self, error: Exception) -> None:
         for waiting in self._waiting:
             waiting.future.set_exception(error)
-        for _, future in self._openings:
+        for _, future in [*self._openings, *self._calls]:
             future.set_exception(error)
-        self._waiting, self._openings = [], []
+        self._waiting, self._openings, self._calls = [], [], []
+
+
+def _settle(future: Future[Any], call: Callable[[], Any]) -> None:
+    try:
+        future.set_result(call())
+    except BaseException as exc:
+        future.set_exception(exc)
 
 
 def _open_one(backend: Backend, request: OpenRequest) -> Generation | BaseException:
@@ -325,16 +349,24 @@ class BatchingReward:
 
     Lockstep rounds end for all their requests at once, so their `score` calls arrive within
     milliseconds. The first caller waits `window_s`, then scores everything that arrived in one
-    call: `inner.score_many([(prompt, responses), ...])` where the scorer has it (one encoder
-    pass for every request's texts), else one `score` call per request on that thread, which
-    still spares the CPU from several scorers running at once. A failure reaches every request
-    of the batch, and each applies its own failure policy.
+    call, `inner.score_many([(prompt, responses), ...])` where the scorer has it (one encoder pass
+    for every request's texts), else one `score` call per request, all on one thread: `runner`'s
+    if given (`LockstepBackend.run_on_scheduler`, so drafting and scoring never compete for the
+    cores), else the first caller's. A failure reaches every request of the batch, and each
+    applies its own failure policy.
     """
 
-    def __init__(self, inner: RewardModel, *, window_s: float = 0.005) -> None:
+    def __init__(
+        self,
+        inner: RewardModel,
+        *,
+        window_s: float = 0.005,
+        runner: Callable[[Callable[[], Any]], Any] | None = None,
+    ) -> None:
         if window_s < 0:
             raise ConfigError(f"window_s must be >= 0 seconds, got {window_s}")
         self.inner = inner
+        self.runner = runner  # e.g. LockstepBackend.run_on_scheduler: where the scoring runs
         self.window_s = window_s
         self.batches = 0
         self.requests = 0
@@ -356,7 +388,15 @@ class BatchingReward:
             time.sleep(self.window_s)
             with self._lock:
                 batch, self._pending, self._collecting = self._pending, [], False
-            self._score_batch(batch)
+            if self.runner is None:
+                self._score_batch(batch)
+            else:
+                try:
+                    self.runner(lambda: self._score_batch(batch))
+                except BaseException as exc:  # the runner itself failed (e.g. closed): nobody may hang
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
         return scoring.future.result()
 
     def __getattr__(self, name: str) -> Any:  # extras of the wrapped scorer

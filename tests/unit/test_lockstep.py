@@ -259,3 +259,22 @@ def test_batching_reward_failure_reaches_every_request_of_the_batch() -> None:
     assert all(isinstance(outcome, RuntimeError) and "scorer down" in str(outcome) for outcome in outcomes)
     with pytest.raises(ConfigError, match="window_s"):
         BatchingReward(RecordingScorer(batched=False), window_s=-1)
+
+
+def test_batching_reward_can_score_on_the_lockstep_scheduler_thread() -> None:
+    from stars_guard.lockstep import BatchingReward
+
+    threads: list[str] = []
+
+    class ThreadNoting(RecordingScorer):
+        def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+            threads.append(threading.current_thread().name)
+            return super().score(prompt, responses)
+
+    backend = LockstepBackend(TaggedBatchBackend())
+    reward = BatchingReward(ThreadNoting(batched=False), runner=backend.run_on_scheduler)
+    assert reward.score("pp", ["abc"]) == [2003.0]
+    assert threads == ["stars-lockstep"]
+    backend.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        reward.score("pp", ["abc"])  # a closed scheduler fails the call instead of hanging it
