@@ -40,7 +40,8 @@ unit: $(STAMP)
 
 bench: setup
 	$(PY) benchmarks/engine_bench.py --out benchmarks/results
-	$(PY) benchmarks/backends_bench.py
+	OMP_NUM_THREADS=1 $(PY) benchmarks/backends_bench.py
+	$(PY) benchmarks/serve_bench.py --out benchmarks/results
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check stars_guard adapters tests benchmarks examples
