@@ -227,7 +227,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.lockstep and supports_lockstep(backend):
         # Concurrent requests draft in shared batched rounds, and score each round's candidates together.
         backend = LockstepBackend(backend)
-        reward = BatchingReward(reward, runner=backend.run_on_scheduler)  # all model work on one thread
+        if callable(getattr(reward, "score_many", None)):  # an in-process scorer: batch it on the model thread
+            reward = BatchingReward(reward, runner=backend.run_on_scheduler)
+        # Remote scorers (tei:, vllm-classify:) keep one concurrent call per request: no I/O on that thread.
     url = f"http://{args.host}:{args.port}"
     announce = [
         f"stars-guard serve: {backend.model_name} guarded by {reward.name} on {url}/v1 "
