@@ -34,6 +34,7 @@ from stars_guard.protocols import (
     Candidate,
     DraftRequest,
     Generation,
+    GenerationWrapper,
     OpenRequest,
     RewardModel,
 )
@@ -287,54 +288,31 @@ def _open_one(backend: Backend, request: OpenRequest) -> Generation | BaseExcept
         return exc
 
 
-class LockstepGeneration:
+class LockstepGeneration(GenerationWrapper):
     """One request's generation; its drafts join the scheduler's shared rounds."""
 
     def __init__(self, backend: LockstepBackend, inner: Generation) -> None:
+        super().__init__(inner)
         self._backend = backend
-        self.inner = inner
         self._closed = False
         self._last_round_end: float | None = None
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.inner.prompt_tokens
-
-    @property
-    def llm_forward_tokens(self) -> int | None:
-        return self.inner.llm_forward_tokens
-
-    @property
-    def llm_calls(self) -> int:
-        return self.inner.llm_calls
 
     @property
     def supports_entropy_segments(self) -> bool:
         return bool(getattr(self.inner, "supports_entropy_segments", False))
 
-    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:  # type: ignore[override]
         if self._closed:
             raise RuntimeError("this generation is closed")
         request = DraftRequest(self.inner, num_candidates, max_tokens, entropy_cut)
         candidates, self._last_round_end = self._backend._draft(request, self._last_round_end)
         return candidates
 
-    def retain(self, candidate: Candidate) -> None:
-        self.inner.retain(candidate)
-
-    def commit(self, candidate: Candidate) -> None:
-        self.inner.commit(candidate)
-
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self.inner.close()
             self._backend._release()
-
-    def __getattr__(self, name: str) -> Any:  # token_ids and other extras of the wrapped generation
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 @dataclass

@@ -96,6 +96,45 @@ class Generation(Protocol):
         ...
 
 
+class GenerationWrapper:
+    """Base for a `Generation` that wraps another and changes only some calls (timing, scheduling).
+
+    Everything not overridden goes to `inner`, extras such as `backend_retries` or `token_ids` included.
+    """
+
+    def __init__(self, inner: Generation) -> None:
+        self.inner = inner
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.inner.prompt_tokens
+
+    @property
+    def llm_forward_tokens(self) -> int | None:
+        return self.inner.llm_forward_tokens
+
+    @property
+    def llm_calls(self) -> int:
+        return self.inner.llm_calls
+
+    def draft(self, num_candidates: int, max_tokens: int, **options: Any) -> list[Candidate]:
+        return self.inner.draft(num_candidates, max_tokens, **options)  # type: ignore[call-arg]
+
+    def retain(self, candidate: Candidate) -> None:
+        self.inner.retain(candidate)
+
+    def commit(self, candidate: Candidate) -> None:
+        self.inner.commit(candidate)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Opens generations. Implementations: `stars_guard.adapters`."""

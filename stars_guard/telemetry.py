@@ -29,7 +29,7 @@ from uuid import UUID
 
 from stars_guard.callbacks import RequestRecord, RunInfo, SegmentOutcome
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Backend, Candidate, Generation, RewardModel
+from stars_guard.protocols import Backend, Candidate, Generation, GenerationWrapper, RewardModel
 
 TELEMETRY_HINT = "pip install 'stars-guard[telemetry]'"
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
@@ -180,44 +180,18 @@ class TimedBackend:
         return getattr(self.inner, name)
 
 
-class _TimedGeneration:
+class _TimedGeneration(GenerationWrapper):
     def __init__(self, inner: Generation, observe: Callable[[float], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._observe = observe
-
-    @property
-    def prompt_tokens(self) -> int:
-        return self.inner.prompt_tokens
-
-    @property
-    def llm_forward_tokens(self) -> int | None:
-        return self.inner.llm_forward_tokens
-
-    @property
-    def llm_calls(self) -> int:
-        return self.inner.llm_calls
 
     def draft(self, num_candidates: int, max_tokens: int, **options: Any) -> list[Candidate]:
         """Timed draft; `options` (e.g. `entropy_cut`) pass through to backends that take them."""
         started = time.perf_counter()
         try:
-            return self.inner.draft(num_candidates, max_tokens, **options)
+            return super().draft(num_candidates, max_tokens, **options)
         finally:
             _safely(self._observe, time.perf_counter() - started)
-
-    def retain(self, candidate: Candidate) -> None:
-        self.inner.retain(candidate)
-
-    def commit(self, candidate: Candidate) -> None:
-        self.inner.commit(candidate)
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def __getattr__(self, name: str) -> Any:  # backend_retries and other extras
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 class TimedReward:
