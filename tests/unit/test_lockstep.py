@@ -16,7 +16,7 @@ import pytest
 from stars_guard import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.errors import ConfigError
-from stars_guard.lockstep import LockstepBackend, supports_lockstep
+from stars_guard.lockstep import LockstepBackend, LockstepGeneration, supports_lockstep
 from stars_guard.messages import ChatMessage, last_user_text
 from stars_guard.protocols import Candidate, DraftRequest
 from tests.unit.scripted import ScriptedBackend, ScriptedReward, make_candidate
@@ -106,11 +106,16 @@ def test_concurrent_requests_share_rounds_and_never_mix() -> None:
     assert backend.open_generations == 0
 
 
+def _open(backend: LockstepBackend, tag: str, seed: int) -> LockstepGeneration:
+    """A generation whose drafts are tagged `tag` (the prompt)."""
+    return backend.open([ChatMessage("user", tag)], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=seed)
+
+
 def test_a_round_waits_for_every_open_generation() -> None:
     inner = TaggedBatchBackend()
     backend = LockstepBackend(inner, max_wait_s=5.0)
-    first = backend.open([ChatMessage("user", "a")], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
-    second = backend.open([ChatMessage("user", "b")], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=1)
+    first = _open(backend, "a", 0)
+    second = _open(backend, "b", 1)
     done = threading.Event()
 
     def draft_first() -> None:
@@ -132,8 +137,8 @@ def test_a_round_waits_for_every_open_generation() -> None:
 def test_a_slow_request_holds_the_others_back_at_most_max_wait() -> None:
     inner = TaggedBatchBackend()
     backend = LockstepBackend(inner, max_wait_s=0.05)
-    busy = backend.open([ChatMessage("user", "busy")], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
-    quick = backend.open([ChatMessage("user", "quick")], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=1)
+    busy = _open(backend, "busy", 0)
+    quick = _open(backend, "quick", 1)
     started = time.perf_counter()
     quick.draft(2, 4)  # `busy` never drafts
     assert time.perf_counter() - started < 2.0
@@ -146,8 +151,8 @@ def test_a_slow_request_holds_the_others_back_at_most_max_wait() -> None:
 def test_closing_a_generation_releases_a_waiting_round() -> None:
     inner = TaggedBatchBackend()
     backend = LockstepBackend(inner, max_wait_s=30.0)
-    gone = backend.open([ChatMessage("user", "gone")], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
-    stay = backend.open([ChatMessage("user", "stay")], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=1)
+    gone = _open(backend, "gone", 0)
+    stay = _open(backend, "stay", 1)
     timer = threading.Timer(0.2, gone.close)
     timer.start()
     started = time.perf_counter()
@@ -161,10 +166,7 @@ def test_closing_a_generation_releases_a_waiting_round() -> None:
 def test_a_failing_round_fails_each_of_its_requests_and_the_scheduler_goes_on() -> None:
     inner = TaggedBatchBackend(fail_on_round=1)
     backend = LockstepBackend(inner, max_wait_s=5.0)
-    generations = [
-        backend.open([ChatMessage("user", tag)], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
-        for tag in ("x", "y")
-    ]
+    generations = [_open(backend, tag, 0) for tag in ("x", "y")]
     with ThreadPoolExecutor(max_workers=2) as pool:
         outcomes = list(pool.map(_draft_or_error, generations))
     assert inner.rounds == [["x", "y"]]
@@ -186,7 +188,7 @@ def test_a_closed_backend_refuses_new_work_clearly() -> None:
     backend = LockstepBackend(TaggedBatchBackend())
     backend.close()
     with pytest.raises(RuntimeError, match="closed"):
-        backend.open([ChatMessage("user", "late")], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=0)
+        _open(backend, "late", 0)
 
 
 def test_only_batch_drafting_backends_can_run_in_lockstep() -> None:
