@@ -49,11 +49,21 @@ _GAP_PRIOR_S = 0.1  # before any gap is seen: scoring a round of candidates take
 class LockstepStats:
     """What the scheduler did: rounds run and how many requests shared them."""
 
-    rounds: int = 0
-    drafts: int = 0  # request-rounds served (a round of 8 requests counts 8)
-    largest_round: int = 0
     prefills: int = 0
-    round_sizes: dict[int, int] = field(default_factory=dict)  # requests per round -> rounds
+    round_sizes: dict[int, int] = field(default_factory=dict)  # requests in a round -> how many such rounds
+
+    @property
+    def rounds(self) -> int:
+        return sum(self.round_sizes.values())
+
+    @property
+    def drafts(self) -> int:
+        """Request-rounds served (a round of 8 requests counts 8)."""
+        return sum(size * count for size, count in self.round_sizes.items())
+
+    @property
+    def largest_round(self) -> int:
+        return max(self.round_sizes, default=0)
 
     @property
     def mean_round(self) -> float:
@@ -245,9 +255,6 @@ class LockstepBackend:
         return max(0.0, self._deadline() - time.perf_counter())
 
     def _run_round(self, batch: list[_Waiting]) -> None:
-        self.stats.rounds += 1
-        self.stats.drafts += len(batch)
-        self.stats.largest_round = max(self.stats.largest_round, len(batch))
         self.stats.round_sizes[len(batch)] = self.stats.round_sizes.get(len(batch), 0) + 1
         try:
             results = self.inner.draft_batch([waiting.request for waiting in batch])  # type: ignore[attr-defined]
