@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from stars_guard.errors import StarsGuardError
@@ -151,7 +154,7 @@ def _models_pull(args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
-    from stars_guard.engine import Finished, STARSEngine, TextEmitted
+    from stars_guard.engine import Finished, STARSEngine
     from stars_guard.specs import build_backend, build_reward
 
     config = STARSConfig.build(
@@ -173,18 +176,53 @@ def _chat(args: argparse.Namespace) -> int:
     ]
     _quiet_model_loading()
     engine = STARSEngine(build_backend(args.backend), build_reward(args.reward), config)
-    for event in engine.stream(messages, stop=args.stop):
-        if isinstance(event, TextEmitted) and not args.json:
-            sys.stdout.write(event.text)
-            sys.stdout.flush()
-        elif isinstance(event, Finished):
-            result = event.result
+    with _interrupt_flag() as interrupted:
+        for event in engine.stream(messages, stop=args.stop):
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            _show(event, args.json)
+            if isinstance(event, Finished):
+                result = event.result
+        if interrupted.is_set():
+            raise KeyboardInterrupt
     if args.json:
         print(json.dumps({"text": result.text, "stars": result.stats.as_dict()}, indent=2))
     else:
         sys.stdout.write("\n")
         print(f"{result.stats.summary()}, finish: {result.finish_reason}", file=sys.stderr)
     return 0
+
+
+def _show(event: object, as_json: bool) -> None:
+    """Accepted text goes to the terminal as it is accepted (with --json, only the final object)."""
+    from stars_guard.engine import TextEmitted
+
+    if isinstance(event, TextEmitted) and not as_json:
+        sys.stdout.write(event.text)
+        sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _interrupt_flag() -> Iterator[threading.Event]:
+    """Ctrl-C raises KeyboardInterrupt as usual and also sets a flag the caller checks per event.
+
+    A KeyboardInterrupt that lands while Python runs a finalizer (garbage collection of a generator,
+    a `__del__`) is printed and dropped by the interpreter; the flag still stops the loop.
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield interrupted
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _serve(args: argparse.Namespace) -> int:
