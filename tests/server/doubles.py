@@ -9,23 +9,16 @@ daemon thread on 127.0.0.1 (a real socket: disconnects and concurrency behave as
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
-
-import httpx
 
 from stars_guard.config import STARSConfig
 from stars_guard.messages import ChatMessage
+from tests.loopback import ServerProcess, free_port
 from tests.loopback import ThreadedServer as LiveServer
-from tests.loopback import free_port
 from tests.unit.scripted import EOS, ScriptedGeneration, ScriptedReward
 
 Script = Callable[[list[ChatMessage]], list[list[str]]]
@@ -132,60 +125,23 @@ __all__ = [
 ]
 
 
-class ServeProcess:
+class ServeProcess(ServerProcess):
     """`stars-guard serve` through the real command line in a subprocess; ready once /health answers.
 
     Always stopped (SIGTERM, then SIGKILL) on exit; a server that fails to start raises with its log.
     """
 
     def __init__(self, *args: str, api_key: str | None = None, timeout: float = 180) -> None:
-        self.port = free_port()
-        self.args = [sys.executable, "-m", "stars_guard.cli", "serve", "--port", str(self.port), *args]
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        port = free_port()
+        env = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        super().__init__(
+            [sys.executable, "-m", "stars_guard.cli", "serve", "--port", str(port), *args],
+            port,
+            "/health",
+            timeout=timeout,
+            env=env,
+            name="stars-guard serve",
+        )
         self.env.pop("STARS_GUARD_SERVE_API_KEY", None)
         if api_key is not None:
             self.env["STARS_GUARD_SERVE_API_KEY"] = api_key  # the variable, as operators are told to set it
-        self.timeout = timeout
-        self.log = tempfile.NamedTemporaryFile(prefix="stars-serve-", suffix=".log", delete=False)  # noqa: SIM115 (open for the server's life)
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ServeProcess:
-        self.process = subprocess.Popen(
-            self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-        deadline = time.monotonic() + self.timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"stars-guard serve exited with {self.process.returncode}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"stars-guard serve not ready after {self.timeout}s:\n{self.tail()}")
-            time.sleep(0.2)
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-        self.log.close()
-        Path(self.log.name).unlink(missing_ok=True)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
-
-    def tail(self, lines: int = 40) -> str:
-        self.log.flush()
-        return "\n".join(Path(self.log.name).read_text(errors="replace").splitlines()[-lines:])
