@@ -154,7 +154,7 @@ def _models_pull(args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
-    from stars_guard.engine import Finished, STARSEngine
+    from stars_guard.engine import Finished, STARSEngine, TextEmitted
     from stars_guard.specs import build_backend, build_reward
 
     config = STARSConfig.build(
@@ -180,8 +180,10 @@ def _chat(args: argparse.Namespace) -> int:
         for event in engine.stream(messages, stop=args.stop):
             if interrupted.is_set():
                 raise KeyboardInterrupt
-            _show(event, args.json)
-            if isinstance(event, Finished):
+            if isinstance(event, TextEmitted) and not args.json:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+            elif isinstance(event, Finished):
                 result = event.result
         if interrupted.is_set():
             raise KeyboardInterrupt
@@ -191,15 +193,6 @@ def _chat(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         print(f"{result.stats.summary()}, finish: {result.finish_reason}", file=sys.stderr)
     return 0
-
-
-def _show(event: object, as_json: bool) -> None:
-    """Accepted text goes to the terminal as it is accepted (with --json, only the final object)."""
-    from stars_guard.engine import TextEmitted
-
-    if isinstance(event, TextEmitted) and not as_json:
-        sys.stdout.write(event.text)
-        sys.stdout.flush()
 
 
 @contextlib.contextmanager

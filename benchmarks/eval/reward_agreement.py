@@ -20,16 +20,13 @@ from typing import Any
 import numpy as np
 
 from stars_guard.bench.judge import BTJudge
+from stars_guard.bench.statistics import pairwise_outcomes
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     """Rank correlation (ties broken by position: the judge and reward scores are continuous)."""
     rank_a, rank_b = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(rank_a, rank_b)[0, 1])
-
-
-def win(judge_pick: float, judge_vanilla: float) -> float:
-    return 1.0 if judge_pick > judge_vanilla else 0.5 if judge_pick == judge_vanilla else 0.0
 
 
 def rewards() -> dict[str, Any]:
@@ -60,9 +57,9 @@ def main() -> None:
         for prompt, drafts, draft_scores, vanilla_score in judged:
             scores = np.asarray(reward.score(prompt, drafts))
             correlations.append(spearman(scores, draft_scores))
-            best_of_16.append(win(draft_scores[int(np.argmax(scores))], vanilla_score))
+            best_of_16.append(float(pairwise_outcomes([draft_scores[int(np.argmax(scores))]], [vanilla_score])[0]))
             picks = [start + int(np.argmax(scores[start : start + 4])) for start in range(0, len(drafts), 4)]
-            best_of_4.append(float(np.mean([win(draft_scores[pick], vanilla_score) for pick in picks])))
+            best_of_4.append(float(pairwise_outcomes(draft_scores[picks], [vanilla_score] * len(picks)).mean()))
         print(
             f"{name:32s} Spearman(reward, judge) {np.mean(correlations):+.3f}  "
             f"judge win of best-of-16 {np.mean(best_of_16):.3f}  of best-of-4 {np.mean(best_of_4):.3f}"
