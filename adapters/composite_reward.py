@@ -4,7 +4,9 @@ Production guards usually combine a helpfulness reward with a safety classifier.
 lets a very helpful answer buy back a little unsafety; a veto does not: when the veto scorer puts
 an answer under `veto_floor`, its reward is `vetoed_reward` whatever the others say. Pick
 `vetoed_reward` under the engine's `safety_floor` and vetoed text is never emitted, not even as a
-fallback. Scorers are called in turn, each with the whole batch.
+fallback. The veto scorer's scores are also the `safety` component the engine's veto reads, so
+`safety_floor` can be set in the veto scorer's own units. Scorers are called in turn, each with
+the whole batch.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from stars_guard.errors import RewardError
-from stars_guard.protocols import RewardModel
+from stars_guard.messages import ChatMessage, as_conversation
+from stars_guard.protocols import RewardModel, RewardScores, score_conversation
 
 
 class CompositeReward:
@@ -47,25 +49,34 @@ class CompositeReward:
         veto = f" veto {self.veto.name}<{self.veto_floor:g}" if self.veto is not None else ""
         return "composite(" + " + ".join(parts) + veto + ")"
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+    @property
+    def default_safety_floor(self) -> float:
+        """With a veto, the engine's `safety_floor='auto'` is `veto_floor` on the veto scorer's scores."""
+        if self.veto_floor is None:
+            raise AttributeError("default_safety_floor: this CompositeReward has no veto")
+        return self.veto_floor
+
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        return list(self.score_components(conversation, responses).reward)
+
+    def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
+        """The weighted sum as the reward; each scorer's scores by name, the veto scorer's as `safety`.
+
+        Scores are not checked here: the engine checks every score it receives, components included.
+        """
+        turns = as_conversation(conversation)
         totals = [0.0] * len(responses)
+        components: dict[str, list[float]] = {}
         for scorer, weight in self.scorers:
-            values = _checked(scorer, scorer.score(prompt, responses), len(responses))
+            values = list(score_conversation(scorer, turns, responses).reward)
+            components[scorer.name] = values
             totals = [total + weight * value for total, value in zip(totals, values, strict=True)]
         if self.veto is None or self.veto_floor is None:
-            return totals
-        vetoes = _checked(self.veto, self.veto.score(prompt, responses), len(responses))
-        return [
+            return RewardScores(totals, components)
+        vetoes = list(score_conversation(self.veto, turns, responses).reward)
+        components["safety"] = vetoes
+        rewards = [
             self.vetoed_reward if safety < self.veto_floor else total
             for total, safety in zip(totals, vetoes, strict=True)
         ]
-
-
-def _checked(scorer: RewardModel, values: Sequence[float], expected: int) -> list[float]:
-    """A scorer's answer, refused when it has the wrong length or a NaN (which the engine reads as 'failed')."""
-    floats = [float(value) for value in values]
-    if len(floats) != expected:
-        raise RewardError(f"scorer {scorer.name!r} returned {len(floats)} scores for {expected} texts")
-    if any(math.isnan(value) for value in floats):
-        raise RewardError(f"scorer {scorer.name!r} returned NaN")
-    return floats
+        return RewardScores(rewards, components)

@@ -8,6 +8,12 @@
   answers, so a harmful request is rewarded for being declined and penalised for being answered on
   topic.
 reward = (w_safety * safety + w_help * helpfulness) / (w_safety + w_help). No network at any point.
+
+The reward sees the whole conversation: relevance is to the latest user turn, the harm gate reads
+every user turn (each alone and all together), so a harmful request split over turns still counts
+as harmful. `safety` and `helpfulness` are reported as components (`score_components`): the engine's
+veto reads `safety` against `default_safety_floor`, calibrated on the HH harmless split
+(docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -20,8 +26,13 @@ from typing import Any
 import numpy as np
 
 from stars_guard.errors import ModelNotFoundError
+from stars_guard.messages import ChatMessage, as_conversation, last_user_text, user_turns
+from stars_guard.protocols import RewardScores
 
 _SHARED: dict[str, Any] = {}
+# The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
+# split by benchmarks/calibrate_veto.py (numbers in docs/guarantees.md).
+DEFAULT_SAFETY_FLOOR = 0.3
 _SHARED_LOCK = threading.Lock()
 
 
@@ -149,25 +160,41 @@ class GuardReward:
     def name(self) -> str:
         return "guard"
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        return self.score_many([(prompt, responses)])[0]
+    @property
+    def default_safety_floor(self) -> float:
+        """The veto floor on the `safety` component that `safety_floor='auto'` uses."""
+        return DEFAULT_SAFETY_FLOOR
 
-    def score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        return list(self.score_components(conversation, responses).reward)
+
+    def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
+        return self.score_many([(as_conversation(conversation), responses)])[0]
+
+    def score_many(self, items: Sequence[tuple[Sequence[ChatMessage], Sequence[str]]]) -> list[RewardScores]:
         """Several requests' responses in one classifier call and one encoder pass.
 
         Lockstep serving scores every request of a round together this way (`BatchingReward`);
-        each request's scores are the ones `score` would give it.
+        each request's scores are the ones `score_components` would give it.
         """
         flat = [text for _, responses in items for text in responses]
         safety = self.safety(flat)
         vectors = self._embed(flat)
-        scores: list[list[float]] = []
+        scores: list[RewardScores] = []
         start = 0
-        for prompt, responses in items:
+        for conversation, responses in items:
             end = start + len(responses)
-            helpfulness = self._helpfulness(prompt, vectors[start:end])
+            helpfulness = self._helpfulness(conversation, vectors[start:end])
             combined = self.safety_weight * safety[start:end] + self.helpfulness_weight * helpfulness
-            scores.append([float(value) for value in combined])
+            scores.append(
+                RewardScores(
+                    [float(value) for value in combined],
+                    {
+                        "safety": [float(value) for value in safety[start:end]],
+                        "helpfulness": [float(value) for value in helpfulness],
+                    },
+                )
+            )
             start = end
         return scores
 
@@ -179,22 +206,23 @@ class GuardReward:
         probabilities = np.asarray(self._classifier.predict_prob(texts), dtype=np.float64)
         return np.where([bool(text) for text in texts], 1.0 - probabilities, 1.0)
 
-    def helpfulness(self, prompt: str, responses: Sequence[str]) -> np.ndarray:
-        """Cosine relevance of each response to the prompt, clipped to [0, 1]; empty scores 0.
+    def helpfulness(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> np.ndarray:
+        """Cosine relevance of each response to the latest user turn, clipped to [0, 1]; empty scores 0.
 
-        Refusal-aware: (1 - h) * relevance + h * (refusal + 1 - relevance) / 2, h = `request_harm(prompt)`.
+        Refusal-aware: (1 - h) * relevance + h * (refusal + 1 - relevance) / 2,
+        h = `conversation_harm(conversation)`.
         """
-        return self._helpfulness(prompt, self._embed(responses))
+        return self._helpfulness(as_conversation(conversation), self._embed(responses))
 
-    def _helpfulness(self, prompt: str, vectors: np.ndarray) -> np.ndarray:
+    def _helpfulness(self, conversation: Sequence[ChatMessage], vectors: np.ndarray) -> np.ndarray:
         """`helpfulness` from response embeddings (a zero row for an empty response scores 0)."""
         if not len(vectors):
             return np.zeros(0, dtype=np.float64)
-        relevance = np.clip(vectors @ self._prompt_vector(prompt), 0.0, 1.0).astype(np.float64)
+        relevance = np.clip(vectors @ self._prompt_vector(last_user_text(conversation)), 0.0, 1.0).astype(np.float64)
         if not self.refusal_aware:
             return relevance
         refusal = np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0)
-        harm = self.request_harm(prompt)
+        harm = self.conversation_harm(conversation)
         declined = 0.5 * (refusal.astype(np.float64) + 1.0 - relevance)
         declined[~vectors.any(axis=1)] = 0.0  # an empty answer declines nothing: it scores 0 like elsewhere
         return (1.0 - harm) * relevance + harm * declined
@@ -208,6 +236,13 @@ class GuardReward:
                 [responses[index] for index in nonempty], normalize_embeddings=True, convert_to_numpy=True
             )
         return vectors
+
+    def conversation_harm(self, conversation: Sequence[ChatMessage] | str) -> float:
+        """How harmful the user's requests look, in [0, 1]: the most harmful of each user turn alone
+        and of all user turns read together (a request split over turns is harmful only as a whole)."""
+        turns = user_turns(as_conversation(conversation))
+        readings = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
+        return max((self.request_harm(text) for text in readings), default=0.0)
 
     def request_harm(self, prompt: str) -> float:
         """How harmful the request looks, in [0, 1]: the larger of P(offensive) of the prompt and a

@@ -1,8 +1,9 @@
 """`LLMJudgeReward`: reward = P(safe) read from a causal LM's next-token probabilities on a judge prompt.
 
 This is how Llama Guard and ShieldGemma are used as scorers: render a classification prompt
-(request + partial answer + "safe or unsafe?") with the model's chat template and read the
-probability of the verdict tokens at the first answer position, instead of generating text.
+(the conversation + partial answer + "safe or unsafe?"; a single request as its bare text) with
+the model's chat template and read the probability of the verdict tokens at the first answer
+position, instead of generating text.
 Any local causal LM works; a guard model makes a good one, a small instruct model a weak one.
 
 The batch is right-padded and the verdict logits are taken at each row's last real token (the LM
@@ -15,6 +16,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from stars_guard.messages import ChatMessage, as_conversation, render_transcript
 
 DEFAULT_TEMPLATE = (
     "You are a content safety classifier. Read the conversation and decide whether the assistant's "
@@ -74,7 +77,7 @@ class LLMJudgeReward:
         return f"judge:{self._name}"
 
     def judge_ids(self, prompt: str, response: str) -> list[int]:
-        """Token ids of the judge prompt, ready for the verdict token."""
+        """Token ids of the judge prompt, ready for the verdict token (`prompt`: the rendered conversation)."""
         content = self.template.format(prompt=prompt, response=response)
         turns = [{"role": "user", "content": content}]
         if getattr(self.tokenizer, "chat_template", None):
@@ -89,7 +92,8 @@ class LLMJudgeReward:
         unsafe = probs[:, sorted(self.unsafe_ids)].sum(dim=-1)
         return safe, unsafe
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        prompt = render_transcript(as_conversation(conversation))
         rows = [self.judge_ids(prompt, response) for response in responses]
         scores: list[float] = []
         with self._lock:

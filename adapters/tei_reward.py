@@ -1,12 +1,13 @@
 """`TEIRewardModel`: rewards from a text-embeddings-inference `/predict` endpoint (or `stars-guard serve-reward`).
 
 TEI serves sequence-classification heads (BERT, RoBERTa, DeBERTa-v2, ModernBERT reward models).
-Each (prompt, partial answer) is sent as a pair; `raw_scores: true` keeps the head's logit (without
-it TEI puts a 1-label model through a sigmoid), `truncate: true` lets TEI cut inputs that are too
-long instead of failing. TEI refuses batches over its `max_client_batch_size` (413), so the client
-reads that limit from `/info` once and splits larger calls. Failures follow `stars_guard.http` and
-end in `RewardError`, which the engine's `on_reward_error` policy turns into a stop, a refusal or
-fail-open.
+Each (conversation, partial answer) is sent as a pair, the conversation as the first text (a single
+user turn as its bare text; several turns as a `User: ... Assistant: ...` transcript);
+`raw_scores: true` keeps the head's logit (without it TEI puts a 1-label model through a sigmoid),
+`truncate: true` lets TEI cut inputs that are too long instead of failing. TEI refuses batches
+over its `max_client_batch_size` (413), so the client reads that limit from `/info` once and
+splits larger calls. Failures follow `stars_guard.http` and end in `RewardError`, which the
+engine's `on_reward_error` policy turns into a stop, a refusal or fail-open.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from stars_guard.errors import RewardError, StarsGuardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.messages import ChatMessage, as_conversation, render_transcript
 
 DEFAULT_CLIENT_BATCH = 32  # TEI's own default for --max-client-batch-size
 
@@ -73,7 +75,8 @@ class TEIRewardModel:
                         self._max_batch = limit
             return self._max_batch
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        prompt = render_transcript(as_conversation(conversation))
         scores: list[float] = []
         size = self.max_batch_size
         for start in range(0, len(responses), size):

@@ -2,12 +2,13 @@
 
 Two input forms, because reward models are trained on one or the other:
 - `pair` (encoder reward models such as OpenAssistant's DeBERTa): the tokenizer's (question, answer)
-  pair encoding, like TEI's `/predict`;
-- `chat` (Llama/Qwen reward models such as Skywork-Reward): the user and assistant turns rendered
-  with the model's chat template.
+  pair encoding, like TEI's `/predict`, the conversation as the question
+  (`stars_guard.messages.render_transcript`);
+- `chat` (Llama/Qwen reward models such as Skywork-Reward): every turn of the conversation and the
+  answer rendered with the model's chat template.
 
-Inputs too long for the model are cut from the left of the prompt: the answer being judged and the
-end of the request stay, the oldest context goes. Only an answer that alone overflows the model is
+Inputs too long for the model are cut from the left of the conversation: the answer being judged and
+the end of the request stay, the oldest context goes. Only an answer that alone overflows the model is
 cut itself (keeping its newest tokens, the ones under judgement). Scored in batches, one forward
 pass per batch; the reward is the head's raw logit at `label_index`.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stars_guard.errors import ModelNotFoundError
+from stars_guard.messages import ChatMessage, as_conversation, render_transcript
 
 InputForm = Literal["pair", "chat"]
 _LOADED: dict[tuple[str, str], tuple[Any, Any]] = {}
@@ -90,19 +92,20 @@ class TransformersRewardModel:
     def name(self) -> str:
         return f"hf:{self._name}"
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
         scores: list[float] = []
         with self._lock:
             for start in range(0, len(responses), self.batch_size):
                 chunk = list(responses[start : start + self.batch_size])
-                scores.extend(self._forward(self.encode(prompt, chunk)))
+                scores.extend(self._forward(self.encode(conversation, chunk)))
         return scores
 
-    def encode(self, prompt: str, responses: Sequence[str]) -> dict[str, Any]:
-        """Padded model inputs for (prompt, response) pairs, each at most `max_length` tokens."""
+    def encode(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> dict[str, Any]:
+        """Padded model inputs for (conversation, response) pairs, each at most `max_length` tokens."""
+        turns = as_conversation(conversation)
         if self.input_form == "pair":
-            return self._encode_pairs(prompt, responses)
-        rows = [self._chat_ids(prompt, response) for response in responses]
+            return self._encode_pairs(render_transcript(turns), responses)
+        rows = [self._chat_ids(turns, response) for response in responses]
         return self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
 
     # Internals ------------------------------------------------------------------------------------
@@ -155,21 +158,28 @@ class TransformersRewardModel:
             return text
         return self.tokenizer.decode(ids[-room:])
 
-    def _chat_ids(self, prompt: str, response: str) -> list[int]:
-        """Chat-templated ids, shortening the prompt from the left until they fit."""
+    def _chat_ids(self, conversation: Sequence[ChatMessage], response: str) -> list[int]:
+        """Chat-templated ids; while too long, the oldest turns go, then the start of the oldest one left."""
         tokenizer = self.tokenizer
-        prompt_ids = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
         response = self._tail(response, self.max_length // 2)
+        turns = [message.as_dict() for message in conversation]
+        first_ids: list[int] | None = None  # the oldest kept turn's content tokens, once it alone is cut
         start = 0
-        for _ in range(6):
-            shown = prompt if start == 0 else tokenizer.decode(prompt_ids[start:])
-            turns = [{"role": "user", "content": shown}, {"role": "assistant", "content": response}]
-            text = tokenizer.apply_chat_template(turns, tokenize=False)
+        for _ in range(len(turns) + 6):
+            shown = [dict(turn) for turn in turns]
+            if first_ids is not None:
+                shown[0]["content"] = tokenizer.decode(first_ids[start:])
+            text = tokenizer.apply_chat_template([*shown, {"role": "assistant", "content": response}], tokenize=False)
             ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
             excess = len(ids) - self.max_length
             if excess <= 0:
                 return list(ids)
-            if start >= len(prompt_ids):
+            if len(turns) > 1:
+                turns = turns[1:]
+                continue
+            if first_ids is None:
+                first_ids = tokenizer(turns[0]["content"], add_special_tokens=False, verbose=False)["input_ids"]
+            if start >= len(first_ids):
                 break
-            start = min(len(prompt_ids), start + excess + 2)
+            start = min(len(first_ids), start + excess + 2)
         return list(ids[-self.max_length :])  # the template itself is too long: keep the newest tokens

@@ -1,8 +1,9 @@
 """`VLLMClassifyRewardModel`: rewards from vLLM's `/classify` for Llama/Qwen reward models (e.g. Skywork-Reward).
 
-Such reward models read a whole chat (user turn + assistant turn) rendered with their own chat
-template, and their head's raw logit is the reward: `use_activation: false` asks vLLM not to
-squash it (schema: vllm/entrypoints/pooling/classify/protocol.py and pooling/base/protocol.py).
+Such reward models read a whole chat (every turn of the conversation and the assistant's answer)
+rendered with their own chat template, and their head's raw logit is the reward:
+`use_activation: false` asks vLLM not to squash it (schema:
+vllm/entrypoints/pooling/classify/protocol.py and pooling/base/protocol.py).
 
 Two ways to send the chats, both real vLLM request shapes:
 - with a local `tokenizer` (the reward model's directory): render each chat locally and send one
@@ -14,6 +15,7 @@ Two ways to send the chats, both real vLLM request shapes:
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +24,7 @@ from typing import Any
 from stars_guard.adapters import _text
 from stars_guard.errors import RewardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.messages import ChatMessage, as_conversation
 
 
 class VLLMClassifyRewardModel:
@@ -61,18 +64,21 @@ class VLLMClassifyRewardModel:
     def name(self) -> str:
         return f"vllm-classify:{self.model or self.base_url}"
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        turns = [message.as_dict() for message in as_conversation(conversation)]
         if self.tokenizer is not None:
-            texts = [self._render(prompt, response) for response in responses]
+            texts = [self._render(turns, response) for response in responses]
             scores: list[float] = []
             for start in range(0, len(texts), self.max_batch_size):
                 chunk = texts[start : start + self.max_batch_size]
                 scores.extend(self._classify({"input": chunk, "add_special_tokens": False}, len(chunk)))
             return scores
         futures = [
+            # Each worker runs in a copy of this context, so the request's deadline bounds its call too.
             self._pool.submit(
+                contextvars.copy_context().run,
                 self._classify,
-                {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]},
+                {"messages": [*turns, {"role": "assistant", "content": response}]},
                 1,
             )
             for response in responses
@@ -83,11 +89,11 @@ class VLLMClassifyRewardModel:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.client.close()
 
-    def _render(self, prompt: str, response: str) -> str:
-        turns = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    def _render(self, turns: list[dict[str, str]], response: str) -> str:
+        turns = [*turns, {"role": "assistant", "content": response}]
         if getattr(self.tokenizer, "chat_template", None):
             return str(self.tokenizer.apply_chat_template(turns, tokenize=False))
-        return f"user: {prompt}\nassistant: {response}"
+        return "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns)
 
     def _classify(self, payload: dict[str, Any], expected: int) -> list[float]:
         body: dict[str, Any] = {**payload, "use_activation": False}

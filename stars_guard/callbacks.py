@@ -44,7 +44,17 @@ logger = logging.getLogger(__name__)
 
 STARS_SEGMENT_EVENT = "stars_segment"
 LLM_TYPE = "stars-guard"  # `_type` in the invocation params of STARSChatModel runs
-DECISION_KEYS = ("segment_index", "attempt", "reward", "threshold", "accepted", "fallback", "tokens")
+DECISION_KEYS = (
+    "segment_index",
+    "attempt",
+    "reward",
+    "threshold",
+    "accepted",
+    "fallback",
+    "tokens",
+    "vetoed",
+    "safety",
+)
 
 
 def segment_payload(event: CandidateJudged, *, include_text: bool = False) -> dict[str, Any]:
@@ -57,6 +67,8 @@ def segment_payload(event: CandidateJudged, *, include_text: bool = False) -> di
         "accepted": event.accepted,
         "fallback": event.fallback,
         "tokens": event.tokens,
+        "vetoed": event.vetoed,
+        "safety": None if event.safety is None else _finite(event.safety),
     }
     if include_text:
         payload["text"] = event.text

@@ -47,6 +47,7 @@ from stars_guard.config import STARSConfig
 from stars_guard.engine import CandidateJudged, Event, STARSEngine, STARSResult, TextEmitted
 from stars_guard.errors import InvalidMessagesError
 from stars_guard.messages import ChatMessage, normalize_messages
+from stars_guard.overrides import OverridePolicy
 from stars_guard.protocols import Backend, RewardModel
 
 logger = logging.getLogger(__name__)
@@ -255,6 +256,9 @@ class STARSChatModel(BaseChatModel):
     spent, with `finish_reason="time_budget"`), `temperature` (0 = greedy: one candidate per
     segment, still scored, so the safety floor still applies), `seed` (drawn per call when unset).
     Any `STARSConfig` field, and these names, may also be passed per call: `llm.invoke(x, seed=3)`.
+    With `override_policy=OverridePolicy()` those call kwargs follow the service's rule instead
+    (only lowering `max_tokens` / `timeout`, and `seed`, unless the policy allows more), for a
+    model handed to code that must not weaken the guard (an agent, a plugin, a user's settings).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -278,6 +282,11 @@ class STARSChatModel(BaseChatModel):
         default=False,
         description="Put each candidate's text (rejected ones too) in stars_segment callback events. "
         "Never in chunks or messages.",
+    )
+    override_policy: OverridePolicy | None = Field(
+        default=None,
+        description="Which config fields call kwargs may change (stars_guard.overrides). None: all of them "
+        "(whoever calls the model owns it); OverridePolicy(): only lowering max_tokens/timeout, and seed.",
     )
 
     @model_validator(mode="after")
@@ -413,16 +422,23 @@ class STARSChatModel(BaseChatModel):
         return self.reward if self.reward is not None else default_reward()
 
     def _config_for(self, kwargs: dict[str, Any]) -> STARSConfig:
-        """Config < model fields < call kwargs; validated (a bad value raises `ConfigError`)."""
-        overrides: dict[str, Any] = {
-            "temperature": self.temperature,
-            "max_new_tokens": self.max_tokens,
-            "time_budget_s": self.timeout,
-            "seed": self.seed,
-        }
+        """Config < model fields < call kwargs; validated (a bad value raises `ConfigError`).
+
+        The fields are the model owner's; only call kwargs pass `override_policy` (when set), each
+        judged against the fields' config and named as the caller spelled it.
+        """
+        base = self.config.with_overrides(
+            temperature=self.temperature, max_new_tokens=self.max_tokens, time_budget_s=self.timeout, seed=self.seed
+        )
+        overrides: dict[str, Any] = {}
+        names: dict[str, str] = {}
         for key, value in kwargs.items():
-            overrides[_LANGCHAIN_TO_CONFIG.get(key, key)] = value
-        return self.config.with_overrides(**overrides)
+            field_name = _LANGCHAIN_TO_CONFIG.get(key, key)
+            overrides[field_name] = value
+            names[field_name] = key
+        if self.override_policy is None:
+            return base.with_overrides(**overrides)
+        return self.override_policy.apply(base, overrides, names=names)
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
         kwargs = {key: value for key, value in kwargs.items() if key not in _LANGCHAIN_CONTROL_KWARGS}

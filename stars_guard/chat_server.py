@@ -4,7 +4,9 @@ Chatbot backends that speak the OpenAI API get the same guarded decoding as `STA
 
 - `POST /v1/chat/completions`: the OpenAI request schema (`messages`, `model`, `max_tokens` /
   `max_completion_tokens`, `temperature`, `top_p`, `stop`, `seed`, `stream`, `n=1`) plus an optional
-  `stars` object of `STARSConfig` overrides. Answers are `chat.completion` objects with `usage` and
+  `stars` object of `STARSConfig` overrides. Which overrides a client may send at all is the
+  operator's `OverridePolicy` (an allowlist: by default only lowering the cost, and the seed), so
+  a request can never weaken the guard. Answers are `chat.completion` objects with `usage` and
   a `stars` statistics extension, or `chat.completion.chunk` server-sent events carrying accepted
   text only (rejected candidates never leave the engine), ending in `data: [DONE]`.
 - `GET /v1/models`, `GET /health` (always open), `GET /metrics` (Prometheus text format).
@@ -38,7 +40,7 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -63,6 +65,7 @@ from stars_guard.errors import (
 )
 from stars_guard.lockstep import LockstepStats
 from stars_guard.messages import ChatMessage, normalize_messages
+from stars_guard.overrides import DEFAULT_POLICY, MAX_SEED, LockedOverrideError, OverridePolicy
 from stars_guard.protocols import Backend, Generation, RewardModel
 from stars_guard.telemetry import PrometheusExporter
 
@@ -71,14 +74,14 @@ logger = logging.getLogger(__name__)
 DEFAULT_REQUEST_TIMEOUT_S = 120.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_RETRY_AFTER_S = 1
-# Per-request `stars` overrides may tune cost and quality, but not weaken the operator's safety
-# policy: a client must not be able to lower the veto or turn fail-closed into fail-open.
-POLICY_FIELDS: frozenset[str] = frozenset({"safety_floor", "fallback", "on_reward_error", "reward_error_action"})
 OPEN_PATHS: tuple[str, ...] = ("/health",)
+# `stars_requests_total{outcome}` and `/health` for requests that ran but ended in a 4xx (the client's
+# mistake, e.g. context_length_exceeded): apart from `error`, so client mistakes never page anyone.
+INVALID_OUTCOME = "invalid"
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "time_budget": "length", "refusal": "content_filter"}
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_SEED_LIMIT = 2**31
+_SEED_LIMIT = 2**31  # seeds drawn for requests without one; a client may send any seed up to MAX_SEED
 _OPENAI_TO_CONFIG = (
     ("max_completion_tokens", "max_new_tokens"),
     ("max_tokens", "max_new_tokens"),
@@ -141,6 +144,9 @@ def error_for(exc: BaseException) -> OpenAIError:
         return OpenAIError(400, str(exc), param="messages", code="context_length_exceeded")
     if isinstance(exc, InvalidMessagesError):
         return OpenAIError(400, str(exc), param="messages", code="invalid_messages")
+    if isinstance(exc, LockedOverrideError):
+        param = f"stars.{exc.fields[0]}" if exc.fields else "stars"
+        return OpenAIError(400, str(exc), param=param, code="locked_parameter")
     if isinstance(exc, ConfigError):
         return OpenAIError(400, str(exc), param="stars", code="invalid_config")
     if isinstance(exc, RewardError):
@@ -181,20 +187,25 @@ def parse_chat_request(
     body: Any,
     base: STARSConfig,
     *,
-    locked: Collection[str] = POLICY_FIELDS,
+    policy: OverridePolicy = DEFAULT_POLICY,
     seed_source: Callable[[], int] | None = None,
 ) -> ChatRequest:
     """Validate an OpenAI chat completions body against `base`; raise `OpenAIError` (400) naming the field.
 
-    Precedence: `base` < the `stars` object < the OpenAI parameters. Without any seed a random one
-    is drawn (and reported in the response), so every answer can be reproduced.
+    Precedence: `base` < the `stars` object < the OpenAI parameters, and `policy` decides which of
+    those overrides a client may send at all (a locked one is a 400 `locked_parameter`). Without
+    any seed a random one is drawn (and reported in the response), so every answer can be reproduced.
     """
     if not isinstance(body, dict):
         raise OpenAIError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    _refuse_unencodable(body)
     turns = _parse_messages(body.get("messages"))
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise OpenAIError(400, "model must be a string", param="model")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise OpenAIError(400, "user must be a string", param="user")
     n = body.get("n")
     if n is not None and (not _is_int(n) or n != 1):
         raise OpenAIError(400, f"only n=1 is supported (got {n!r})", param="n", code="unsupported_parameter")
@@ -206,8 +217,7 @@ def parse_chat_request(
         raise OpenAIError(400, "stream_options must be an object", param="stream_options")
     _refuse_unsupported(body)
     stop = _parse_stop(body.get("stop"))
-    config = _apply_stars(base, body.get("stars"), locked)
-    config = _apply_openai(config, body)
+    config = _request_config(base, body, policy)
     if config.seed is None:
         config = config.with_overrides(seed=(seed_source or _random_seed)())
     return ChatRequest(turns=turns, config=config, stop=stop, stream=bool(stream), model=model)
@@ -304,50 +314,104 @@ def _parse_stop(stop: Any) -> list[str] | None:
     return list(values) or None
 
 
-def _apply_stars(base: STARSConfig, stars: Any, locked: Collection[str]) -> STARSConfig:
-    if stars is None:
-        return base
-    if not isinstance(stars, dict):
+def _request_config(base: STARSConfig, body: Mapping[str, Any], policy: OverridePolicy) -> STARSConfig:
+    """The request's config: `stars` then the OpenAI parameters over `base`, each checked by `policy`.
+
+    Every override is judged against the operator's `base`, never against another override, so
+    sending a value twice (`stars.max_new_tokens` and `max_tokens`) cannot widen what is allowed.
+    """
+    stars = body.get("stars")
+    if stars is not None and not isinstance(stars, dict):
         raise OpenAIError(400, "stars must be an object of STARSConfig fields", param="stars")
-    current = base.model_dump()
-    for key, value in stars.items():
-        if key in locked and key in current and value != current[key]:
-            raise OpenAIError(
-                400,
-                f"stars.{key} is fixed by the server operator (safety policy) and cannot be changed per request",
-                param=f"stars.{key}",
-                code="locked_parameter",
-            )
+    stars = dict(stars or {})
+    if stars.get("seed") is not None:  # null, as for any field, leaves it unchanged
+        _check_seed(stars["seed"], "stars.seed")
+    names = {key: f"stars.{key}" for key in stars}
+    if stars:
+        _apply_policy(policy, base, stars, names)  # the stars object is valid by itself
+    openai = _openai_overrides(body)
+    names.update({field_name: name for field_name, (name, _) in openai.items()})
+    overrides = {**stars, **{field_name: value for field_name, (_, value) in openai.items()}}
+    return _apply_policy(policy, base, overrides, names)
+
+
+def _apply_policy(
+    policy: OverridePolicy, base: STARSConfig, overrides: Mapping[str, Any], names: Mapping[str, str]
+) -> STARSConfig:
+    """`policy.apply`, its errors as 400s whose `param` is the name the client used."""
     try:
-        return base.with_overrides(**stars)
+        return policy.apply(base, overrides, names=names)
+    except LockedOverrideError as exc:
+        raise OpenAIError(400, str(exc), param=exc.params[0] if exc.params else None, code="locked_parameter") from None
     except ConfigError as exc:
         fields = _error_fields(exc)
-        raise OpenAIError(
-            400, str(exc), param=f"stars.{fields[0]}" if fields else "stars", code="invalid_config"
-        ) from None
+        param = names.get(fields[0].partition(".")[0], "stars") if fields else "stars"
+        if not param.startswith("stars"):  # an OpenAI parameter: said by its own name, as OpenAI does
+            detail = "; ".join(line.strip().partition(": ")[2] for line in str(exc).splitlines()[1:])
+            raise OpenAIError(400, f"invalid value for {param}: {detail}", param=param) from None
+        raise OpenAIError(400, str(exc), param=param, code="invalid_config") from None
 
 
-def _apply_openai(config: STARSConfig, body: Mapping[str, Any]) -> STARSConfig:
-    updates: dict[str, Any] = {}
+def _openai_overrides(body: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The OpenAI parameters that map to config fields: field -> (parameter name, value), type-checked."""
+    found: dict[str, tuple[str, Any]] = {}
     for name, field_name in _OPENAI_TO_CONFIG:
         value = body.get(name)
-        if value is None or field_name in updates:  # max_completion_tokens wins over max_tokens
+        if value is None or field_name in found:  # max_completion_tokens wins over max_tokens
             continue
         expects_int = field_name in ("max_new_tokens", "seed")
         valid_type = _is_int(value) if expects_int else (_is_int(value) or isinstance(value, float))
         if not valid_type:
             kind = "an integer" if expects_int else "a number"
             raise OpenAIError(400, f"{name} must be {kind}, got {value!r}", param=name)
-        try:
-            config.with_overrides(**{field_name: value})
-        except ConfigError as exc:
-            detail = "; ".join(line.strip().partition(": ")[2] for line in str(exc).splitlines()[1:])
-            raise OpenAIError(400, f"invalid value for {name}: {detail}", param=name) from None
-        updates[field_name] = value
+        if field_name == "seed":
+            _check_seed(value, name)
+        found[field_name] = (name, value)
+    return found
+
+
+def _check_seed(value: Any, param: str) -> None:
+    """Seeds reach the backends' 64-bit generators: anything else must be a 400 here, not a 500 there."""
+    if not _is_int(value) or not 0 <= value <= MAX_SEED:
+        raise OpenAIError(400, f"{param} must be an integer from 0 to {MAX_SEED}, got {value!r}", param=param)
+
+
+def _refuse_unencodable(body: Mapping[str, Any]) -> None:
+    """Every string of the body must be encodable as UTF-8 (JSON's \\ud800 escapes decode to lone surrogates).
+
+    Such a string would fail later, in a tokenizer or while encoding the answer, as a 500; it is
+    the client's mistake, so it is a 400 naming where it is. Iterative: bodies may nest deeply.
+    """
+    pending: list[tuple[str, Any]] = [("", body)]
+    while pending:
+        where, value = pending.pop()
+        if isinstance(value, str) and not _encodable(value):
+            raise _unencodable(where, f"{where} is")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not _encodable(key):  # the key itself cannot be shown: name where it is
+                    raise _unencodable(where or None, f"a key of {where or 'the request body'} is")
+                pending.append((f"{where}.{key}" if where else str(key), item))
+        elif isinstance(value, list):
+            pending.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+
+
+def _encodable(text: Any) -> bool:
     try:
-        return config.with_overrides(**updates)
-    except ConfigError as exc:  # a combination the config refuses (e.g. with a stars override)
-        raise OpenAIError(400, str(exc), param="stars", code="invalid_config") from None
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _unencodable(param: str | None, subject: str) -> OpenAIError:
+    return OpenAIError(
+        400,
+        f"{subject} not valid Unicode text: it holds a lone surrogate (a \\ud800-\\udfff escape without its pair), "
+        "which cannot be encoded as UTF-8",
+        param=param,
+        code="invalid_text",
+    )
 
 
 def _error_fields(exc: ConfigError) -> list[str]:
@@ -516,7 +580,7 @@ class ChatService:
         self.admission = Admission(max_concurrent, max_queue)
         self.model_name = backend.model_name
         self.started = time.time()
-        self.counts: Counter[str] = Counter()  # completed, failed, cancelled, queue_full, queue_timeout
+        self.counts: Counter[str] = Counter()  # completed, failed, invalid, cancelled, queue_full, queue_timeout
         self.on_count: Callable[[str], None] | None = None  # e.g. a Prometheus counter per name
         self._lock = threading.Lock()
         self._jobs: set[_Job] = set()
@@ -554,6 +618,7 @@ class ChatService:
             "cancelled": self.cancelled,
             "completed": self.counts["completed"],
             "failed": self.counts["failed"],
+            "invalid": self.counts[INVALID_OUTCOME],
             "rejected": self.counts["queue_full"] + self.counts["queue_timeout"],
             "max_concurrent": self.admission.limit,
             "max_queue": self.admission.queue,
@@ -666,12 +731,18 @@ class ChatService:
                 if job.cancelled.is_set() and not finished:
                     break
         except Exception as exc:
-            self.stats.fail(run_id, exc)
-            self.count("failed")
-            if isinstance(exc, RewardError | BackendError):
-                logger.warning("%s: %s: %s", job.request_id, type(exc).__name__, exc)
-            elif not isinstance(exc, ContextWindowExceededError | ConfigError | InvalidMessagesError):
-                logger.exception("%s: the engine failed", job.request_id)
+            if error_for(exc).status < 500:
+                # The client's mistake (e.g. a prompt too long for the context window): answered with a
+                # 4xx, counted apart so it never feeds the error rate or `failed`.
+                self.stats.finish(run_id, self.model_name, INVALID_OUTCOME, {}, decisions)
+                self.count(INVALID_OUTCOME)
+            else:
+                self.stats.fail(run_id, exc)
+                self.count("failed")
+                if isinstance(exc, RewardError | BackendError):
+                    logger.warning("%s: %s: %s", job.request_id, type(exc).__name__, exc)
+                else:
+                    logger.exception("%s: the engine failed", job.request_id)
             job.put(_Failure(exc))
             return
         finally:
@@ -823,6 +894,8 @@ async def _read_json(request: Request, limit: int) -> Any:
         return json.loads(raw, parse_constant=_no_constants)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
         raise OpenAIError(400, f"could not parse the JSON body of the request: {exc}", code="invalid_json") from None
+    except RecursionError:  # nesting deeper than the parser's limit: still the client's mistake
+        raise OpenAIError(400, "the JSON body of the request is nested too deeply", code="invalid_json") from None
 
 
 def _no_constants(name: str) -> Any:
@@ -903,7 +976,7 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     observers: Iterable[StatsObserver] = (),
     extra_routes: Iterable[BaseRoute] = (),
-    locked_overrides: Collection[str] = POLICY_FIELDS,
+    override_policy: OverridePolicy | None = None,
     open_paths: Sequence[str] = OPEN_PATHS,
     retry_after_s: int = DEFAULT_RETRY_AFTER_S,
 ) -> Starlette:
@@ -911,10 +984,13 @@ def create_app(
 
     `api_key` guards every path except `open_paths` (default `/health`); `observers` receive the
     same statistics as `/metrics`; `extra_routes` (e.g. a dashboard) are mounted beside the API.
+    `override_policy` says which config fields a request may change (default `OverridePolicy()`:
+    only lowering `max_new_tokens` / `time_budget_s`, and `seed`), so clients cannot weaken the guard.
     `app.state` exposes `service` (counters, admission), `stats` (`RejectionStats`),
-    `exporter` (`PrometheusExporter`) and `config`.
+    `exporter` (`PrometheusExporter`), `config` and `override_policy`.
     """
     config = config or STARSConfig()
+    policy = override_policy if override_policy is not None else DEFAULT_POLICY
     exporter = PrometheusExporter()
     stats = RejectionStats(observers=[exporter, *observers])
     timed_backend, timed_reward = exporter.instrument(backend, reward)
@@ -953,7 +1029,7 @@ def create_app(
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         try:
             body = await _read_json(request, max_body_bytes)
-            chat = parse_chat_request(body, config, locked=locked_overrides)
+            chat = parse_chat_request(body, config, policy=policy)
         except OpenAIError as exc:
             finish_log(request_id, exc.status, started)
             return exc.response(request_id)
@@ -1106,6 +1182,7 @@ def create_app(
     app.state.stats = stats
     app.state.exporter = exporter
     app.state.config = config
+    app.state.override_policy = policy
     return app
 
 
@@ -1127,13 +1204,15 @@ def serve(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     observers: Iterable[StatsObserver] = (),
     extra_routes: Iterable[BaseRoute] = (),
+    override_policy: OverridePolicy | None = None,
     log_level: str = "info",
     announce: Sequence[str] = (),
     dashboard: bool = True,
 ) -> None:
     """Run the chat service on uvicorn until interrupted (binds 127.0.0.1 unless told otherwise).
 
-    With `dashboard`, the live dashboard (`stars_guard.dashboard`) is mounted at `/dashboard`.
+    With `dashboard`, the live dashboard (`stars_guard.dashboard`) is mounted at `/dashboard`;
+    `override_policy` is `create_app`'s.
     """
     import uvicorn
 
@@ -1155,6 +1234,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         observers=observers,
         extra_routes=extra_routes,
+        override_policy=override_policy,
     )
     _configure_logging(log_level)
     for line in announce:

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat = commands.add_parser("chat", help="answer one prompt with STARS and print its statistics")
     chat.add_argument("prompt", help="the user's request")
     chat.add_argument("--json", action="store_true", help='print {"text": ..., "stars": {...}} on stdout')
-    chat.add_argument("--seed", type=int, help="seed for drafts and acceptance (same seed, same answer)")
+    chat.add_argument("--seed", type=_seed, help="seed for drafts and acceptance (same seed, same answer)")
     chat.add_argument("--max-new-tokens", type=int, help="most tokens in the answer (default 256)")
     chat.add_argument("--segment-size", type=int, help="tokens per candidate segment (default 16)")
     chat.add_argument("--candidates", type=int, help="candidates drafted per round (default 4)")
@@ -97,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--temperature", type=float, help="default sampling temperature (default 0.8)")
     serve.add_argument("--safety-floor", type=float, help="reward under which text is never emitted (default: none)")
     serve.add_argument(
+        "--allow-override",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="let requests set this STARSConfig field to any value (repeatable); by default a request may only "
+        "lower max_new_tokens / time_budget_s and choose its seed, so clients cannot weaken the guard",
+    )
+    serve.add_argument(
         "--lockstep",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -110,6 +118,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve_reward.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
     serve_reward.add_argument("--max-client-batch-size", type=int, default=32, help="most inputs per request")
     return parser
+
+
+def _seed(text: str) -> int:
+    """An argparse type: seeds reach 64-bit generators, so a larger one is a usage error, not a traceback."""
+    from stars_guard.overrides import MAX_SEED
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED} (got {text!r})") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to {MAX_SEED} (got {value})")
+    return value
 
 
 def _spec_help(kind: str, default: str) -> str:
@@ -237,6 +258,14 @@ def _serve(args: argparse.Namespace) -> int:
         if value < low:
             print(f"stars-guard: error: {flag} must be at least {low} (got {value})", file=sys.stderr)
             return EXIT_ERROR
+    from stars_guard.errors import ConfigError
+    from stars_guard.overrides import OverridePolicy
+
+    try:
+        policy = OverridePolicy(allowed=frozenset(args.allow_override))
+    except ConfigError as exc:
+        print(f"stars-guard: error: --allow-override: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     config = STARSConfig.build(
         **{
             key: value
@@ -266,6 +295,7 @@ def _serve(args: argparse.Namespace) -> int:
         f"stars-guard serve: {backend.model_name} guarded by {reward.name} on {url}/v1 "
         f"({'API key required' if api_key else 'no API key'}; /health, /metrics, /dashboard)"
     ]
+    announce.append(f"stars-guard serve: requests may override {policy.describe()}")
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         announce.append(f"stars-guard serve: warning: listening on {args.host} without an API key")
     serve(
@@ -279,6 +309,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
         max_body_bytes=args.max_body_bytes,
+        override_policy=policy,
         log_level=args.log_level,
         announce=announce,
     )

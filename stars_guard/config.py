@@ -24,6 +24,7 @@ RoundSelection = Literal["first", "best"]
 SegmentBudget = Literal["flat", "shaped"]
 
 DEFAULT_REFUSAL = "I can't help with that."
+SEED_MAX = 2**63 - 1  # the widest seed every backend takes (vLLM and TGI read int64)
 
 
 class STARSConfig(BaseModel):
@@ -68,7 +69,9 @@ class STARSConfig(BaseModel):
         0.8, ge=0.0, le=5.0, description="0 means greedy: one candidate per segment, still scored."
     )
     top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(None, ge=0, description="Seed for drafts and soft acceptance.")
+    seed: int | None = Field(
+        None, ge=0, le=SEED_MAX, description="Seed for drafts and soft acceptance (0 to 2**63 - 1)."
+    )
 
     # Threshold.
     threshold_mode: ThresholdMode = Field(
@@ -107,8 +110,11 @@ class STARSConfig(BaseModel):
 
     # When no candidate passes.
     fallback: FallbackMode = Field("best", description="After max_attempts: emit the best candidate, or refuse.")
-    safety_floor: float | None = Field(
-        None, description="Candidates scoring under this are never emitted, not even as fallback."
+    safety_floor: float | Literal["auto"] | None = Field(
+        "auto",
+        description="The veto: a candidate whose safety score (the reward's 'safety' component, else the "
+        "reward itself) is under this is never emitted, not even as fallback. 'auto': the floor the reward "
+        "model was calibrated with (GuardReward's), or no veto for a reward without one; None: no veto.",
     )
     refusal_message: str = Field(DEFAULT_REFUSAL, min_length=1, description="Text that ends a refused answer.")
 
@@ -127,6 +133,13 @@ class STARSConfig(BaseModel):
         None, gt=0.0, description="Wall-clock budget per request; the answer ends when it is spent."
     )
 
+    @field_validator("safety_floor", "reward_threshold")
+    @classmethod
+    def _check_finite(cls, value: float | str | None) -> float | str | None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
     @field_validator("segment_candidates")
     @classmethod
     def _check_segment_candidates(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -142,7 +155,7 @@ class STARSConfig(BaseModel):
                 "(or use threshold_mode='relative', which needs no tuning)"
             )
         if (
-            self.safety_floor is not None
+            isinstance(self.safety_floor, float)
             and self.reward_threshold is not None
             and self.safety_floor > self.reward_threshold
         ):

@@ -8,6 +8,7 @@ in order, and rejected text never leaves it: only `TextEmitted` carries answer t
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -15,11 +16,19 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from stars_guard.config import STARSConfig
+from stars_guard.deadline import deadline_scope, is_deadline_error
 from stars_guard.errors import ConfigError, RewardError
-from stars_guard.messages import ChatMessage, last_user_text, normalize_messages
+from stars_guard.messages import ChatMessage, normalize_messages
 from stars_guard.policy import AcceptanceRule, ThresholdSchedule
-from stars_guard.protocols import Backend, Candidate, Generation, RewardModel
-from stars_guard.stats import STARSStats
+from stars_guard.protocols import (
+    Backend,
+    CalibratedVeto,
+    Candidate,
+    Generation,
+    RewardModel,
+    score_conversation,
+)
+from stars_guard.stats import RefusalReason, STARSStats
 from stars_guard.stops import StopScanner
 
 FinishReason = Literal["stop", "length", "refusal", "time_budget"]
@@ -27,7 +36,11 @@ FinishReason = Literal["stop", "length", "refusal", "time_budget"]
 
 @dataclass(frozen=True, slots=True)
 class CandidateJudged:
-    """One accept/reject decision. `text` is the candidate's text: never part of the answer unless accepted."""
+    """One accept/reject decision. `text` is the candidate's text: never part of the answer unless accepted.
+
+    `vetoed`: its safety score was under the floor, so it can never be emitted (not even as fallback);
+    `safety` is that score (None where the veto is off; NaN where fail-open left it unscored).
+    """
 
     segment_index: int
     attempt: int
@@ -37,6 +50,8 @@ class CandidateJudged:
     fallback: bool
     tokens: int
     text: str
+    vetoed: bool = False
+    safety: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +92,12 @@ class _Judged:
     tokens: int
     finished: bool
     reward: float
+    safety: float  # what the veto reads: the reward's safety component, else the reward
     attempt: int
+
+
+class _OutOfTime(Exception):
+    """The request's deadline passed inside a backend or reward call (see `stars_guard.deadline`)."""
 
 
 class STARSEngine:
@@ -129,11 +149,16 @@ class _Run:
         self.config = config
         self.turns = turns
         self.stops = stops
-        self.prompt = last_user_text(turns)
+        self.conversation = tuple(turns)  # what the reward judges an answer in: every turn
+        self.safety_floor = resolve_safety_floor(config, reward)
         self.stats = STARSStats()
         self.text = ""
         self.streamed = 0  # characters of self.text already emitted
         self.started = time.perf_counter()
+        # Every backend and reward call runs under this deadline (`stars_guard.deadline`): an HTTP
+        # call that would outlive the budget is cut at it, not at its own read timeout.
+        budget = config.time_budget_s
+        self.deadline = None if budget is None else time.monotonic() + budget
         self.rng = random.Random(config.seed)
         # Greedy drafts are deterministic: one candidate per segment, judged once.
         self.greedy = config.temperature == 0.0
@@ -143,13 +168,14 @@ class _Run:
 
     def events(self) -> Iterator[Event]:
         config = self.config
-        generation = self.backend.open(
-            self.turns,
-            max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            seed=config.seed,
-        )
+        with deadline_scope(self.deadline):
+            generation = self.backend.open(
+                self.turns,
+                max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=config.seed,
+            )
         try:
             if config.segmentation == "entropy" and not getattr(generation, "supports_entropy_segments", False):
                 raise ConfigError(
@@ -193,30 +219,33 @@ class _Run:
             if self._out_of_time():
                 out_of_time = True
                 break
-            drafts = self._draft(generation, min(round_size, self.attempts_per_segment - attempts), budget)
-            self.stats.tokens_sampled += sum(candidate.num_tokens for candidate in drafts)
-            judged = self._score(drafts, attempts)
+            try:
+                drafts = self._draft(generation, min(round_size, self.attempts_per_segment - attempts), budget)
+                self.stats.tokens_sampled += sum(candidate.num_tokens for candidate in drafts)
+                judged = self._score(drafts, attempts)
+            except _OutOfTime:  # the budget ran out inside a call: this round's drafts are never emitted
+                out_of_time = True
+                break
             if judged is None:  # the reward failed and the policy says refuse
-                yield from self._refuse(segment_index)
+                yield from self._refuse(segment_index, "reward_error")
                 return "refusal"
             schedule.observe([item.reward for item in judged if not math.isnan(item.reward)])
             round_best: _Judged | None = None
             for item in self._judging_order(judged):
                 attempts += 1
                 threshold = schedule.threshold(self.stats.tokens_emitted + item.tokens)
-                if math.isnan(item.reward):  # fail-open: the reward failed, the text goes out unscored
-                    passes = True
-                else:
-                    passes = self._above_floor(item.reward) and acceptance.accepts(item.reward, threshold)
+                vetoed = self._vetoed(item)
+                # A NaN reward only comes from fail-open (the scorer failed): the text goes out unscored.
+                passes = math.isnan(item.reward) or (not vetoed and acceptance.accepts(item.reward, threshold))
                 self.stats.candidates_sampled += 1
-                yield CandidateJudged(
-                    segment_index, item.attempt, item.reward, threshold, passes, False, item.tokens, item.text
-                )
+                yield self._decision(segment_index, item, threshold, passes, False, vetoed)
                 if passes:
                     self.stats.segments_accepted += 1
                     return (yield from self._emit(generation, item, segment_index))
                 self.stats.candidates_rejected += 1
-                if self._above_floor(item.reward) and (best is None or item.reward > best.reward):
+                if vetoed:
+                    self.stats.candidates_vetoed += 1
+                elif best is None or item.reward > best.reward:
                     best = round_best = item
             if round_best is not None:
                 generation.retain(round_best.candidate)
@@ -224,17 +253,33 @@ class _Run:
             self.stats.segments_fallback += 1
             self.stats.candidates_rejected -= 1  # it was counted as rejected when judged
             threshold = schedule.threshold(self.stats.tokens_emitted + best.tokens)
-            yield CandidateJudged(
-                segment_index, best.attempt, best.reward, threshold, False, True, best.tokens, best.text
-            )
+            yield self._decision(segment_index, best, threshold, False, True, False)
             finish = yield from self._emit(generation, best, segment_index)
             return "time_budget" if out_of_time and finish is None else finish
         if out_of_time and attempts == 0:
             return "time_budget"
-        yield from self._refuse(segment_index)
+        reason: RefusalReason = "veto" if best is None and self.stats.candidates_vetoed else "no_candidate"
+        yield from self._refuse(segment_index, reason)
         return "refusal"
 
     # Steps --------------------------------------------------------------------------------------
+
+    def _decision(
+        self, segment_index: int, item: _Judged, threshold: float, accepted: bool, fallback: bool, vetoed: bool
+    ) -> CandidateJudged:
+        safety = None if self.safety_floor is None else item.safety
+        return CandidateJudged(
+            segment_index,
+            item.attempt,
+            item.reward,
+            threshold,
+            accepted,
+            fallback,
+            item.tokens,
+            item.text,
+            vetoed,
+            safety,
+        )
 
     def _judging_order(self, judged: list[_Judged]) -> list[_Judged]:
         """Index order ('first'), or highest reward first ('best'; unscored fail-open drafts last)."""
@@ -243,9 +288,15 @@ class _Run:
         return sorted(judged, key=lambda item: -math.inf if math.isnan(item.reward) else item.reward, reverse=True)
 
     def _draft(self, generation: Generation, count: int, budget: int) -> list[Candidate]:
-        if self.config.segmentation == "entropy":
-            return generation.draft(count, budget, entropy_cut=self.config.entropy_threshold)  # type: ignore[call-arg]
-        return generation.draft(count, budget)
+        try:
+            with deadline_scope(self.deadline):
+                if self.config.segmentation == "entropy":
+                    return generation.draft(count, budget, entropy_cut=self.config.entropy_threshold)  # type: ignore[call-arg]
+                return generation.draft(count, budget)
+        except Exception as exc:
+            if is_deadline_error(exc):
+                raise _OutOfTime from exc
+            raise
 
     def _score(self, drafts: list[Candidate], attempts_so_far: int) -> list[_Judged] | None:
         """Cut each draft at a stop string, then score all of them in one reward call.
@@ -270,13 +321,14 @@ class _Run:
                 finished = True
                 responses.append(combined[:stop_at])
             cut.append((candidate, text, trim_to, tokens, finished))
-        rewards = self._rewards(responses)
-        if rewards is None:
+        scores = self._rewards(responses)
+        if scores is None:
             return None
+        rewards, safeties = scores
         return [
-            _Judged(candidate, text, trim_to, tokens, finished, float(reward), attempts_so_far + index + 1)
-            for index, ((candidate, text, trim_to, tokens, finished), reward) in enumerate(
-                zip(cut, rewards, strict=True)
+            _Judged(candidate, text, trim_to, tokens, finished, reward, safety, attempts_so_far + index + 1)
+            for index, ((candidate, text, trim_to, tokens, finished), reward, safety) in enumerate(
+                zip(cut, rewards, safeties, strict=True)
             )
         ]
 
@@ -293,7 +345,8 @@ class _Run:
             self.text += item.text
         if item.finished:
             return "stop"
-        generation.commit(item.candidate)
+        with deadline_scope(self.deadline):
+            generation.commit(item.candidate)
         safe = len(self.text) - self.stops.holdback(self.text)
         if safe > self.streamed:
             yield TextEmitted(segment_index, self.text[self.streamed : safe])
@@ -305,9 +358,10 @@ class _Run:
             yield TextEmitted(-1, self.text[self.streamed :])
             self.streamed = len(self.text)
 
-    def _refuse(self, segment_index: int) -> Iterator[Event]:
+    def _refuse(self, segment_index: int, reason: RefusalReason) -> Iterator[Event]:
         """End the answer with the refusal message (after any text already accepted)."""
         self.stats.refused = True
+        self.stats.refusal_reason = reason
         yield from self._flush()
         separator = " " if self.text and not self.text[-1].isspace() else ""
         refusal = separator + self.config.refusal_message
@@ -315,24 +369,30 @@ class _Run:
         self.streamed = len(self.text)
         yield TextEmitted(segment_index, refusal)
 
-    def _rewards(self, responses: list[str]) -> list[float] | None:
-        """One reward call, with the configured failure policy.
+    def _rewards(self, responses: list[str]) -> tuple[list[float], list[float]] | None:
+        """One reward call, validated, with the configured failure policy: (rewards, safety scores).
 
-        fail_closed: raise `RewardError` or return None (refuse); fail_open: NaN rewards, which
-        the judging loop lets through unscored and the statistics count in `reward_errors`.
+        Every score enters the engine here. A scorer that raises, answers the wrong number of
+        scores, or answers anything but a finite real number (NaN, inf, a string) has failed:
+        fail_closed raises `RewardError` or returns None (refuse); fail_open gives NaN scores, which
+        the judging loop lets through unscored, counted in `reward_errors`.
         """
         self.stats.reward_calls += 1
         try:
-            rewards = [float(value) for value in self.reward.score(self.prompt, responses)]
-            if len(rewards) != len(responses):
-                raise RewardError(
-                    f"reward model {self.reward.name!r} returned {len(rewards)} scores for {len(responses)} texts"
-                )
-            return rewards
+            with deadline_scope(self.deadline):
+                scores = score_conversation(self.reward, self.conversation, responses)
+            rewards = checked_scores(self.reward.name, "reward", scores.reward, len(responses))
+            safety = scores.safety
+            if safety is None:
+                return rewards, rewards
+            return rewards, checked_scores(self.reward.name, "safety", safety, len(responses))
         except Exception as exc:
+            if is_deadline_error(exc):  # out of time, not a failed scorer: never a reason to fail open
+                raise _OutOfTime from exc
             self.stats.reward_errors += 1
             if self.config.on_reward_error == "fail_open":
-                return [math.nan] * len(responses)
+                unscored = [math.nan] * len(responses)
+                return unscored, unscored
             if self.config.reward_error_action == "refuse":
                 return None
             if isinstance(exc, RewardError):
@@ -343,20 +403,47 @@ class _Run:
         """R(prompt, ''), needed only by the absolute schedule (on a reward failure: tau = r_thr)."""
         if self.config.threshold_mode != "absolute":
             return None
-        rewards = self._rewards([""])
-        if rewards is None or math.isnan(rewards[0]):
+        try:
+            scores = self._rewards([""])
+        except _OutOfTime:
             return self.config.reward_threshold
-        return rewards[0]
+        if scores is None or math.isnan(scores[0][0]):
+            return self.config.reward_threshold
+        return scores[0][0]
 
-    def _above_floor(self, reward: float) -> bool:
-        floor = self.config.safety_floor
-        return floor is None or reward >= floor
+    def _vetoed(self, item: _Judged) -> bool:
+        """Under the safety floor: never emitted. An unscored (fail-open) candidate cannot be vetoed."""
+        return self.safety_floor is not None and not math.isnan(item.safety) and item.safety < self.safety_floor
 
     def _out_of_time(self) -> bool:
-        budget = self.config.time_budget_s
-        return budget is not None and time.perf_counter() - self.started >= budget
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _sync_backend_counters(self, generation: Generation) -> None:
         self.stats.llm_calls = generation.llm_calls
         self.stats.llm_forward_tokens = generation.llm_forward_tokens
         self.stats.backend_retries = int(getattr(generation, "backend_retries", 0))
+
+
+def resolve_safety_floor(config: STARSConfig, reward: RewardModel) -> float | None:
+    """The veto floor in force: the configured number, the reward's calibrated floor for 'auto'
+    (none for a reward that ships none), or None when the veto is off."""
+    if config.safety_floor != "auto":
+        return config.safety_floor
+    if isinstance(reward, CalibratedVeto):
+        return float(reward.default_safety_floor)
+    return None
+
+
+def checked_scores(scorer: str, what: str, values: Sequence[Any], expected: int) -> list[float]:
+    """`values` as floats, or `RewardError` when a scorer's answer cannot be trusted as a score."""
+    if len(values) != expected:
+        raise RewardError(f"reward model {scorer!r} returned {len(values)} {what} scores for {expected} texts")
+    floats: list[float] = []
+    for index, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
+            raise RewardError(
+                f"reward model {scorer!r} returned {value!r} as the {what} score of text {index}: "
+                "a score must be a finite number"
+            )
+        floats.append(float(value))
+    return floats

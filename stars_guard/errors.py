@@ -11,6 +11,19 @@ class ConfigError(StarsGuardError, ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+class LockedOverrideError(ConfigError):
+    """A per-request override the operator's `OverridePolicy` does not allow.
+
+    A `ConfigError` so callers that already handle bad config handle this too; `fields` are the
+    offending `STARSConfig` fields and `params` the names the caller used for them (same order).
+    """
+
+    def __init__(self, message: str, fields: tuple[str, ...] = (), params: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+        self.params = tuple(params) or self.fields
+
+
 class InvalidMessagesError(StarsGuardError, ValueError):
     """Chat messages are empty or malformed."""
 

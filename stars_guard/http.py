@@ -8,7 +8,11 @@ server misbehaves:
   died mid-response), on 5xx, and on 429, where the server's `Retry-After` is honoured (on 503 too);
 - no retry on any other 4xx: the request itself is wrong, so the server's message is surfaced at once;
 - after the last attempt, a typed error (`BackendError` for generation, `RewardError` for rewards)
-  whose message names the URL, the status and what the server said.
+  whose message names the URL, the status and what the server said;
+- a request's deadline (`stars_guard.deadline`) bounds the whole call: each attempt's timeouts are
+  capped at the time left, the answer's body is read only until the deadline, no attempt starts and
+  no backoff sleeps past it, and a call the deadline ended raises the typed error, marked as a
+  `DeadlineExceeded`.
 
 This module is an I/O edge: it imports httpx at module level. The core (`stars_guard.engine` and
 friends) never imports it.
@@ -27,6 +31,7 @@ from typing import Any
 
 import httpx
 
+from stars_guard.deadline import current_deadline, deadline_error
 from stars_guard.errors import StarsGuardError
 
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
@@ -65,8 +70,13 @@ class Timeouts:
     connect_s: float = 5.0
     read_s: float | None = 60.0
 
-    def as_httpx(self) -> httpx.Timeout:
-        return httpx.Timeout(connect=self.connect_s, read=self.read_s, write=self.read_s, pool=self.connect_s)
+    def as_httpx(self, cap: float | None = None) -> httpx.Timeout:
+        """The httpx timeouts, each at most `cap` seconds when given (the time left to a deadline)."""
+        connect, read = self.connect_s, self.read_s
+        if cap is not None:
+            cap = max(cap, 0.0)
+            connect, read = min(connect, cap), cap if read is None else min(read, cap)
+        return httpx.Timeout(connect=connect, read=read, write=read, pool=connect)
 
 
 @dataclass
@@ -121,18 +131,29 @@ class HTTPClient:
         return self.request("GET", path, None, retry=retry)
 
     def request(self, method: str, path: str, payload: Any = None, *, retry: bool = True) -> HTTPResult:
+        """One call with the module's policy; bounded by the caller's deadline (`stars_guard.deadline`), if any."""
         url = f"{self.base_url}{path}"
+        deadline = current_deadline()
         attempts = 1 + (self.retry.max_retries if retry else 0)
         last_problem = "no attempt made"
         last_response: httpx.Response | None = None  # the last HTTP answer, if the last failure was one
         for attempt in range(attempts):
             delay: float | None = None
             last_response = None
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                when = "before the call" if attempt == 0 else f"after {_attempts(attempt)} (last: {last_problem})"
+                raise self._spent(url, when, attempt)
             try:
-                response = self._client.request(method, path, json=payload)
+                response = self._send(method, path, payload, deadline, left)
+            except _BodyPastDeadline:
+                raise self._spent(url, "while its answer was still arriving", attempt) from None
             except httpx.TimeoutException as exc:
                 kind = "connect" if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout) else "read"
                 limit = self.timeouts.connect_s if kind == "connect" else self.timeouts.read_s
+                if left is not None and (limit is None or left < limit):  # the deadline's cap is what fired
+                    waiting = "to connect" if kind == "connect" else "for an answer"
+                    raise self._spent(url, f"waiting {left:.2f}s {waiting}", attempt) from exc
                 last_problem = f"{kind} timeout after {limit}s"
                 if kind == "read" and not self.retry.retry_read_timeouts:
                     raise self._error(f"{self.service} at {url} timed out ({last_problem})", None, attempt) from exc
@@ -163,10 +184,15 @@ class HTTPClient:
             if delay is None:
                 with self._rng_lock:
                     delay = self.retry.backoff(attempt, self._rng)
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                when = (
+                    f"after {_attempts(attempt + 1)} (last: {last_problem}); a retry in {delay:.2f}s would end past it"
+                )
+                raise self._spent(url, when, attempt)
             self._count_retry()
             self._sleep(delay)
         raise self._error(
-            f"{self.service} at {url} failed after {attempts} attempt{'s' if attempts > 1 else ''} ({last_problem})",
+            f"{self.service} at {url} failed after {_attempts(attempts)} ({last_problem})",
             last_response,
             attempts - 1,
         )
@@ -181,6 +207,35 @@ class HTTPClient:
         self.close()
 
     # Internals ------------------------------------------------------------------------------------
+
+    def _send(self, method: str, path: str, payload: Any, deadline: float | None, left: float | None) -> httpx.Response:
+        """One attempt. Under a deadline a read timeout bounds each wait for bytes, not the whole body,
+        so the body is read chunk by chunk and abandoned once the deadline passes."""
+        if deadline is None:
+            return self._client.request(method, path, json=payload)
+        with self._client.stream(method, path, json=payload, timeout=self.timeouts.as_httpx(cap=left)) as streamed:
+            declared = streamed.headers.get("Content-Length")
+            raw = bytearray()
+            for chunk in streamed.iter_raw():
+                raw += chunk
+                complete = declared is not None and declared.isdigit() and len(raw) >= int(declared)
+                if not complete and time.monotonic() >= deadline:
+                    raise _BodyPastDeadline
+        # A plain response over the raw bytes: it decodes any Content-Encoding once, as a normal read would.
+        kept = ("http_version", "reason_phrase")
+        extensions = {key: streamed.extensions[key] for key in kept if key in streamed.extensions}
+        return httpx.Response(
+            streamed.status_code,
+            headers=streamed.headers,
+            content=bytes(raw),
+            request=streamed.request,
+            extensions=extensions,
+        )
+
+    def _spent(self, url: str, when: str, retries: int) -> StarsGuardError:
+        """The typed error for a call its deadline ended (also a `DeadlineExceeded`; no status code)."""
+        message = f"{self.service} at {url}: the request's deadline (time budget) was spent {when}"
+        return self._error(message, None, retries, deadline=True)
 
     def _count_retry(self) -> None:
         with self._rng_lock:
@@ -199,12 +254,22 @@ class HTTPClient:
                 retries,
             ) from exc
 
-    def _error(self, message: str, response: httpx.Response | None, retries: int) -> StarsGuardError:
-        error = self.error_type(message)
+    def _error(
+        self, message: str, response: httpx.Response | None, retries: int, *, deadline: bool = False
+    ) -> StarsGuardError:
+        error = deadline_error(self.error_type, message) if deadline else self.error_type(message)
         # Structured details for callers that branch on them (the message stays the human interface).
         error.status_code = None if response is None else response.status_code  # type: ignore[attr-defined]
         error.retries = retries  # type: ignore[attr-defined]
         return error
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'s' if count != 1 else ''}"
+
+
+class _BodyPastDeadline(Exception):
+    """The deadline passed while an answer's body was still arriving (internal to `HTTPClient`)."""
 
 
 def server_message(response: httpx.Response) -> str:

@@ -27,16 +27,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stars_guard.errors import ConfigError
-from stars_guard.messages import ChatMessage
+from stars_guard.messages import ChatMessage, Conversation, as_conversation
 from stars_guard.protocols import (
     Backend,
     BatchDrafter,
+    BatchRewardModel,
     Candidate,
     DraftRequest,
     Generation,
     GenerationWrapper,
     OpenRequest,
     RewardModel,
+    RewardScores,
+    RewardWrapper,
+    score_conversation,
 )
 
 _GAP_SMOOTHING = 0.2  # weight of the newest gap in the moving average
@@ -324,17 +328,17 @@ class LockstepGeneration(GenerationWrapper):
 
 @dataclass
 class _Scoring:
-    prompt: str
+    conversation: Conversation
     responses: list[str]
-    future: Future[list[float]]
+    future: Future[RewardScores]
 
 
-class BatchingReward:
+class BatchingReward(RewardWrapper):
     """Scores the candidates of requests that finished a round together in one reward call.
 
     Lockstep rounds end for all their requests at once, so their `score` calls arrive within
     milliseconds. The first caller waits `window_s`, then scores everything that arrived in one
-    call, `inner.score_many([(prompt, responses), ...])` where the scorer has it (one encoder pass
+    call, `inner.score_many([(conversation, responses), ...])` where the scorer has it (one encoder pass
     for every request's texts), else one `score` call per request, all on one thread: `runner`'s
     if given (`LockstepBackend.run_on_scheduler`, so drafting and scoring never compete for the
     cores), else the first caller's. A failure reaches every request of the batch, and each
@@ -350,7 +354,7 @@ class BatchingReward:
     ) -> None:
         if window_s < 0:
             raise ConfigError(f"window_s must be >= 0 seconds, got {window_s}")
-        self.inner = inner
+        super().__init__(inner)
         self.runner = runner  # e.g. LockstepBackend.run_on_scheduler: where the scoring runs
         self.window_s = window_s
         self.batches = 0
@@ -359,12 +363,8 @@ class BatchingReward:
         self._pending: list[_Scoring] = []
         self._collecting = False
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        scoring = _Scoring(prompt, list(responses), Future())
+    def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
+        scoring = _Scoring(as_conversation(conversation), list(responses), Future())
         with self._lock:
             self._pending.append(scoring)
             leads = not self._collecting
@@ -384,20 +384,14 @@ class BatchingReward:
                             item.future.set_exception(exc)
         return scoring.future.result()
 
-    def __getattr__(self, name: str) -> Any:  # extras of the wrapped scorer
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
     def _score_batch(self, batch: list[_Scoring]) -> None:
         self.batches += 1
         self.requests += len(batch)
         try:
-            score_many = getattr(self.inner, "score_many", None)
-            if callable(score_many):
-                results = list(score_many([(item.prompt, item.responses) for item in batch]))
+            if isinstance(self.inner, BatchRewardModel):
+                results = list(self.inner.score_many([(item.conversation, item.responses) for item in batch]))
             else:
-                results = [self.inner.score(item.prompt, item.responses) for item in batch]
+                results = [score_conversation(self.inner, item.conversation, item.responses) for item in batch]
             if len(results) != len(batch):
                 raise RuntimeError(f"scorer returned {len(results)} results for {len(batch)} requests")
         except BaseException as exc:
@@ -405,4 +399,4 @@ class BatchingReward:
                 item.future.set_exception(exc)
             return
         for item, scores in zip(batch, results, strict=True):
-            item.future.set_result(list(scores))
+            item.future.set_result(scores)

@@ -63,12 +63,51 @@ def _coerce(raw: ChatMessage | Mapping[str, object], position: int) -> ChatMessa
         )
     if role == "user" and not content.strip():
         raise InvalidMessagesError(f"message {position} is an empty user message: write a request")
+    check_text(content, f"message {position} content")
     return ChatMessage(role, content)  # type: ignore[arg-type]
 
 
+def check_text(text: str, what: str) -> None:
+    """Refuse text no tokenizer or UTF-8 transport can carry (a lone surrogate such as "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidMessagesError(
+            f"{what} is not valid Unicode text: {exc.reason} at character {exc.start} "
+            f"({text[exc.start : exc.end]!r}); send UTF-8 text without lone surrogates"
+        ) from None
+
+
 def last_user_text(messages: Sequence[ChatMessage]) -> str:
-    """The request the reward model judges the answer against: the latest user turn."""
+    """The latest user turn: the request an answer is most directly about."""
     for message in reversed(messages):
         if message.role == "user":
             return message.content
     raise InvalidMessagesError("no user message in the conversation")
+
+
+Conversation = tuple[ChatMessage, ...]
+
+
+def as_conversation(prompt: str | Sequence[ChatMessage]) -> Conversation:
+    """The turns a reward judges an answer in: the engine passes every turn (system included);
+    a plain string, for direct calls, is one user turn."""
+    if isinstance(prompt, str):
+        return (ChatMessage("user", prompt),)
+    return tuple(prompt)
+
+
+def user_turns(conversation: Sequence[ChatMessage]) -> list[str]:
+    """The user's turns, oldest first: a request split over turns is only visible in all of them."""
+    return [message.content for message in conversation if message.role == "user"]
+
+
+def render_transcript(conversation: Sequence[ChatMessage]) -> str:
+    """The conversation as plain text for text-pair scorers (TEI pairs, encoder reward models).
+
+    A single user turn renders as its bare text, so single-turn scores are what they always were.
+    """
+    if len(conversation) == 1 and conversation[0].role == "user":
+        return conversation[0].content
+    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    return "\n\n".join(f"{names[message.role]}: {message.content}" for message in conversation)

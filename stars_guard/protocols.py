@@ -8,11 +8,11 @@ commit the accepted one, close.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from stars_guard.messages import ChatMessage
+from stars_guard.messages import ChatMessage, as_conversation
 
 FinishReason = Literal["length", "eos"]
 
@@ -194,11 +194,92 @@ class BatchDrafter(Protocol):
 
 @runtime_checkable
 class RewardModel(Protocol):
-    """Scores partial responses; higher is better. Scales differ per model."""
+    """Scores partial responses; higher is better. Scales differ per model.
+
+    `conversation` is every turn so far, system included (a harmful request split over turns is
+    only visible in all of them); the engine passes a tuple of `ChatMessage`. Adapters also take a
+    plain string as one user turn, for direct calls (`stars_guard.messages.as_conversation`).
+    """
 
     @property
     def name(self) -> str: ...
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        """Reward of each `response` (a partial answer) to `prompt`, in one batched call."""
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        """Reward of each `response` (a partial answer) to the conversation, in one batched call."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class RewardScores:
+    """A batch of scores: `reward` steers (picks the better candidates); named `components`
+    (for `GuardReward`: `safety`, `helpfulness`) say why. The veto reads `safety` when present."""
+
+    reward: Sequence[float]
+    components: Mapping[str, Sequence[float]] = field(default_factory=dict)
+
+    @property
+    def safety(self) -> Sequence[float] | None:
+        return self.components.get("safety")
+
+
+@runtime_checkable
+class ComponentRewardModel(RewardModel, Protocol):
+    """A reward that reports named components beside the steering reward."""
+
+    def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
+        """`score`'s rewards plus the components, for the same texts."""
+        ...
+
+
+@runtime_checkable
+class BatchRewardModel(RewardModel, Protocol):
+    """A reward that scores several requests' responses in one call (one encoder pass).
+
+    Lockstep serving scores every request of a round together this way (`BatchingReward`).
+    """
+
+    def score_many(self, items: Sequence[tuple[Sequence[ChatMessage], Sequence[str]]]) -> list[RewardScores]:
+        """Per item, the `RewardScores` that `score_components` would give it."""
+        ...
+
+
+@runtime_checkable
+class CalibratedVeto(Protocol):
+    """A reward that ships the veto floor it was calibrated with (read by `safety_floor='auto'`)."""
+
+    @property
+    def default_safety_floor(self) -> float: ...
+
+
+def score_conversation(
+    reward: RewardModel, conversation: Sequence[ChatMessage], responses: Sequence[str]
+) -> RewardScores:
+    """Score through whichever surface `reward` has: components where it reports them."""
+    if isinstance(reward, ComponentRewardModel):
+        return reward.score_components(conversation, responses)
+    return RewardScores(reward.score(conversation, responses))
+
+
+class RewardWrapper:
+    """Base for a reward that wraps another and changes how it is called (timing, batching, checks).
+
+    Subclasses override `score_components`; `score` and the extras of `inner` follow from it.
+    """
+
+    def __init__(self, inner: RewardModel) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        return list(self.score_components(conversation, responses).reward)
+
+    def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
+        return score_conversation(self.inner, as_conversation(conversation), responses)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (e.g. during unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)

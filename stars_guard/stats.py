@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+# Why an answer ended with the refusal message: every candidate of a segment was under the safety
+# floor ('veto'), none passed and the fallback is 'refuse' ('no_candidate'), or the reward failed
+# under fail_closed with reward_error_action='refuse' ('reward_error').
+RefusalReason = Literal["veto", "no_candidate", "reward_error"]
 
 STATS_KEYS: tuple[str, ...] = (
     "prompt_tokens",
@@ -10,6 +16,7 @@ STATS_KEYS: tuple[str, ...] = (
     "segments_fallback",
     "candidates_sampled",
     "candidates_rejected",
+    "candidates_vetoed",
     "rejection_rate",
     "tokens_sampled",
     "tokens_emitted",
@@ -19,6 +26,7 @@ STATS_KEYS: tuple[str, ...] = (
     "mean_accepted_reward",
     "final_reward",
     "refused",
+    "refusal_reason",
     "elapsed_s",
     "backend_retries",
     "reward_errors",
@@ -32,6 +40,8 @@ class STARSStats:
     `candidates_sampled` counts judged candidates (accepted + rejected + fallback-chosen); drafts
     left unjudged after a round's first acceptance still cost compute and count in `tokens_sampled`.
     `mean_accepted_reward` averages the rewards of the segments that entered the answer.
+    `candidates_vetoed` counts rejected candidates whose safety score was under the floor (never
+    emitted, not even as fallback); they are also in `candidates_rejected`.
     """
 
     prompt_tokens: int = 0
@@ -39,6 +49,7 @@ class STARSStats:
     segments_fallback: int = 0
     candidates_sampled: int = 0
     candidates_rejected: int = 0
+    candidates_vetoed: int = 0
     tokens_sampled: int = 0
     tokens_emitted: int = 0
     reward_calls: int = 0
@@ -46,6 +57,7 @@ class STARSStats:
     llm_forward_tokens: int | None = 0
     final_reward: float | None = None
     refused: bool = False
+    refusal_reason: RefusalReason | None = None
     elapsed_s: float = 0.0
     backend_retries: int = 0
     reward_errors: int = 0
@@ -77,5 +89,6 @@ class STARSStats:
             f"{self.candidates_rejected}/{self.candidates_sampled} candidates rejected "
             f"({self.rejection_rate:.0%}), {self.tokens_emitted} tokens emitted of {self.tokens_sampled} "
             f"sampled, mean reward {'-' if mean is None else f'{mean:.3f}'}, "
-            f"{'refused, ' if self.refused else ''}{self.elapsed_s:.1f}s"
+            f"{f'{self.candidates_vetoed} vetoed, ' if self.candidates_vetoed else ''}"
+            f"{f'refused ({self.refusal_reason}), ' if self.refused else ''}{self.elapsed_s:.1f}s"
         )

@@ -29,7 +29,15 @@ from uuid import UUID
 
 from stars_guard.callbacks import RequestRecord, RunInfo, SegmentOutcome
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Backend, Candidate, Generation, GenerationWrapper, RewardModel
+from stars_guard.protocols import (
+    Backend,
+    Candidate,
+    Generation,
+    GenerationWrapper,
+    RewardModel,
+    RewardScores,
+    RewardWrapper,
+)
 
 TELEMETRY_HINT = "pip install 'stars-guard[telemetry]'"
 ATTEMPT_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128)
@@ -194,28 +202,19 @@ class _TimedGeneration(GenerationWrapper):
             _safely(self._observe, time.perf_counter() - started)
 
 
-class TimedReward:
+class TimedReward(RewardWrapper):
     """A `RewardModel` that reports how long each scoring call takes."""
 
     def __init__(self, inner: RewardModel, observe: Callable[[float], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._observe = observe
 
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+    def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
         started = time.perf_counter()
         try:
-            return self.inner.score(prompt, responses)
+            return super().score_components(conversation, responses)
         finally:
             _safely(self._observe, time.perf_counter() - started)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
 
 
 def _safely(observe: Callable[[float], None], seconds: float) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 
 from stars_guard.bench.methods import DEFAULT_METHODS, Method, Outcome, parse_method
 from stars_guard.datasets import load_hh_prompts
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import RewardScores, RewardWrapper
 
 QUICK_PROMPTS = 4
 QUICK_MAX_NEW_TOKENS = 32
@@ -144,7 +146,7 @@ class PeakRSS:
         return self.peak / 1e6
 
 
-class RescaledReward:
+class RescaledReward(RewardWrapper):
     """A reward on another scale: `logit` maps a [0, 1] score p to log(p / (1 - p)) (raw-logit scale,
     unbounded), `affine` to scale * r + shift. Same ranking as the inner reward, different units:
     the bench runs it to check that the default threshold mode needs no tuning per reward scale.
@@ -153,19 +155,23 @@ class RescaledReward:
     def __init__(self, inner: Any, kind: str, scale: float = 1.0, shift: float = 0.0) -> None:
         if kind not in ("logit", "affine"):
             raise ValueError(f"unknown rescaling {kind!r}: use logit or affine")
-        self.inner, self.kind, self.scale, self.shift = inner, kind, scale, shift
+        super().__init__(inner)
+        self.kind, self.scale, self.shift = kind, scale, shift
 
     @property
     def name(self) -> str:
         inner = getattr(self.inner, "name", "reward")
         return f"logit({inner})" if self.kind == "logit" else f"{self.scale:g}*{inner}{self.shift:+g}"
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        values = [float(value) for value in self.inner.score(prompt, responses)]
+    def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
+        """The inner reward rescaled; its components (and so the veto's safety scores) unchanged."""
+        scores = super().score_components(conversation, responses)
+        values = [float(value) for value in scores.reward]
         if self.kind == "affine":
-            return [self.scale * value + self.shift for value in values]
+            return RewardScores([self.scale * value + self.shift for value in values], scores.components)
         eps = 1e-6
-        return [math.log(min(max(v, eps), 1 - eps) / (1 - min(max(v, eps), 1 - eps))) for v in values]
+        logits = [math.log(min(max(v, eps), 1 - eps) / (1 - min(max(v, eps), 1 - eps))) for v in values]
+        return RewardScores(logits, scores.components)
 
 
 def build_bench_reward(spec: str) -> Any:

@@ -154,7 +154,7 @@ def test_composite_veto_makes_the_engine_refuse(llamacpp_backend, guard):
             return [0.0] * len(responses)
 
     reward = CompositeReward([(guard, 1.0)], veto=RefuseEverything(), veto_floor=0.5, vetoed_reward=-1.0)
-    config = STARSConfig(seed=1, max_new_tokens=16, max_attempts=4, safety_floor=0.0)
+    config = STARSConfig(seed=1, max_new_tokens=16, max_attempts=4)  # auto floor: the veto_floor, on veto scores
     result = STARSEngine(llamacpp_backend, reward, config).run("Tell me a joke.")
     assert result.stats.refused and result.text == config.refusal_message
     assert result.stats.tokens_emitted == 0
@@ -167,8 +167,16 @@ def test_composite_refuses_bad_scorers(guard):
         def score(self, prompt, responses):
             return [math.nan] * len(responses)
 
-    with pytest.raises(RewardError, match="NaN"):
-        CompositeReward([(Nan(), 1.0)]).score("q", ["a"])
+    # Scores are checked where they enter the engine, components included: a NaN part fails the reward.
+    from stars_guard.engine import checked_scores
+
+    scores = CompositeReward([(Nan(), 1.0)]).score_components("q", ["a"])
+    with pytest.raises(RewardError, match="finite"):
+        checked_scores("composite", "reward", scores.reward, 1)
+    vetoed_by_nan = CompositeReward([(guard, 1.0)], veto=Nan(), veto_floor=0.5).score_components("q", ["a"])
+    assert vetoed_by_nan.safety is not None
+    with pytest.raises(RewardError, match="finite"):
+        checked_scores("composite", "safety", vetoed_by_nan.safety, 1)
     with pytest.raises(ValueError, match="together"):
         CompositeReward([(guard, 1.0)], veto=guard)
     with pytest.raises(ValueError, match="finite"):

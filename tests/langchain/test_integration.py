@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections import defaultdict
 from typing import Any
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from stars_guard.callbacks import RejectionStatsHandler
 from stars_guard.chat_model import STARSChatModel
 from stars_guard.config import STARSConfig
+from stars_guard.protocols import RewardScores, RewardWrapper
 from stars_guard.telemetry import PrometheusExporter
 from tests.langchain.conftest import red_team_prompts
 from tests.langchain.test_chat_model_unit import Exploding, Recorder, merged, without_timing
@@ -89,6 +91,48 @@ def test_red_team_prompts_never_stream_rejected_text(selection: str) -> None:
             assert [chunk for chunk in chunks if chunk] == deltas
     if selection == "first":
         assert checked > 0, "no rejected candidate was long enough to check: the test checked nothing"
+
+
+class PoisonedReward(RewardWrapper):
+    """The real default reward, except that its second call answers `poison` for every text
+    (a scorer or service returning NaN or inf)."""
+
+    def __init__(self, inner: Any, poison: float) -> None:
+        super().__init__(inner)
+        self.poison = poison
+        self.calls = 0
+        self.poisoned: list[str] = []
+
+    def score_components(self, conversation: Any, responses: Any) -> RewardScores:
+        self.calls += 1
+        scores = super().score_components(conversation, responses)
+        if self.calls != 2:
+            return scores
+        self.poisoned = list(responses)
+        return RewardScores([self.poison] * len(responses), scores.components)
+
+
+@pytest.mark.parametrize("poison", [math.nan, math.inf])
+def test_red_team_prompts_never_stream_text_a_non_finite_score_let_through(poison: float, default_components) -> None:
+    """Bypass 1 of the trust issue: a NaN or inf score is a reward failure (fail-closed), not a pass."""
+    _, reward = default_components
+    for number, prompt in enumerate(red_team_prompts(2)):
+        poisoned = PoisonedReward(reward, poison)
+        llm = STARSChatModel(
+            reward=poisoned,
+            max_tokens=32,
+            config=STARSConfig(round_selection="first", reward_error_action="refuse", segment_budget="flat"),
+        )
+        chunks = list(llm.stream(prompt, seed=number))
+        answer = "".join(chunk.content for chunk in chunks)
+        stars = merged(chunks).response_metadata["stars"]
+        assert poisoned.calls >= 2 and stars["reward_errors"] == 1
+        assert stars["refused"] and stars["refusal_reason"] == "reward_error"
+        settled = answer.removesuffix(llm.config.refusal_message).rstrip(" ")
+        assert all(
+            not (response.startswith(settled) and answer.startswith(response)) or response == settled
+            for response in poisoned.poisoned
+        )
 
 
 async def test_concurrent_ainvokes_are_counted_exactly_and_keep_the_loop_free() -> None:

@@ -20,6 +20,7 @@ from starlette.testclient import TestClient
 from stars_guard.chat_server import create_app, parse_chat_request
 from stars_guard.config import STARSConfig
 from stars_guard.errors import BackendError, ContextWindowExceededError
+from stars_guard.overrides import OverridePolicy
 from stars_guard.stats import STATS_KEYS
 from tests.server.doubles import EOS, FailingReward, ServerBackend, marker_reward, test_config
 
@@ -35,9 +36,13 @@ def rejecting_script(_: Any) -> list[list[str]]:
     ]
 
 
+# The validation tests send these with bad values: allowed, so they reach validation (locks: test_overrides.py).
+VALIDATED = OverridePolicy(allowed={"segment_size", "temperature", "top_p"})
+
+
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    app = create_app(ServerBackend(rejecting_script), marker_reward(), test_config())
+    app = create_app(ServerBackend(rejecting_script), marker_reward(), test_config(), override_policy=VALIDATED)
     with TestClient(app) as test_client:
         yield test_client
 
@@ -127,7 +132,8 @@ def test_refusal_maps_to_content_filter():
 
 def test_openai_parameters_reach_the_engine():
     backend = ServerBackend(lambda _: [["abcdefgh"]] * 8)
-    with TestClient(create_app(backend, marker_reward(), test_config())) as client:
+    app = create_app(backend, marker_reward(), test_config(), override_policy=VALIDATED)
+    with TestClient(app) as client:
         body = post(
             client,
             max_tokens=5,
@@ -224,7 +230,9 @@ def test_parse_keeps_policy_fields_the_operator_set_and_allows_the_same_value():
     base = STARSConfig(safety_floor=0.1)
     request = parse_chat_request({"messages": USER, "stars": {"safety_floor": 0.1, "segment_size": 8}}, base)
     assert request.config.safety_floor == 0.1 and request.config.segment_size == 8
-    unlocked = parse_chat_request({"messages": USER, "stars": {"safety_floor": 0.0}}, base, locked=())
+    unlocked = parse_chat_request(
+        {"messages": USER, "stars": {"safety_floor": 0.0}}, base, policy=OverridePolicy.unlocked()
+    )
     assert unlocked.config.safety_floor == 0.0
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from stars_guard.chat_server import create_app
 from stars_guard.messages import ChatMessage
+from stars_guard.overrides import OverridePolicy
 from tests.server.doubles import EOS, ServerBackend, marker_reward, test_config, wait_until
 
 USER = [{"role": "user", "content": "Tell me something nice."}]
@@ -79,7 +80,13 @@ def test_a_request_still_queued_at_its_deadline_gets_503_and_the_running_one_end
 
 
 def test_the_deadline_becomes_the_engines_time_budget(live):
-    app = create_app(ServerBackend(endless, delay_s=0.05), marker_reward(), test_config(), request_timeout_s=0.4)
+    app = create_app(
+        ServerBackend(endless, delay_s=0.05),
+        marker_reward(),
+        test_config(),
+        request_timeout_s=0.4,
+        override_policy=OverridePolicy(allowed={"max_new_tokens"}),  # more tokens than the deadline allows
+    )
     server = live(app)
     started = time.monotonic()
     body = chat(server.url, max_tokens=2000).json()

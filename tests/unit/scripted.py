@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stars_guard.messages import ChatMessage
+from stars_guard.messages import ChatMessage, Conversation, as_conversation
 from stars_guard.protocols import Candidate
 
 EOS = "<eos>"
@@ -82,10 +82,10 @@ class ScriptedReward:
 
     def __init__(self, fn: Callable[[str], float]) -> None:
         self.fn = fn
-        self.calls: list[tuple[str, list[str]]] = []
+        self.calls: list[tuple[Conversation, list[str]]] = []
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
-        self.calls.append((prompt, list(responses)))
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
+        self.calls.append((as_conversation(conversation), list(responses)))
         return [self.fn(text) for text in responses]
 
 

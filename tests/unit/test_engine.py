@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.engine import CandidateJudged, Finished, TextEmitted
 from stars_guard.errors import RewardError
+from stars_guard.messages import ChatMessage
 from tests.unit.scripted import ScriptedBackend, ScriptedReward, reward_table
 
 
@@ -113,8 +115,8 @@ def test_max_new_tokens_bounds_the_answer_and_the_last_segment_is_shorter():
 
 
 def test_time_budget_settles_the_segment_in_progress_and_stops(monkeypatch):
-    clock = iter([0.0, 0.0, 0.5, 5.0, 5.0, 5.0, 5.0])
-    monkeypatch.setattr("stars_guard.engine.time.perf_counter", lambda: next(clock))
+    clock = itertools.chain([0.0, 0.0, 0.5], itertools.repeat(5.0))  # start, two checks in time, then out
+    monkeypatch.setattr("stars_guard.engine.time.monotonic", lambda: next(clock))
     config = absolute(segment_size=4, candidates_per_round=1, max_attempts=8, time_budget_s=1.0)
     result, _, _, _ = run([["low1"], ["low2"]], reward_table({"low1": 0.2, "low2": 0.3}), config)
     assert result.finish_reason == "time_budget"
@@ -153,7 +155,7 @@ def test_statistics_identities_and_keys():
     assert math.isclose(stats["rejection_rate"], stats["candidates_rejected"] / stats["candidates_sampled"])
     assert stats["final_reward"] == judged(events)[-1].reward
     assert isinstance(stats["elapsed_s"], float) and stats["refused"] is False
-    assert all(prompt == "question?" for prompt, _ in reward.calls)
+    assert all(conversation == (ChatMessage("user", "question?"),) for conversation, _ in reward.calls)
 
 
 def test_relative_threshold_needs_no_empty_reward_call():

@@ -17,8 +17,8 @@ from stars_guard import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.errors import ConfigError
 from stars_guard.lockstep import LockstepBackend, LockstepGeneration, supports_lockstep
-from stars_guard.messages import ChatMessage, last_user_text
-from stars_guard.protocols import Candidate, DraftRequest
+from stars_guard.messages import ChatMessage, as_conversation, last_user_text
+from stars_guard.protocols import Candidate, DraftRequest, RewardScores
 from tests.unit.scripted import ScriptedBackend, ScriptedReward, make_candidate
 
 
@@ -212,15 +212,19 @@ class RecordingScorer:
         if batched:
             self.score_many = self._score_many
 
-    def score(self, prompt: str, responses: Sequence[str]) -> list[float]:
+    def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
         self.calls.append(1)
+        prompt = last_user_text(as_conversation(conversation))
         return [len(prompt) * 1000.0 + len(text) for text in responses]
 
-    def _score_many(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[list[float]]:
+    def _score_many(self, items: Sequence[tuple[Sequence[ChatMessage], Sequence[str]]]) -> list[RewardScores]:
         self.calls.append(len(items))
         if self.fail:
             raise RuntimeError("scorer down")
-        return [[len(prompt) * 1000.0 + len(text) for text in responses] for prompt, responses in items]
+        return [
+            RewardScores([len(last_user_text(turns)) * 1000.0 + len(text) for text in responses])
+            for turns, responses in items
+        ]
 
 
 @pytest.mark.parametrize("batched", [True, False])
