@@ -36,11 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("prompt", help="the user's request")
     chat.add_argument("--json", action="store_true", help='print {"text": ..., "stars": {...}} on stdout')
     chat.add_argument("--seed", type=_seed, help="seed for drafts and acceptance (same seed, same answer)")
-    chat.add_argument("--max-new-tokens", type=int, help="most tokens in the answer (default 256)")
-    chat.add_argument("--segment-size", type=int, help="tokens per candidate segment (default 16)")
-    chat.add_argument("--candidates", type=int, help="candidates drafted per round (default 4)")
-    chat.add_argument("--max-attempts", type=int, help="most candidates judged per segment (default 16)")
-    chat.add_argument("--temperature", type=float, help="sampling temperature; 0 = greedy (default 0.8)")
+    chat.add_argument(
+        "--max-new-tokens", type=int, help=f"most tokens in the answer (default {_default('max_new_tokens')})"
+    )
+    chat.add_argument(
+        "--segment-size", type=int, help=f"tokens per candidate segment (default {_default('segment_size')})"
+    )
+    chat.add_argument(
+        "--candidates", type=int, help=f"candidates drafted per round (default {_default('candidates_per_round')})"
+    )
+    chat.add_argument(
+        "--max-attempts", type=int, help=f"most candidates judged per segment (default {_default('max_attempts')})"
+    )
+    chat.add_argument(
+        "--temperature", type=float, help=f"sampling temperature; 0 = greedy (default {_default('temperature')})"
+    )
+    chat.add_argument("--safety-floor", type=_safety_floor, help=SAFETY_FLOOR_HELP)
     chat.add_argument("--system", help="a system message placed before the prompt")
     chat.add_argument("--stop", action="append", help="a stop string (repeatable)")
     chat.add_argument("--backend", default="local", help=_spec_help("backend", "local"))
@@ -90,12 +101,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-timeout", type=float, default=120.0, help="seconds per request, queue wait included (default 120)"
     )
     serve.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB)")
-    serve.add_argument("--max-new-tokens", type=int, help="default answer length when a request sets none (256)")
-    serve.add_argument("--segment-size", type=int, help="tokens per candidate segment (default 16)")
-    serve.add_argument("--candidates", type=int, help="candidates drafted per round (default 4)")
-    serve.add_argument("--max-attempts", type=int, help="most candidates judged per segment (default 16)")
-    serve.add_argument("--temperature", type=float, help="default sampling temperature (default 0.8)")
-    serve.add_argument("--safety-floor", type=float, help="reward under which text is never emitted (default: none)")
+    serve.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help=f"default answer length when a request sets none ({_default('max_new_tokens')})",
+    )
+    serve.add_argument(
+        "--segment-size", type=int, help=f"tokens per candidate segment (default {_default('segment_size')})"
+    )
+    serve.add_argument(
+        "--candidates", type=int, help=f"candidates drafted per round (default {_default('candidates_per_round')})"
+    )
+    serve.add_argument(
+        "--max-attempts", type=int, help=f"most candidates judged per segment (default {_default('max_attempts')})"
+    )
+    serve.add_argument(
+        "--temperature", type=float, help=f"default sampling temperature (default {_default('temperature')})"
+    )
+    serve.add_argument("--safety-floor", type=_safety_floor, help=SAFETY_FLOOR_HELP)
     serve.add_argument(
         "--allow-override",
         action="append",
@@ -118,6 +141,39 @@ def build_parser() -> argparse.ArgumentParser:
     serve_reward.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
     serve_reward.add_argument("--max-client-batch-size", type=int, default=32, help="most inputs per request")
     return parser
+
+
+SAFETY_FLOOR_HELP = (
+    "the veto: text whose safety score is under this is never emitted, not even as fallback. 'auto' (default): "
+    "the reward's calibrated floor (the default reward's is on); 'off': no veto; or a number in the reward's units"
+)
+
+
+def _default(field: str) -> object:
+    """A `STARSConfig` default, so help texts cannot drift from the config."""
+    from stars_guard.config import STARSConfig
+
+    return STARSConfig.model_fields[field].default
+
+
+def _safety_floor(text: str) -> float | str:
+    """An argparse type for --safety-floor: 'auto', 'off' or a finite number."""
+    if text in ("auto", "off"):
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto', 'off' or a number (got {text!r})") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
+    return value
+
+
+def _floor_setting(value: float | str | None) -> dict[str, object]:
+    """The config entry for a --safety-floor value ('off' is the config's None: no veto)."""
+    if value is None:
+        return {}
+    return {"safety_floor": None if value == "off" else value}
 
 
 def _seed(text: str) -> int:
@@ -190,7 +246,8 @@ def _chat(args: argparse.Namespace) -> int:
                 "temperature": args.temperature,
             }.items()
             if value is not None
-        }
+        },
+        **_floor_setting(args.safety_floor),
     )
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
@@ -275,10 +332,10 @@ def _serve(args: argparse.Namespace) -> int:
                 "candidates_per_round": args.candidates,
                 "max_attempts": args.max_attempts,
                 "temperature": args.temperature,
-                "safety_floor": args.safety_floor,
             }.items()
             if value is not None
-        }
+        },
+        **_floor_setting(args.safety_floor),
     )
     api_key = args.api_key or os.environ.get(SERVE_API_KEY_ENV) or None
     _quiet_model_loading()

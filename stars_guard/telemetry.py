@@ -10,6 +10,7 @@ Metric names (DESIGN.md section 4) and what feeds them:
     stars_segments_total{outcome="accepted|rejected|fallback"}   settled segments; rejected counts
                                                                   rejected candidates as the stats do
     stars_candidates_total                                        judged candidates
+    stars_candidates_vetoed_total                                 judged candidates under the safety floor
     stars_attempts_per_segment                                    histogram, per settled segment
     stars_reward{outcome="accepted|rejected"}                     histogram, every judged candidate
     stars_tokens_total{kind="sampled|emitted"}                    per finished request
@@ -87,6 +88,9 @@ class PrometheusExporter:
             "stars_segments_total", "STARS segment outcomes (rejected: rejected candidates).", ["outcome"], **on
         )
         self.candidates = counter("stars_candidates_total", "Candidate segments judged by the reward model.", **on)
+        self.vetoed = counter(
+            "stars_candidates_vetoed_total", "Judged candidates under the safety floor: never emitted.", **on
+        )
         self.attempts = histogram(
             "stars_attempts_per_segment", "Candidates judged per settled segment.", buckets=attempt_buckets, **on
         )
@@ -115,6 +119,8 @@ class PrometheusExporter:
         """Nothing to count until the request ends."""
 
     def decision(self, run: RunInfo, decision: Mapping[str, Any]) -> None:
+        if decision.get("vetoed"):
+            self.vetoed.inc()
         reward = decision.get("reward")
         if reward is not None and not decision.get("fallback"):
             self.reward.labels(outcome="accepted" if decision.get("accepted") else "rejected").observe(float(reward))

@@ -64,6 +64,7 @@ def test_prometheus_output_parses_and_carries_the_documented_names() -> None:
     assert values[("stars_segments_total", (("outcome", "rejected"),))] == total["candidates_rejected"]
     assert values[("stars_segments_total", (("outcome", "fallback"),))] == total["segments_fallback"]
     assert values[("stars_candidates_total", ())] == total["candidates_sampled"]
+    assert values[("stars_candidates_vetoed_total", ())] == total["candidates_vetoed"] == 2  # the refusal's two
     assert values[("stars_tokens_total", (("kind", "sampled"),))] == total["tokens_sampled"]
     assert values[("stars_tokens_total", (("kind", "emitted"),))] == total["tokens_emitted"]
     for outcome, count in {"stop": 2, "refusal": 1, "error": 1}.items():

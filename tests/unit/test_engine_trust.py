@@ -163,3 +163,21 @@ def test_text_that_cannot_be_utf8_encoded_is_refused_with_a_clear_error() -> Non
 
     with pytest.raises(InvalidMessagesError, match="surrogate"):
         normalize_messages([{"role": "user", "content": "hi \ud800 there"}])
+
+
+def test_the_cli_safety_floor_option_and_help_follow_the_config() -> None:
+    from stars_guard.cli import _floor_setting, build_parser
+
+    parser = build_parser()
+    for given, expected in (
+        ("auto", {"safety_floor": "auto"}),
+        ("off", {"safety_floor": None}),
+        ("0.4", {"safety_floor": 0.4}),
+    ):
+        args = parser.parse_args(["chat", "hi", "--safety-floor", given])
+        assert _floor_setting(args.safety_floor) == expected
+    assert _floor_setting(parser.parse_args(["chat", "hi"]).safety_floor) == {}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["chat", "hi", "--safety-floor", "nan"])
+    chat_help = parser._subparsers._group_actions[0].choices["chat"].format_help()  # type: ignore[union-attr]
+    assert f"(default {STARSConfig().segment_size})" in chat_help.replace("\n", " ").replace("  ", " ")
