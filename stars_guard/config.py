@@ -196,12 +196,15 @@ class STARSConfig(BaseModel):
         Useful as the baseline STARS is measured against (same backend, seeds and accounting).
         """
         return cls.build(
-            segment_size=max_new_tokens,
-            max_new_tokens=max_new_tokens,
-            candidates_per_round=1,
-            max_attempts=1,
-            fallback="best",
-            **values,
+            **{
+                "segment_size": max_new_tokens,
+                "max_new_tokens": max_new_tokens,
+                "candidates_per_round": 1,
+                "max_attempts": 1,
+                "fallback": "best",
+                "safety_floor": None,  # the unguarded baseline: nothing vetoed either
+                **values,
+            }
         )
 
     @classmethod

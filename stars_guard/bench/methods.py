@@ -43,6 +43,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "first": {"round_selection": "first"},
     "best": {"round_selection": "best"},
     "flat": {"segment_budget": "flat", "segment_candidates": None, "final_candidates": None},
+    "noveto": {"safety_floor": None},
 }
 _CARDS_KEYS = {"L": ("segment_size", int), "K": ("candidates_per_round", int), "e": ("entropy_threshold", float)}
 
@@ -139,7 +140,7 @@ def best_of_n(
 
 def parse_method(name: str, max_new_tokens: int, base: STARSConfig | None = None) -> Method:
     """A method from its name: `vanilla`, `bon-N`, `stars[-L16][-K4][-q0.5]`, `cards[-L32][-K4][-e3.0]`,
-    each optionally with switches `first`, `best`, `flat` (e.g. `stars-first-flat`).
+    each optionally with switches `first`, `best`, `flat`, `noveto` (e.g. `stars-first-flat`).
 
     `base` holds settings shared by every method (temperature, top_p); sweep suffixes override it.
     """
