@@ -1,9 +1,10 @@
-"""Text helpers the remote and llama.cpp adapters share: chat rendering, BOS handling, token offsets.
+"""Text helpers the adapters share: tokenizers, BOS handling, token offsets, the draft ledger.
 
 Remote servers see text or token ids, never our tokenizer objects, so each adapter needs the same
-few operations: render the chat template once, avoid a second BOS when a server tokenises
-templated text with special tokens added, and turn a drafted segment into a `Candidate` whose
-`token_ends` let the engine cut at stop strings.
+few operations: load the tokenizer once, avoid a second BOS when a server tokenises templated text
+with special tokens added, and turn a drafted segment into a `Candidate` whose `token_ends` let the
+engine cut at stop strings. Rendering chat prompts (and keeping message content from becoming
+control tokens) is in `_chat.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.errors import ModelNotFoundError
-from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
 
 _TOKENIZERS: dict[str, Any] = {}
@@ -44,14 +44,6 @@ def load_tokenizer(source: str | Path) -> Any:
                 ) from exc
             _TOKENIZERS[key] = tokenizer
         return _TOKENIZERS[key]
-
-
-def render_chat(tokenizer: Any, messages: Sequence[ChatMessage]) -> str:
-    """The prompt text for the assistant's next turn, from the model's own chat template."""
-    turns = [message.as_dict() for message in messages]
-    if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False))
-    return "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns) + "\nassistant:"
 
 
 def adds_bos(tokenizer: Any) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stars_guard.adapters import _chat
 from stars_guard.messages import ChatMessage, as_conversation, render_transcript
 
 DEFAULT_TEMPLATE = (
@@ -79,11 +80,9 @@ class LLMJudgeReward:
     def judge_ids(self, prompt: str, response: str) -> list[int]:
         """Token ids of the judge prompt, ready for the verdict token (`prompt`: the rendered conversation)."""
         content = self.template.format(prompt=prompt, response=response)
-        turns = [{"role": "user", "content": content}]
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
-            return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        return list(self.tokenizer(content + "\nAnswer:")["input_ids"])
+        if getattr(self.tokenizer, "chat_template", None):  # the request and answer stay text, never control tokens
+            return _chat.chat_prompt_ids(self.tokenizer, [{"role": "user", "content": content}])
+        return _chat.plain_text_ids(self.tokenizer, content + "\nAnswer:", add_special_tokens=True)
 
     def verdict_probabilities(self, logits: Any) -> tuple[Any, Any]:
         """(P(safe), P(unsafe)) per row from next-token logits."""

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from stars_guard.adapters import _chat
 from stars_guard.errors import BackendError, ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
@@ -110,9 +111,9 @@ class LlamaCppBackend:
         self.retained_seq = self.max_candidates + 1
         self._formatter = self._chat_formatter()
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-        self._bos_text = self._piece(int(llama_cpp.llama_vocab_bos(self.vocab)), special=True).decode(
-            "utf-8", "replace"
-        )
+        self._bos_id = int(llama_cpp.llama_vocab_bos(self.vocab))
+        self._bos_text = self._piece(self._bos_id, special=True).decode("utf-8", "replace")
+        self._controls = self._control_tokens()
         self._pieces: dict[int, bytes] = {}
         self._pool: list[_Context] = []
         self._pool_lock = threading.Lock()
@@ -123,14 +124,52 @@ class LlamaCppBackend:
         return self.model_path.stem
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of the chat-templated prompt (the GGUF's own template), ready for the assistant's turn."""
-        turns = [message.as_dict() for message in messages]
+        """Token ids of the chat-templated prompt (the GGUF's own template), ready for the assistant's turn.
+
+        The template's control tokens are parsed (`special=True`); message content is tokenised
+        with `special=False`, so control-token text a user writes stays text. Without such text
+        the ids are those of the whole rendered prompt tokenised with `special=True`.
+        """
+        turns = _chat.as_turns(messages)
+        controls = tuple(self._controls)
+        if _chat.may_forge([str(turn["content"]) for turn in turns], controls):
+            ids = self._split_ids(turns)
+            if ids is not None:
+                return ids
+            turns = _chat.neutralize_turns(turns, controls)  # the exact split failed: break the strings instead
+        return self._tokenize_rendered(self._render(turns))
+
+    def _render(self, turns: list[dict[str, Any]]) -> str:
         if self._formatter is not None:
-            text = self._formatter(messages=turns).prompt
-        else:
-            text = "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns) + "\nassistant:"
+            return str(self._formatter(messages=turns).prompt)
+        return _chat.transcript(turns)
+
+    def _tokenize_rendered(self, text: str) -> list[int]:
+        """The whole prompt with special-token parsing on, BOS added unless the template wrote it."""
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
+
+    def _split_ids(self, turns: list[dict[str, Any]]) -> list[int] | None:
+        """Template control tokens as tokens, everything between with `special=False`; None if untrustworthy."""
+        layout = _chat.layout_chat(self._render, turns)
+        if layout is None:
+            return None
+        if not _chat.touches_content(layout, tuple(self._controls)):  # only content's edges looked like a token
+            return self._tokenize_rendered(layout.text)
+        parts = _chat.split_controls(layout, self._controls)
+        ids = _chat.encode_split(
+            parts, lambda piece: self.llm.tokenize(piece.encode("utf-8"), add_bos=False, special=False)
+        )
+        starts_with_bos = bool(parts) and isinstance(parts[0], _chat.ControlToken) and parts[0].id == self._bos_id
+        control_ids = {control.id for control in self._controls.values()}
+        if sum(token in control_ids for token in ids) != sum(isinstance(part, _chat.ControlToken) for part in parts):
+            return None
+        usual = self.llm.tokenize(layout.text.encode("utf-8"), add_bos=False, special=True)
+        if self.llm.detokenize(ids, special=True) != self.llm.detokenize(usual, special=True):
+            return None  # the split would change the text the model sees
+        if self._add_bos and not starts_with_bos:
+            ids.insert(0, self._bos_id)
+        return ids
 
     def open(
         self,
@@ -177,6 +216,28 @@ class LlamaCppBackend:
             buffer = ctypes.create_string_buffer(-size)
             size = self._llama_cpp.llama_token_to_piece(self.vocab, token, buffer, -size, 0, special)
         return buffer.raw[: max(size, 0)]
+
+    def _control_tokens(self) -> dict[str, _chat.ControlToken]:
+        """Tokens that `special=True` parsing makes of their text (llama.cpp's control and unknown tokens).
+
+        User-defined tokens are left out: llama.cpp parses them with `special=False` too, as text.
+        """
+        llama_cpp = self._llama_cpp
+        parsed = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        controls: dict[str, _chat.ControlToken] = {}
+        for token in range(self.n_vocab):
+            attr = int(llama_cpp.llama_vocab_get_attr(self.vocab, token))
+            if not attr & parsed:
+                continue
+            text = self._piece(token, special=True).decode("utf-8", "replace")
+            if text and text not in controls:
+                controls[text] = _chat.ControlToken(
+                    text,
+                    token,
+                    lstrip=bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_LSTRIP),
+                    rstrip=bool(attr & llama_cpp.LLAMA_TOKEN_ATTR_RSTRIP),
+                )
+        return controls
 
     def _chat_formatter(self) -> Any:
         template = self.llm.metadata.get("tokenizer.chat_template")

@@ -20,12 +20,12 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stars_guard.adapters import _text
+from stars_guard.adapters import _chat, _text
+from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage
@@ -73,7 +73,7 @@ class OpenAICompletionsBackend:
         self._forced = (token_prompts, n_choices)
         self._features: ServerFeatures | None = None
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="stars-openai")
+        self._pool = ContextThreadPool(max_workers=max(1, max_concurrency), thread_name_prefix="stars-openai")
         self._server_adds_bos = self.tokenizer is not None and _text.adds_bos(self.tokenizer)
 
     @property
@@ -141,14 +141,19 @@ class OpenAICompletionsBackend:
                 self._max_model_len = int(limit) if isinstance(limit, int) else None
 
     def _render(self, messages: Sequence[ChatMessage]) -> tuple[list[int], str]:
-        """Prompt token ids and text: from the local tokenizer, else from the server's `/tokenize`."""
+        """Prompt token ids and text: from the local tokenizer, else from the server's `/tokenize`.
+
+        Control-token text in message content never becomes a control token: the ids tokenise
+        content as text, and the text (which the server tokenises with special parsing) has such
+        strings neutralised. The server-rendered path neutralises the common control syntaxes.
+        """
         if self.tokenizer is not None:
-            text = _text.render_chat(self.tokenizer, messages)
-            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            ids = _chat.chat_prompt_ids(self.tokenizer, messages)
+            text = _chat.render_chat(self.tokenizer, messages, neutralize=True)
             bos = getattr(self.tokenizer, "bos_token", None)
             return ids, _text.strip_leading_bos(text, bos, self._server_adds_bos)
         payload: dict[str, Any] = {
-            "messages": [message.as_dict() for message in messages],
+            "messages": _chat.neutralize_turns(_chat.as_turns(messages)),
             "add_generation_prompt": True,
             "add_special_tokens": False,
         }
@@ -301,7 +306,8 @@ class OpenAICompletionsGeneration:
     def _prompt(self) -> list[int] | str:
         if self._features.token_prompts:
             return self.prompt_ids + self.response_ids
-        return self._prompt_text + self.response_text
+        # The server re-tokenises text with special parsing on: accepted text must not make control tokens.
+        return self._prompt_text + _chat.neutralize_text(self.response_text, self._backend.tokenizer)
 
     def _sampling(self) -> dict[str, Any]:
         if self._temperature == 0.0:

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
+from stars_guard.adapters import _chat
 from stars_guard.errors import RewardError, StarsGuardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage, as_conversation, render_transcript
@@ -76,14 +77,19 @@ class TEIRewardModel:
             return self._max_batch
 
     def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
-        prompt = render_transcript(as_conversation(conversation))
+        # TEI tokenises the pair with special-token parsing on: a typed `[SEP]` must not split it.
+        prompt = _chat.neutralize_common_control_tokens(render_transcript(as_conversation(conversation)))
         scores: list[float] = []
         size = self.max_batch_size
         for start in range(0, len(responses), size):
             chunk = responses[start : start + size]
             result = self.client.post(
                 "/predict",
-                {"inputs": [[prompt, response] for response in chunk], "raw_scores": True, "truncate": True},
+                {
+                    "inputs": [[prompt, _chat.neutralize_common_control_tokens(response)] for response in chunk],
+                    "raw_scores": True,
+                    "truncate": True,
+                },
             )
             self.retries += result.retries
             scores.extend(self._read(result.data, len(chunk)))

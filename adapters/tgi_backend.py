@@ -8,6 +8,8 @@ huggingface/text-generation-inference). What TGI imposes, and how it is handled:
   segment boundary comes from the per-token texts TGI returns with `details=true`;
 - `/generate` tokenises with special tokens added: a templated prompt that starts with BOS would
   get a second one, so the leading BOS text is dropped when the tokenizer adds BOS itself;
+- `/generate` also parses control-token text anywhere in `inputs`: such text in message content
+  is broken with a U+200B before rendering, so a user cannot forge a turn;
 - `temperature` must be > 0 and `top_p` < 1: temperature 0 maps to greedy (`do_sample=false`),
   `top_p=1` is simply not sent;
 - no `n`: K candidates are K concurrent requests with distinct seeds.
@@ -18,11 +20,11 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stars_guard.adapters import _text
+from stars_guard.adapters import _chat, _text
+from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage
@@ -49,7 +51,7 @@ class TGIBackend:
         self.tokenizer = _text.load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
         self._info: dict[str, Any] | None = None
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="stars-tgi")
+        self._pool = ContextThreadPool(max_workers=max(1, max_concurrency), thread_name_prefix="stars-tgi")
 
     @property
     def model_name(self) -> str:
@@ -98,9 +100,13 @@ class TGIBackend:
             return self._info
 
     def _render(self, messages: Sequence[ChatMessage]) -> tuple[str, int]:
-        """Templated prompt text, as TGI should receive it, and its token count."""
+        """Templated prompt text, as TGI should receive it, and its token count.
+
+        TGI tokenises `inputs` with special-token parsing on, so control-token text in message
+        content is neutralised first (exactly with a local tokenizer, else the common syntaxes).
+        """
         if self.tokenizer is not None:
-            text = _text.render_chat(self.tokenizer, messages)
+            text = _chat.render_chat(self.tokenizer, messages, neutralize=True)
             count = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             bos = getattr(self.tokenizer, "bos_token", None)
             return _text.strip_leading_bos(text, bos, _text.adds_bos(self.tokenizer)), count
@@ -108,7 +114,7 @@ class TGIBackend:
         # how it tokenises the result, special tokens added, as /generate will.
         try:
             data = self.client.post(
-                "/chat_tokenize", {"model": "tgi", "messages": [message.as_dict() for message in messages]}
+                "/chat_tokenize", {"model": "tgi", "messages": _chat.neutralize_turns(_chat.as_turns(messages))}
             ).data
         except StarsGuardError as exc:
             raise BackendError(
@@ -194,7 +200,7 @@ class TGIGeneration:
         if self._closed:
             raise RuntimeError("this generation is closed")
         self._calls += 1
-        inputs = self._prompt_text + self.response_text
+        inputs = self._prompt_text + _chat.neutralize_text(self.response_text, self._backend.tokenizer)
         futures = [self._backend.submit(inputs, self.parameters(max_tokens)) for _ in range(num_candidates)]
         candidates = []
         for future in futures:

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-from stars_guard.adapters._text import candidate_from_ids, eos_ids, render_chat
+from stars_guard.adapters._chat import chat_prompt_ids
+from stars_guard.adapters._text import candidate_from_ids, eos_ids
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, DraftRequest, OpenRequest
@@ -98,10 +99,11 @@ class TransformersBackend:
         return self._model_name
 
     def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of the chat-templated prompt, ready for the assistant's turn."""
-        rendered = render_chat(self.tokenizer, messages)
-        with_specials = not getattr(self.tokenizer, "chat_template", None)  # a template writes its own BOS
-        return list(self.tokenizer(rendered, add_special_tokens=with_specials)["input_ids"])
+        """Token ids of the chat-templated prompt, ready for the assistant's turn.
+
+        Control-token text a user writes stays text: only the template makes control tokens.
+        """
+        return chat_prompt_ids(self.tokenizer, messages)
 
     def open(
         self,

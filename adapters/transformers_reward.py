@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from stars_guard.adapters import _chat
 from stars_guard.errors import ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, render_transcript
 
@@ -136,7 +137,10 @@ class TransformersRewardModel:
     def _encode_pairs(self, prompt: str, responses: Sequence[str]) -> dict[str, Any]:
         tokenizer = self.tokenizer
         room = self.max_length - tokenizer.num_special_tokens_to_add(pair=True) - 1
-        kept = [self._tail(response, room) for response in responses]
+        # The pair encoder parses special tokens in text: a typed `[SEP]` must not split the pair.
+        specials = _chat.special_token_strings(tokenizer)
+        prompt = _chat.neutralize_special_tokens(prompt, specials)
+        kept = [_chat.neutralize_special_tokens(self._tail(response, room), specials) for response in responses]
         previous = tokenizer.truncation_side
         tokenizer.truncation_side = "left"  # cut the prompt's oldest tokens, not its end
         try:
@@ -153,7 +157,7 @@ class TransformersRewardModel:
 
     def _tail(self, text: str, room: int) -> str:
         """`text` itself, or its last `room` tokens when it alone would not fit."""
-        ids = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        ids = _chat.plain_text_ids(self.tokenizer, text)
         if len(ids) <= room:
             return text
         return self.tokenizer.decode(ids[-room:])
@@ -169,8 +173,8 @@ class TransformersRewardModel:
             shown = [dict(turn) for turn in turns]
             if first_ids is not None:
                 shown[0]["content"] = tokenizer.decode(first_ids[start:])
-            text = tokenizer.apply_chat_template([*shown, {"role": "assistant", "content": response}], tokenize=False)
-            ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+            turns_shown = [*shown, {"role": "assistant", "content": response}]
+            ids = _chat.chat_prompt_ids(tokenizer, turns_shown, add_generation_prompt=False)
             excess = len(ids) - self.max_length
             if excess <= 0:
                 return list(ids)
@@ -178,7 +182,7 @@ class TransformersRewardModel:
                 turns = turns[1:]
                 continue
             if first_ids is None:
-                first_ids = tokenizer(turns[0]["content"], add_special_tokens=False, verbose=False)["input_ids"]
+                first_ids = _chat.plain_text_ids(tokenizer, turns[0]["content"])
             if start >= len(first_ids):
                 break
             start = min(len(first_ids), start + excess + 2)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from stars_guard.adapters import _text
+from stars_guard.adapters import _chat, _text
 from stars_guard.errors import RewardError
 from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage, as_conversation
@@ -73,12 +73,14 @@ class VLLMClassifyRewardModel:
                 chunk = texts[start : start + self.max_batch_size]
                 scores.extend(self._classify({"input": chunk, "add_special_tokens": False}, len(chunk)))
             return scores
+        # vLLM renders these itself and parses special tokens in the result: break their common forms.
+        chats = _chat.neutralize_turns([*turns, {"role": "assistant", "content": ""}])
         futures = [
             # Each worker runs in a copy of this context, so the request's deadline bounds its call too.
             self._pool.submit(
                 contextvars.copy_context().run,
                 self._classify,
-                {"messages": [*turns, {"role": "assistant", "content": response}]},
+                {"messages": [*chats[:-1], {"role": "assistant", "content": _chat.neutralize_text(response)}]},
                 1,
             )
             for response in responses
@@ -90,10 +92,10 @@ class VLLMClassifyRewardModel:
         self.client.close()
 
     def _render(self, turns: list[dict[str, str]], response: str) -> str:
-        turns = [*turns, {"role": "assistant", "content": response}]
-        if getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(turns, tokenize=False))
-        return "\n".join(f"{turn['role']}: {turn['content']}" for turn in turns)
+        """The chat as text vLLM tokenises with special-token parsing on: control-token text in
+        content is broken first (`_chat.neutralize_special_tokens`), so it cannot forge a turn."""
+        finished = [*turns, {"role": "assistant", "content": response}]
+        return _chat.render_chat(self.tokenizer, finished, add_generation_prompt=False, neutralize=True)
 
     def _classify(self, payload: dict[str, Any], expected: int) -> list[float]:
         body: dict[str, Any] = {**payload, "use_activation": False}
