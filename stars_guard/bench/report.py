@@ -85,6 +85,7 @@ def build_report(
                 "refusal_rate": round(float(np.mean(refused)), 6),
                 "refusal_rate_ci": _interval(refused, seed, resamples),
                 "rejection_rate": round(rejected / sampled, 6) if sampled else 0.0,
+                "candidates_vetoed": sum(item.candidates_vetoed for item in stats),
                 "tokens_sampled": sum(item.tokens_sampled for item in stats),
                 "tokens_emitted": sum(item.tokens_emitted for item in stats),
                 "llm_calls": sum(item.llm_calls for item in stats),
@@ -215,15 +216,16 @@ def markdown(report: dict[str, Any], images: list[str]) -> str:
         "## Quality",
         "",
         "| method | mean steering reward | judge win-rate vs vanilla | judge win-rate vs bon-16 | refusal rate "
-        "| rejection rate |",
-        "|---|---|---|---|---|---|",
+        "| rejection rate | candidates vetoed |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in report["methods"]:
         lines.append(
             f"| {row['name']} | {_fmt_ci(row['mean_reward'], row['mean_reward_ci'])} "
             f"| {_fmt_ci(row['judge_win_rate_vs_vanilla'], row['judge_win_rate_vs_vanilla_ci'], 2)} "
             f"| {_fmt_ci(row['judge_win_rate_vs_bon16'], row['judge_win_rate_vs_bon16_ci'], 2)} "
-            f"| {_fmt_ci(row['refusal_rate'], row['refusal_rate_ci'], 2)} | {row['rejection_rate']:.2f} |"
+            f"| {_fmt_ci(row['refusal_rate'], row['refusal_rate_ci'], 2)} | {row['rejection_rate']:.2f} "
+            f"| {row['candidates_vetoed']} |"
         )
     lines += [
         "",
