@@ -36,7 +36,7 @@ test: setup browser
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q --durations=15
 
 unit: $(STAMP)
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests -q -m "not integration"
 
 bench: setup
 	$(PY) benchmarks/engine_bench.py --out benchmarks/results

@@ -12,7 +12,7 @@ Two continuation modes, chosen by probing the server once:
 K candidates come from one request with `n=K` where the server honours `n`, else from K concurrent
 requests with distinct seeds. The chat template comes from a local tokenizer (`tokenizer=`, the
 model directory the server runs) or, on vLLM, from the server's own `/tokenize` with `messages`.
-Failures follow `stars_guard.http`: retries with backoff, then `BackendError` with the server's words.
+Failures follow `stars_guard.adapters._http`: retries with backoff, then `BackendError` with the server's words.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
-from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
 

@@ -6,7 +6,7 @@ user turn as its bare text; several turns as a `User: ... Assistant: ...` transc
 `raw_scores: true` keeps the head's logit (without it TEI puts a 1-label model through a sigmoid),
 `truncate: true` lets TEI cut inputs that are too long instead of failing. TEI refuses batches
 over its `max_client_batch_size` (413), so the client reads that limit from `/info` once and
-splits larger calls. Failures follow `stars_guard.http` and end in `RewardError`, which the
+splits larger calls. Failures follow `stars_guard.adapters._http` and end in `RewardError`, which the
 engine's `on_reward_error` policy turns into a stop, a refusal or fail-open.
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from stars_guard.adapters import _chat
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.errors import RewardError, StarsGuardError
-from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage, as_conversation, render_transcript
 
 DEFAULT_CLIENT_BATCH = 32  # TEI's own default for --max-client-batch-size

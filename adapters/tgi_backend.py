@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
-from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
 

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from stars_guard.callbacks import RejectionStatsHandler
-from stars_guard.chat_model import STARSChatModel, default_backend, default_reward
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
+from stars_guard.langchain.callbacks import RejectionStatsHandler
+from stars_guard.langchain.chat_model import STARSChatModel, default_backend, default_reward
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
 

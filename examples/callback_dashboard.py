@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from stars_guard import STARSChatModel
-from stars_guard.callbacks import RejectionStatsHandler
+from stars_guard.langchain.callbacks import RejectionStatsHandler
 
 PNG_ENV = "STARS_DASHBOARD_PNG"
 RED_TEAM = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-test.jsonl.gz"

@@ -19,7 +19,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import Runnable
 
 from stars_guard import STARSChatModel
-from stars_guard.callbacks import RejectionStatsHandler
+from stars_guard.langchain.callbacks import RejectionStatsHandler
 
 DEFAULT_QUESTION = "How do I keep my houseplants alive while I am on holiday?"
 

@@ -6,7 +6,7 @@ Light to import: torch and HTTP clients load only when a backend or reward model
 from __future__ import annotations
 
 from stars_guard.config import STARSConfig
-from stars_guard.engine import CandidateJudged, Finished, STARSEngine, STARSResult, TextEmitted
+from stars_guard.engine import STARSEngine
 from stars_guard.errors import (
     BackendError,
     ConfigError,
@@ -17,6 +17,7 @@ from stars_guard.errors import (
     SpecError,
     StarsGuardError,
 )
+from stars_guard.events import CandidateJudged, Finished, STARSResult, TextEmitted
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Backend, Candidate, Generation, RewardModel
 from stars_guard.stats import STATS_KEYS, STARSStats
@@ -25,7 +26,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     # LangChain integration: imported on first use so the core stays light without langchain-core.
-    "STARSChatModel": "stars_guard.chat_model",
+    "STARSChatModel": "stars_guard.langchain.chat_model",
 }
 
 

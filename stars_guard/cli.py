@@ -231,7 +231,8 @@ def _models_pull(args: argparse.Namespace) -> int:
 
 def _chat(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
-    from stars_guard.engine import Finished, STARSEngine, TextEmitted
+    from stars_guard.engine import STARSEngine
+    from stars_guard.events import Finished, TextEmitted
     from stars_guard.specs import build_backend, build_reward
 
     config = STARSConfig.build(
@@ -298,11 +299,11 @@ def _interrupt_flag() -> Iterator[threading.Event]:
 
 def _serve(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
-    from stars_guard.lockstep import BatchingReward, LockstepBackend, supports_lockstep
+    from stars_guard.serving.lockstep import BatchingReward, LockstepBackend, supports_lockstep
     from stars_guard.specs import build_backend, build_reward
 
     try:
-        from stars_guard.chat_server import serve
+        from stars_guard.serving.chat_server import serve
     except ImportError as exc:
         print(f"stars-guard: error: serve needs the server, langchain and telemetry extras: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -374,7 +375,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_reward(args: argparse.Namespace) -> int:
-    from stars_guard.reward_server import serve
+    from stars_guard.serving.reward_server import serve
     from stars_guard.specs import build_reward
 
     _quiet_model_loading()

@@ -2,7 +2,7 @@
 
 The engine knows a request's time budget; the HTTP client deep inside an adapter is what can block
 past it. A context variable joins the two: the engine runs each backend and reward call inside
-`deadline_scope(deadline)`, and `stars_guard.http` caps every attempt's timeouts at `remaining()`.
+`deadline_scope(deadline)`, and `stars_guard.adapters._http` caps every attempt's timeouts at `remaining()`.
 Deadlines are absolute, on the `time.monotonic()` clock, so nested scopes compose by `min`.
 
 Context variables do not cross into a plain `ThreadPoolExecutor`'s workers; adapters that fan a call

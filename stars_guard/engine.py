@@ -13,11 +13,12 @@ import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from stars_guard.config import STARSConfig
 from stars_guard.deadline import deadline_scope, is_deadline_error
 from stars_guard.errors import ConfigError, RewardError
+from stars_guard.events import CandidateJudged, Event, Finished, FinishReason, STARSResult, TextEmitted
 from stars_guard.messages import ChatMessage, normalize_messages
 from stars_guard.policy import AcceptanceRule, ThresholdSchedule
 from stars_guard.protocols import (
@@ -30,56 +31,6 @@ from stars_guard.protocols import (
 )
 from stars_guard.stats import RefusalReason, STARSStats
 from stars_guard.stops import StopScanner
-
-FinishReason = Literal["stop", "length", "refusal", "time_budget"]
-
-
-@dataclass(frozen=True, slots=True)
-class CandidateJudged:
-    """One accept/reject decision. `text` is the candidate's text: never part of the answer unless accepted.
-
-    `vetoed`: its safety score was under the floor, so it can never be emitted (not even as fallback);
-    `safety` is that score (None where the veto is off; NaN where fail-open left it unscored).
-    """
-
-    segment_index: int
-    attempt: int
-    reward: float
-    threshold: float
-    accepted: bool
-    fallback: bool
-    tokens: int
-    text: str
-    vetoed: bool = False
-    safety: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TextEmitted:
-    """Answer text that passed the reward check, safe to show."""
-
-    segment_index: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class STARSResult:
-    """The finished answer."""
-
-    text: str
-    stats: STARSStats
-    finish_reason: FinishReason
-    model_name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Finished:
-    """Last event of a stream."""
-
-    result: STARSResult
-
-
-Event = CandidateJudged | TextEmitted | Finished
 
 
 @dataclass(frozen=True, slots=True)

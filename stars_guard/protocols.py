@@ -180,7 +180,7 @@ class OpenRequest:
 class BatchDrafter(Protocol):
     """A backend that can draft for several of its open generations in one batched call.
 
-    Lets concurrent requests advance in lockstep (`stars_guard.lockstep.LockstepBackend`): one
+    Lets concurrent requests advance in lockstep (`stars_guard.serving.lockstep.LockstepBackend`): one
     forward per token for every request's candidates instead of one per request.
     """
 

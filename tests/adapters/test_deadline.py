@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from stars_guard.adapters import OpenAICompletionsBackend, TEIRewardModel, TGIBackend
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.deadline import (
     ContextThreadPool,
     DeadlineExceeded,
@@ -33,7 +34,6 @@ from stars_guard.deadline import (
     remaining,
 )
 from stars_guard.errors import BackendError, RewardError
-from stars_guard.http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.messages import ChatMessage
 from tests.adapters import servers
 
@@ -294,7 +294,7 @@ def test_the_engines_time_budget_bounds_a_hanging_reward_service(stalling):
     """The trust issue's bypass 4, end to end: time_budget_s=1 with a reward service that hangs
     ends the answer at about the budget (not the 60 s read timeout), and nothing unscored goes out."""
     from stars_guard import STARSConfig, STARSEngine
-    from tests.unit.scripted import ScriptedBackend
+    from tests.doubles.scripted import ScriptedBackend
 
     reward = TEIRewardModel(stalling.url, timeouts=PATIENT)
     for policy in ("fail_closed", "fail_open"):

@@ -17,9 +17,9 @@ import pytest
 
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.adapters import OpenAICompletionsBackend, TEIRewardModel
-from stars_guard.engine import CandidateJudged, Finished, TextEmitted
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, retry_after_seconds
 from stars_guard.errors import BackendError, RewardError
-from stars_guard.http import HTTPClient, RetryPolicy, Timeouts, retry_after_seconds
+from stars_guard.events import CandidateJudged, Finished, TextEmitted
 from tests.adapters import servers
 
 FAST = RetryPolicy(max_retries=2, backoff_base_s=0.05, backoff_max_s=0.2)

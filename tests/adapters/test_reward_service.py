@@ -12,7 +12,7 @@ import pytest
 
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.adapters import TEIRewardModel
-from stars_guard.reward_server import create_app, parse_inputs
+from stars_guard.serving.reward_server import create_app, parse_inputs
 from stars_guard.specs import build_reward
 from tests.adapters import servers
 
@@ -133,7 +133,7 @@ def test_batcher_stops_cleanly():
             return [1.0] * len(responses)
 
     async def scenario():
-        from stars_guard.reward_server import RewardBatcher
+        from stars_guard.serving.reward_server import RewardBatcher
 
         batcher = RewardBatcher(Echo())
         await batcher.start()

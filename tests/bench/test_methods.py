@@ -6,7 +6,7 @@ import pytest
 
 from stars_guard.bench.methods import DEFAULT_METHODS, best_of_n, parse_method
 from stars_guard.config import STARSConfig
-from tests.unit.scripted import ScriptedBackend, ScriptedReward
+from tests.doubles.scripted import ScriptedBackend, ScriptedReward
 
 
 def test_default_methods_cover_the_issue() -> None:

@@ -21,7 +21,7 @@ SHARED_HH = Path(__file__).resolve().parents[3] / "shared" / "data" / "hh-rlhf-h
 @pytest.fixture(scope="session")
 def default_components() -> tuple[object, object]:
     """The process-wide default backend and reward (skips when `stars-guard models pull` was not run)."""
-    from stars_guard.chat_model import default_backend, default_reward
+    from stars_guard.langchain.chat_model import default_backend, default_reward
 
     try:
         return default_backend(), default_reward()

@@ -16,7 +16,7 @@ from typing import Any
 from stars_guard.config import STARSConfig
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate
-from tests.unit.scripted import EOS, make_candidate
+from tests.doubles.scripted import EOS, make_candidate
 
 CONFIG = STARSConfig(
     threshold_mode="absolute",

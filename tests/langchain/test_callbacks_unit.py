@@ -11,8 +11,9 @@ import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 
-from stars_guard.callbacks import RejectionStats, RejectionStatsHandler, RunInfo
-from stars_guard.chat_model import STARSChatModel
+from stars_guard.langchain.callbacks import RejectionStatsHandler
+from stars_guard.langchain.chat_model import STARSChatModel
+from stars_guard.telemetry.aggregator import RejectionStats, RunInfo
 from tests.langchain.scripted import CONFIG, EOS, ROUNDS, KeywordReward, ScriptedBackend
 
 

@@ -23,11 +23,12 @@ from langchain_core.messages import (
 )
 from pydantic import ValidationError
 
-from stars_guard.callbacks import DECISION_KEYS, STARS_SEGMENT_EVENT, RejectionStatsHandler
-from stars_guard.chat_model import STARSChatModel, to_chat_messages
 from stars_guard.errors import InvalidMessagesError
+from stars_guard.langchain.callbacks import STARS_SEGMENT_EVENT, RejectionStatsHandler
+from stars_guard.langchain.chat_model import STARSChatModel, to_chat_messages
 from stars_guard.messages import ChatMessage
 from stars_guard.stats import STATS_KEYS
+from stars_guard.telemetry.aggregator import DECISION_KEYS
 from tests.langchain.scripted import CONFIG, EOS, ROUNDS, KeywordReward, ScriptedBackend
 
 

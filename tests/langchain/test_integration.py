@@ -14,9 +14,9 @@ import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk
 from prometheus_client.parser import text_string_to_metric_families
 
-from stars_guard.callbacks import RejectionStatsHandler
-from stars_guard.chat_model import STARSChatModel
 from stars_guard.config import STARSConfig
+from stars_guard.langchain.callbacks import RejectionStatsHandler
+from stars_guard.langchain.chat_model import STARSChatModel
 from stars_guard.protocols import RewardScores, RewardWrapper
 from stars_guard.telemetry import PrometheusExporter
 from tests.langchain.conftest import red_team_prompts

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from langchain_core.messages import HumanMessage
 
-from stars_guard.chat_model import STARSChatModel
 from stars_guard.errors import ConfigError, LockedOverrideError
+from stars_guard.langchain.chat_model import STARSChatModel
 from stars_guard.overrides import OverridePolicy
 from tests.langchain.scripted import CONFIG, ROUNDS, KeywordReward, ScriptedBackend
 

@@ -13,7 +13,7 @@ import pytest
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
-from stars_guard.chat_model import STARSChatModel
+from stars_guard.langchain.chat_model import STARSChatModel
 
 
 class TestSTARSChatModelUnit(ChatModelUnitTests):
