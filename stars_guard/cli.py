@@ -299,7 +299,8 @@ def _interrupt_flag() -> Iterator[threading.Event]:
 
 def _serve(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
-    from stars_guard.serving.lockstep import BatchingReward, LockstepBackend, supports_lockstep
+    from stars_guard.serving.batching import BatchingReward
+    from stars_guard.serving.lockstep import LockstepBackend, supports_lockstep
     from stars_guard.specs import build_backend, build_reward
 
     try:

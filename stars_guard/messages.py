@@ -10,6 +10,15 @@ from stars_guard.errors import InvalidMessagesError
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[str, ...] = ("system", "user", "assistant")
+# The role names callers use (OpenAI's `developer`, LangChain's `human`/`ai`) for the engine's three.
+ROLE_ALIASES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "ai": "assistant",
+}
 
 
 @dataclass(frozen=True, slots=True)

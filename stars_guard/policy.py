@@ -22,7 +22,11 @@ def quantile(values: Sequence[float], q: float) -> float:
     """Linear-interpolation quantile (numpy's default), without numpy."""
     if not values:
         raise ValueError("quantile of an empty sequence")
-    ordered = sorted(values)
+    return quantile_of_sorted(sorted(values), q)
+
+
+def quantile_of_sorted(ordered: Sequence[float], q: float) -> float:
+    """`quantile` of values already in ascending order (several quantiles of one sort)."""
     position = q * (len(ordered) - 1)
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)

@@ -47,7 +47,7 @@ from stars_guard.engine import STARSEngine
 from stars_guard.errors import InvalidMessagesError
 from stars_guard.events import CandidateJudged, Event, STARSResult, TextEmitted
 from stars_guard.langchain.callbacks import AsyncSegmentEventDispatcher, SegmentEventDispatcher
-from stars_guard.messages import ChatMessage, normalize_messages
+from stars_guard.messages import ROLE_ALIASES, ChatMessage, normalize_messages
 from stars_guard.overrides import OverridePolicy
 from stars_guard.protocols import Backend, RewardModel
 from stars_guard.telemetry.aggregator import segment_payload
@@ -96,15 +96,6 @@ def _default_model_name() -> str:
 
 # Messages ----------------------------------------------------------------------------------------
 
-_ROLE_ALIASES = {
-    "human": "user",
-    "user": "user",
-    "ai": "assistant",
-    "assistant": "assistant",
-    "system": "system",
-    "developer": "system",
-}
-
 
 def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
     """LangChain messages as engine turns; text content only, `name` fields ignored.
@@ -120,8 +111,8 @@ def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
             role = "assistant"
         elif isinstance(message, SystemMessage):
             role = "system"
-        elif isinstance(message, LCChatMessage) and message.role.lower() in _ROLE_ALIASES:
-            role = _ROLE_ALIASES[message.role.lower()]
+        elif isinstance(message, LCChatMessage) and message.role.lower() in ROLE_ALIASES:
+            role = ROLE_ALIASES[message.role.lower()]
         else:
             kind = message.role if isinstance(message, LCChatMessage) else message.type
             raise InvalidMessagesError(

@@ -63,7 +63,7 @@ from stars_guard.errors import (
     RewardError,
 )
 from stars_guard.events import CandidateJudged, Finished, STARSResult, TextEmitted
-from stars_guard.messages import ChatMessage, normalize_messages
+from stars_guard.messages import ROLE_ALIASES, ChatMessage, normalize_messages
 from stars_guard.overrides import DEFAULT_POLICY, MAX_SEED, LockedOverrideError, OverridePolicy
 from stars_guard.protocols import Backend, Generation, RewardModel
 from stars_guard.serving.lockstep import LockstepStats
@@ -76,12 +76,12 @@ DEFAULT_REQUEST_TIMEOUT_S = 120.0
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_RETRY_AFTER_S = 1
 OPEN_PATHS: tuple[str, ...] = ("/health",)
+_OPENAI_ROLES = ("system", "developer", "user", "assistant")  # the chat roles the API accepts
 # `stars_requests_total{outcome}` and `/health` for requests that ran but ended in a 4xx (the client's
 # mistake, e.g. context_length_exceeded): apart from `error`, so client mistakes never page anyone.
 INVALID_OUTCOME = "invalid"
 
 FINISH_REASONS = {"stop": "stop", "length": "length", "time_budget": "length", "refusal": "content_filter"}
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _SEED_LIMIT = 2**31  # seeds drawn for requests without one; a client may send any seed up to MAX_SEED
 _OPENAI_TO_CONFIG = (
     ("max_completion_tokens", "max_new_tokens"),
@@ -245,13 +245,13 @@ def _parse_messages(raw: Any) -> list[ChatMessage]:
         if not isinstance(message, dict):
             raise OpenAIError(400, f"{where} must be an object with role and content", param=where)
         role = message.get("role")
-        if role not in _ROLES:
+        if role not in _OPENAI_ROLES:
             raise OpenAIError(
                 400,
                 f"{where}.role is {role!r}; supported roles: system, user, assistant (no tool messages)",
                 param=f"{where}.role",
             )
-        turns.append({"role": _ROLES[role], "content": _text_content(message.get("content"), role, where)})
+        turns.append({"role": ROLE_ALIASES[role], "content": _text_content(message.get("content"), role, where)})
     try:
         return normalize_messages(turns)
     except InvalidMessagesError as exc:

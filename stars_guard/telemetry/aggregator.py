@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from stars_guard.events import CandidateJudged
+from stars_guard.policy import quantile_of_sorted
 
 logger = logging.getLogger(__name__)
 
@@ -131,17 +132,10 @@ class _Window:
             "mean": self.total / self.count,
             "min": self.low,
             "max": self.high,
-            "p50": _quantile(ordered, 0.5),
-            "p90": _quantile(ordered, 0.9),
-            "p99": _quantile(ordered, 0.99),
+            "p50": quantile_of_sorted(ordered, 0.5),
+            "p90": quantile_of_sorted(ordered, 0.9),
+            "p99": quantile_of_sorted(ordered, 0.99),
         }
-
-
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    position = q * (len(ordered) - 1)
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass

@@ -229,7 +229,7 @@ class RecordingScorer:
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_batching_reward_scores_concurrent_requests_together_without_mixing_them(batched: bool) -> None:
-    from stars_guard.serving.lockstep import BatchingReward
+    from stars_guard.serving.batching import BatchingReward
 
     scorer = RecordingScorer(batched)
     reward = BatchingReward(scorer, window_s=0.2)
@@ -248,7 +248,7 @@ def test_batching_reward_scores_concurrent_requests_together_without_mixing_them
 
 
 def test_batching_reward_failure_reaches_every_request_of_the_batch() -> None:
-    from stars_guard.serving.lockstep import BatchingReward
+    from stars_guard.serving.batching import BatchingReward
 
     reward = BatchingReward(RecordingScorer(batched=True, fail=True), window_s=0.2)
     barrier = threading.Barrier(3)
@@ -268,7 +268,7 @@ def test_batching_reward_failure_reaches_every_request_of_the_batch() -> None:
 
 
 def test_batching_reward_can_score_on_the_lockstep_scheduler_thread() -> None:
-    from stars_guard.serving.lockstep import BatchingReward
+    from stars_guard.serving.batching import BatchingReward
 
     threads: list[str] = []
 
