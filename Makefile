@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.stars-guard-installed
 
-.PHONY: setup venv browser models demo test unit integration bench lint clean
+.PHONY: setup venv browser models engines demo test unit integration bench lint clean
 
 setup: $(STAMP) models
 
@@ -27,25 +27,39 @@ browser:
 models: $(STAMP)
 	$(VENV)/bin/stars-guard models pull
 
+# The real serving engines the tests run against: llama.cpp's llama-server (built once from the
+# llama.cpp source in the llama-cpp-python sdist, several minutes) and vLLM's CPU build (its own
+# virtual env, about 3 minutes, 3.5 GB). Cached in the model cache; a second run does nothing.
+engines: $(STAMP)
+	$(PY) -m stars_guard.engines provision
+
 demo: setup
 	$(VENV)/bin/stars-guard chat "How do I keep my houseplants alive while I am on holiday?" --seed 7 --max-new-tokens 96
 
 # One thread per process: the tests run servers beside the models on 2 cores, and oversubscribed
 # torch threads were measured up to 10x slower there than one thread each.
-test: setup browser
+test: setup browser engines
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q --durations=15
 
+# Without the model cache or any real server: tests/conftest.py marks every test that needs one
+# `integration` (by the fixtures it uses), so this runs on a machine that never ran `models pull`.
 unit: $(STAMP)
-	$(PY) -m pytest tests -q -m "not integration"
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -m "not integration"
+
+integration: setup browser engines
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -m integration --durations=15
 
 bench: setup
 	$(PY) benchmarks/engine_bench.py --out benchmarks/results
 	OMP_NUM_THREADS=1 $(PY) benchmarks/backends_bench.py
 	$(PY) benchmarks/serve_bench.py --out benchmarks/results
 
+# ruff, then tests/test_layers.py as a script: the import contracts between the layers, and every
+# imported package named in its extra (the same checks run under `make test` and `make unit`).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check stars_guard adapters tests benchmarks examples
 	$(VENV)/bin/ruff format --check stars_guard adapters tests benchmarks examples
+	$(PY) tests/test_layers.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -7,6 +7,7 @@ Backends with token-level control (token ids, KV cache):
     LlamaCppBackend           adapters/llamacpp_backend.py     (llama-cpp-python in process)
 Backends over HTTP (serving engines):
     OpenAICompletionsBackend  adapters/openai_backend.py       (vLLM, SGLang, llama.cpp server)
+    LlamaServerBackend        adapters/llamaserver_backend.py  (llama.cpp's llama-server, token ids)
     TGIBackend                adapters/tgi_backend.py          (text-generation-inference)
 Reward scorers:
     GuardReward               adapters/guard_reward.py         (offline default: safety + relevance)
@@ -32,6 +33,8 @@ _EXPORTS = {
     "LlamaCppGeneration": "stars_guard.adapters.llamacpp_backend",
     "OpenAICompletionsBackend": "stars_guard.adapters.openai_backend",
     "OpenAICompletionsGeneration": "stars_guard.adapters.openai_backend",
+    "LlamaServerBackend": "stars_guard.adapters.llamaserver_backend",
+    "LlamaServerGeneration": "stars_guard.adapters.llamaserver_backend",
     "TGIBackend": "stars_guard.adapters.tgi_backend",
     "TGIGeneration": "stars_guard.adapters.tgi_backend",
     "TransformersRewardModel": "stars_guard.adapters.transformers_reward",

@@ -107,6 +107,15 @@ def neutralize_special_tokens(text: str, special_token_strings: Sequence[str]) -
     return text
 
 
+def looks_like_control_token(text: str) -> bool:
+    """Whether `text` holds a string in a common control-token syntax (see `neutralize_common_control_tokens`).
+
+    For servers whose special tokens are not known here: where this is False, tokenising with
+    special parsing on cannot turn the text into a control token of any common chat format.
+    """
+    return _COMMON_CONTROL_TOKENS.search(text) is not None
+
+
 def neutralize_common_control_tokens(text: str) -> str:
     """`text` with control-token-like strings of common chat formats broken (U+200B after the first character).
 

@@ -33,7 +33,7 @@ import numpy as np
 from stars_guard.adapters import _chat
 from stars_guard.errors import BackendError, ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate
+from stars_guard.protocols import Candidate, OpenRequest
 
 _MODELS: dict[str, Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -171,21 +171,13 @@ class LlamaCppBackend:
             ids.insert(0, self._bos_id)
         return ids
 
-    def open(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> LlamaCppGeneration:
-        prompt_ids = self.encode_chat(messages)
-        if self.context_window and len(prompt_ids) + max_new_tokens > self.context_window:
-            raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self.context_window)
+    def open(self, request: OpenRequest) -> LlamaCppGeneration:
+        prompt_ids = self.encode_chat(request.messages)
+        if self.context_window and len(prompt_ids) + request.max_new_tokens > self.context_window:
+            raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
         context = self._acquire()
         try:
-            return LlamaCppGeneration(self, context, prompt_ids, temperature, top_p, seed)
+            return LlamaCppGeneration(self, context, prompt_ids, request.temperature, request.top_p, request.seed)
         except BaseException:
             self._release(context)
             raise

@@ -29,7 +29,7 @@ from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate
+from stars_guard.protocols import Candidate, OpenRequest
 
 
 @dataclass(frozen=True)
@@ -85,21 +85,15 @@ class OpenAICompletionsBackend:
         """The probe's findings (None until the first `open`)."""
         return self._features
 
-    def open(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> OpenAICompletionsGeneration:
+    def open(self, request: OpenRequest) -> OpenAICompletionsGeneration:
         self._discover_model()
-        prompt_ids, prompt_text = self._render(messages)
-        if self._max_model_len is not None and len(prompt_ids) + max_new_tokens > self._max_model_len:
-            raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self._max_model_len)
+        prompt_ids, prompt_text = self._render(request.messages)
+        if self._max_model_len is not None and len(prompt_ids) + request.max_new_tokens > self._max_model_len:
+            raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self._max_model_len)
         features = self._probe(prompt_ids, prompt_text)
-        return OpenAICompletionsGeneration(self, features, prompt_ids, prompt_text, temperature, top_p, seed)
+        return OpenAICompletionsGeneration(
+            self, features, prompt_ids, prompt_text, request.temperature, request.top_p, request.seed
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -28,7 +28,7 @@ from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate
+from stars_guard.protocols import Candidate, OpenRequest
 
 
 class TGIBackend:
@@ -58,21 +58,13 @@ class TGIBackend:
         info = self._info or {}
         return str(info.get("model_id") or self.base_url)
 
-    def open(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> TGIGeneration:
+    def open(self, request: OpenRequest) -> TGIGeneration:
         info = self._load_info()
-        prompt_text, prompt_tokens = self._render(messages)
+        prompt_text, prompt_tokens = self._render(request.messages)
         limit = info.get("max_total_tokens")
-        if isinstance(limit, int) and prompt_tokens + max_new_tokens > limit:
-            raise ContextWindowExceededError(prompt_tokens, max_new_tokens, limit)
-        return TGIGeneration(self, prompt_text, prompt_tokens, temperature, top_p, seed)
+        if isinstance(limit, int) and prompt_tokens + request.max_new_tokens > limit:
+            raise ContextWindowExceededError(prompt_tokens, request.max_new_tokens, limit)
+        return TGIGeneration(self, prompt_text, prompt_tokens, request.temperature, request.top_p, request.seed)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -105,19 +105,16 @@ class TransformersBackend:
         """
         return chat_prompt_ids(self.tokenizer, messages)
 
-    def open(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> TransformersGeneration:
-        prompt_ids = self.encode_chat(messages)
-        if self.context_window is not None and len(prompt_ids) + max_new_tokens > self.context_window:
-            raise ContextWindowExceededError(len(prompt_ids), max_new_tokens, self.context_window)
-        return TransformersGeneration(self, prompt_ids, temperature, top_p, seed)
+    def open(self, request: OpenRequest) -> TransformersGeneration:
+        prompt_ids = self._prompt_ids(request)
+        return TransformersGeneration(self, prompt_ids, request.temperature, request.top_p, request.seed)
+
+    def _prompt_ids(self, request: OpenRequest) -> list[int]:
+        """The rendered prompt, or `ContextWindowExceededError` when it and the answer cannot fit."""
+        prompt_ids = self.encode_chat(request.messages)
+        if self.context_window is not None and len(prompt_ids) + request.max_new_tokens > self.context_window:
+            raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
+        return prompt_ids
 
     def open_batch(self, requests: Sequence[OpenRequest]) -> list[TransformersGeneration | Exception]:
         """Prefill several prompts in one forward (left-padded, masked); each gets its own cache rows.
@@ -128,9 +125,7 @@ class TransformersBackend:
         prompts: list[tuple[int, list[int]]] = []
         for index, request in enumerate(requests):
             try:
-                prompt_ids = self.encode_chat(request.messages)
-                if self.context_window is not None and len(prompt_ids) + request.max_new_tokens > self.context_window:
-                    raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
+                prompt_ids = self._prompt_ids(request)
             except Exception as exc:
                 opened.append(exc)
                 continue

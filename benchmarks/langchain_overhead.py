@@ -22,14 +22,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.langchain.callbacks import RejectionStatsHandler
 from stars_guard.langchain.chat_model import STARSChatModel, default_backend, default_reward
-from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate
+from stars_guard.protocols import Candidate, OpenRequest
 
 PROMPTS = [
     "How do I keep my houseplants alive while I am on holiday?",
@@ -125,7 +123,7 @@ class _InstantGeneration:
 class _InstantBackend:
     model_name = "instant"
 
-    def open(self, messages: Sequence[ChatMessage], **params: Any) -> _InstantGeneration:
+    def open(self, request: OpenRequest) -> _InstantGeneration:
         return _InstantGeneration()
 
 

@@ -140,6 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve_reward.add_argument("--port", type=int, default=8081, help="port to listen on (default: 8081)")
     serve_reward.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
     serve_reward.add_argument("--max-client-batch-size", type=int, default=32, help="most inputs per request")
+
+    doctor = commands.add_parser(
+        "doctor", help="check a backend and reward spec end to end and say what STARS will do with them"
+    )
+    doctor.add_argument("--backend", default="local", help=_spec_help("backend", "local"))
+    doctor.add_argument("--reward", default="default", help=_spec_help("reward", "default"))
+    doctor.add_argument("--segment-size", type=int, default=_default("segment_size"), help="tokens per drafted segment")
+    doctor.add_argument("--candidates", type=int, default=_default("candidates_per_round"), help="candidates per round")
     return parser
 
 
@@ -209,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         if args.command == "train-judge":
             return _train_judge(args)
+        if args.command == "doctor":
+            return _doctor(args)
         return _chat(args)
     except StarsGuardError as exc:
         print(f"stars-guard: error: {exc}", file=sys.stderr)
@@ -274,6 +284,19 @@ def _chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from stars_guard import engines
+    from stars_guard.doctor import diagnose
+
+    _quiet_model_loading()
+    report = diagnose(args.backend, args.reward, segment_size=args.segment_size, candidates=args.candidates)
+    print(report.render())
+    version = engines.llama_server_version()
+    print(f"\nllama-server (tests and benchmarks): {version or 'not built (python -m stars_guard.engines provision)'}")
+    print(f"vLLM CPU (tests and benchmarks): {'ready' if engines.vllm_ready() else 'not installed'}")
+    return 0 if report.healthy else EXIT_ERROR
+
+
 @contextlib.contextmanager
 def _interrupt_flag() -> Iterator[threading.Event]:
     """Ctrl-C raises KeyboardInterrupt as usual and also sets a flag the caller checks per event.
@@ -299,14 +322,16 @@ def _interrupt_flag() -> Iterator[threading.Event]:
 
 def _serve(args: argparse.Namespace) -> int:
     from stars_guard.config import STARSConfig
+    from stars_guard.protocols import BatchRewardModel
     from stars_guard.serving.batching import BatchingReward
     from stars_guard.serving.lockstep import LockstepBackend, supports_lockstep
     from stars_guard.specs import build_backend, build_reward
 
     try:
-        from stars_guard.serving.chat_server import serve
+        from stars_guard.serving.app import serve
+        from stars_guard.serving.settings import ServeSettings
     except ImportError as exc:
-        print(f"stars-guard: error: serve needs the server, langchain and telemetry extras: {exc}", file=sys.stderr)
+        print(f"stars-guard: error: serve needs the server and telemetry extras: {exc}", file=sys.stderr)
         return EXIT_ERROR
     for flag, value, low in (
         ("--max-concurrent", args.max_concurrent, 1),
@@ -346,7 +371,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.lockstep and supports_lockstep(backend):
         # Concurrent requests draft in shared batched rounds, and score each round's candidates together.
         backend = LockstepBackend(backend)
-        if callable(getattr(reward, "score_many", None)):  # an in-process scorer: batch it on the model thread
+        if isinstance(reward, BatchRewardModel):  # an in-process scorer: batch it on the model thread
             reward = BatchingReward(reward, runner=backend.run_on_scheduler)
         # Remote scorers (tei:, vllm-classify:) keep one concurrent call per request: no I/O on that thread.
     url = f"http://{args.host}:{args.port}"
@@ -357,18 +382,21 @@ def _serve(args: argparse.Namespace) -> int:
     announce.append(f"stars-guard serve: requests may override {policy.describe()}")
     if not api_key and args.host not in ("127.0.0.1", "localhost", "::1"):
         announce.append(f"stars-guard serve: warning: listening on {args.host} without an API key")
-    serve(
-        backend,
-        reward,
-        config,
-        host=args.host,
-        port=args.port,
+    settings = ServeSettings(
         api_key=api_key,
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
         request_timeout_s=args.request_timeout,
         max_body_bytes=args.max_body_bytes,
         override_policy=policy,
+    )
+    serve(
+        backend,
+        reward,
+        config,
+        settings=settings,
+        host=args.host,
+        port=args.port,
         log_level=args.log_level,
         announce=announce,
     )

@@ -25,7 +25,10 @@ from stars_guard.protocols import (
     Backend,
     CalibratedVeto,
     Candidate,
+    EntropyDrafter,
     Generation,
+    OpenRequest,
+    RetryReporter,
     RewardModel,
     score_conversation,
 )
@@ -121,14 +124,16 @@ class _Run:
         config = self.config
         with deadline_scope(self.deadline):
             generation = self.backend.open(
-                self.turns,
-                max_new_tokens=config.max_new_tokens,
-                temperature=config.temperature,
-                top_p=config.top_p,
-                seed=config.seed,
+                OpenRequest(
+                    self.turns,
+                    max_new_tokens=config.max_new_tokens,
+                    temperature=config.temperature,
+                    top_p=config.top_p,
+                    seed=config.seed,
+                )
             )
         try:
-            if config.segmentation == "entropy" and not getattr(generation, "supports_entropy_segments", False):
+            if config.segmentation == "entropy" and not isinstance(generation, EntropyDrafter):
                 raise ConfigError(
                     f"segmentation='entropy' needs next-token logits, which backend {self.backend.model_name!r} "
                     "does not expose: use a local backend (local, hf:...) or segmentation='fixed'"
@@ -241,8 +246,8 @@ class _Run:
     def _draft(self, generation: Generation, count: int, budget: int) -> list[Candidate]:
         try:
             with deadline_scope(self.deadline):
-                if self.config.segmentation == "entropy":
-                    return generation.draft(count, budget, entropy_cut=self.config.entropy_threshold)  # type: ignore[call-arg]
+                if self.config.segmentation == "entropy" and isinstance(generation, EntropyDrafter):  # checked on open
+                    return generation.draft(count, budget, entropy_cut=self.config.entropy_threshold)
                 return generation.draft(count, budget)
         except Exception as exc:
             if is_deadline_error(exc):
@@ -372,7 +377,7 @@ class _Run:
     def _sync_backend_counters(self, generation: Generation) -> None:
         self.stats.llm_calls = generation.llm_calls
         self.stats.llm_forward_tokens = generation.llm_forward_tokens
-        self.stats.backend_retries = int(getattr(generation, "backend_retries", 0))
+        self.stats.backend_retries = int(generation.backend_retries) if isinstance(generation, RetryReporter) else 0
 
 
 def resolve_safety_floor(config: STARSConfig, reward: RewardModel) -> float | None:

@@ -4,6 +4,11 @@ The engine never imports a concrete backend or scorer; adapters in `stars_guard.
 implement these. Backends with token-level control (transformers, llama.cpp) and black-box
 HTTP backends present the same surface: open a generation, draft K candidate segments,
 commit the accepted one, close.
+
+What only some adapters can do is a small protocol of its own, checked with `isinstance`:
+`EntropyDrafter` and `RetryReporter` (generations), `BatchDrafter` and `BatchOpener` (backends),
+`ComponentRewardModel`, `BatchRewardModel` and `CalibratedVeto` (rewards). Wrappers subclass
+`GenerationWrapper`, `BackendWrapper` or `RewardWrapper`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from stars_guard.messages import ChatMessage, as_conversation
 
-FinishReason = Literal["length", "eos"]
+DraftEnd = Literal["length", "eos"]
+"""Why a drafted candidate ended: its token budget, or EOS (why an answer ended: `events.FinishReason`)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -28,7 +34,7 @@ class Candidate:
 
     text: str
     token_ids: tuple[int, ...]
-    finish_reason: FinishReason
+    finish_reason: DraftEnd
     token_ends: tuple[int, ...] = field(default=())
 
     @property
@@ -55,7 +61,10 @@ class Candidate:
 
 @runtime_checkable
 class Generation(Protocol):
-    """One answer being written: the accepted prefix and the means to extend it."""
+    """One answer being written: the accepted prefix and the means to extend it.
+
+    Optional extras: `EntropyDrafter` (entropy cuts) and `RetryReporter` (HTTP retries).
+    """
 
     @property
     def prompt_tokens(self) -> int:
@@ -71,8 +80,6 @@ class Generation(Protocol):
     def llm_calls(self) -> int:
         """Drafting calls made so far (one per `draft`)."""
         ...
-
-    # Optional: `backend_retries: int`, retries an HTTP backend made (read with getattr, default 0).
 
     def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
         """Sample `num_candidates` continuations of the accepted prefix, at most `max_tokens` each."""
@@ -96,14 +103,47 @@ class Generation(Protocol):
         ...
 
 
+@runtime_checkable
+class EntropyDrafter(Protocol):
+    """A generation that can also end a candidate where its next-token entropy reaches a cut.
+
+    The CARDS rule behind `segmentation="entropy"` needs next-token logits: the local backends
+    (transformers, llama.cpp) have them, the HTTP ones do not. `supports_entropy_segments = True`
+    is the marker (`draft` alone would match every generation).
+    """
+
+    supports_entropy_segments: bool
+
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
+        """`Generation.draft`; with `entropy_cut` (nats) a candidate also ends before an unsure token."""
+        ...
+
+
+@runtime_checkable
+class RetryReporter(Protocol):
+    """A generation whose backend retries failed calls (HTTP): the count reaches the statistics."""
+
+    @property
+    def backend_retries(self) -> int:
+        """Retries the backend made for this generation so far."""
+        ...
+
+
 class GenerationWrapper:
     """Base for a `Generation` that wraps another and changes only some calls (timing, scheduling).
 
-    Everything not overridden goes to `inner`, extras such as `backend_retries` or `token_ids` included.
+    Everything not overridden goes to `inner` (extras such as `token_ids` included). The optional
+    capabilities are passed on explicitly, so `isinstance` sees them on every Python version
+    (from 3.12 it no longer looks through `__getattr__`): the wrapper is an `EntropyDrafter` when
+    `inner` is one, and always a `RetryReporter` (0 retries for an inner that reports none).
     """
+
+    supports_entropy_segments: bool  # set per instance, only when `inner` has the capability
 
     def __init__(self, inner: Generation) -> None:
         self.inner = inner
+        if isinstance(inner, EntropyDrafter):
+            self.supports_entropy_segments = True
 
     @property
     def prompt_tokens(self) -> int:
@@ -117,8 +157,16 @@ class GenerationWrapper:
     def llm_calls(self) -> int:
         return self.inner.llm_calls
 
-    def draft(self, num_candidates: int, max_tokens: int, **options: Any) -> list[Candidate]:
-        return self.inner.draft(num_candidates, max_tokens, **options)  # type: ignore[call-arg]
+    @property
+    def backend_retries(self) -> int:
+        return self.inner.backend_retries if isinstance(self.inner, RetryReporter) else 0
+
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
+        if entropy_cut is None:
+            return self.inner.draft(num_candidates, max_tokens)
+        if not isinstance(self.inner, EntropyDrafter):
+            raise TypeError(f"{type(self.inner).__name__} cannot cut segments by entropy (not an EntropyDrafter)")
+        return self.inner.draft(num_candidates, max_tokens, entropy_cut=entropy_cut)
 
     def retain(self, candidate: Candidate) -> None:
         self.inner.retain(candidate)
@@ -135,6 +183,21 @@ class GenerationWrapper:
         return getattr(self.inner, name)
 
 
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """What `Backend.open` needs to start one answer: the conversation and its sampling parameters.
+
+    One value rather than five keywords, so wrappers pass it on whole and batched prefill
+    (`BatchOpener.open_batch`) takes a list of the same thing.
+    """
+
+    messages: Sequence[ChatMessage]
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+
+
 @runtime_checkable
 class Backend(Protocol):
     """Opens generations. Implementations: `stars_guard.adapters`."""
@@ -142,17 +205,35 @@ class Backend(Protocol):
     @property
     def model_name(self) -> str: ...
 
-    def open(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> Generation:
-        """Render and prefill `messages`; raise `ContextWindowExceededError` when they cannot fit."""
+    def open(self, request: OpenRequest) -> Generation:
+        """Render and prefill `request.messages`; raise `ContextWindowExceededError` when they cannot fit."""
         ...
+
+
+class BackendWrapper:
+    """Base for a `Backend` that wraps another and changes how it opens generations (timing, scheduling).
+
+    Subclasses override `open`. Other attributes (`tokenizer`, `context_window`, ...) come from
+    `inner`, except the batch capabilities: those take and return `inner`'s own generations, not
+    the wrapped ones a subclass hands out, so a wrapper never offers them on `inner`'s behalf.
+    """
+
+    _NOT_PASSED_ON = frozenset({"inner", "draft_batch", "open_batch"})
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+
+    @property
+    def model_name(self) -> str:
+        return self.inner.model_name
+
+    def open(self, request: OpenRequest) -> Generation:
+        return self.inner.open(request)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in BackendWrapper._NOT_PASSED_ON:  # "inner": not set yet (e.g. during unpickling)
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,17 +244,6 @@ class DraftRequest:
     num_candidates: int
     max_tokens: int
     entropy_cut: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class OpenRequest:
-    """The arguments of one `Backend.open`, for backends that prefill several at once (`open_batch`)."""
-
-    messages: Sequence[ChatMessage]
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    seed: int | None
 
 
 @runtime_checkable
@@ -188,8 +258,14 @@ class BatchDrafter(Protocol):
         """The candidates of each request, in order; each generation's `commit`/`retain` work as after `draft`."""
         ...
 
-    # Optional: `open_batch(requests: Sequence[OpenRequest]) -> list[Generation | Exception]`, several
-    # prefills in one forward (an Exception in place of a generation that could not be opened).
+
+@runtime_checkable
+class BatchOpener(Protocol):
+    """A backend that can prefill several prompts in one forward (lockstep serving opens with it)."""
+
+    def open_batch(self, requests: Sequence[OpenRequest]) -> Sequence[Generation | Exception]:
+        """One generation per request, in order; an Exception in place of one that could not be opened."""
+        ...
 
 
 @runtime_checkable

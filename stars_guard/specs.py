@@ -47,6 +47,13 @@ def _openai_backend(argument: str | None) -> Backend:
     return OpenAICompletionsBackend(url, api_key=_api_key(), **options)
 
 
+def _llama_server_backend(argument: str | None) -> Backend:
+    from stars_guard.adapters.llamaserver_backend import LlamaServerBackend
+
+    url, _ = split_options("llama-server", argument, set())
+    return LlamaServerBackend(url, api_key=_api_key())
+
+
 def _tgi_backend(argument: str | None) -> Backend:
     from stars_guard.adapters.tgi_backend import TGIBackend
 
@@ -107,6 +114,9 @@ BACKENDS: dict[str, SpecEntry] = {
         _openai_backend,
         "openai:<URL>[?model=NAME&tokenizer=PATH]  (/v1/completions of vLLM, SGLang, llama.cpp server)",
         True,
+    ),
+    "llama-server": SpecEntry(
+        _llama_server_backend, "llama-server:<URL>  (llama.cpp's llama-server /completion: token ids, n_cmpl)", True
     ),
     "tgi": SpecEntry(_tgi_backend, "tgi:<URL>[?tokenizer=PATH]  (text-generation-inference /generate)", True),
     "llamacpp": SpecEntry(

@@ -1,9 +1,56 @@
 """Session fixtures every test folder shares: one real model and reward per test session (loading
-them per test would dominate the run)."""
+them per test would dominate the run), and the one place that marks tests `integration`.
+
+`make unit` runs `-m "not integration"`: it must need neither the model cache nor a real server.
+Rather than trusting every test to carry the marker, the hook below marks each test whose fixtures
+(directly or through other fixtures) load a real model or start a real server. Tests that build a
+real model in their own body cannot be seen that way and carry `pytestmark = pytest.mark.integration`.
+"""
 
 from __future__ import annotations
 
 import pytest
+
+# (module, fixture name) of every fixture that loads a real model or starts a real server, wherever
+# it is defined. Fixtures built on these need no entry: a test's fixture closure includes them.
+REAL_FIXTURES = frozenset(
+    {
+        ("tests.conftest", "backend"),  # TransformersBackend(): the pulled SmolLM2
+        ("tests.conftest", "guard"),  # GuardReward(): MiniLM and the profanity classifier
+        ("tests.langchain.conftest", "default_components"),  # the embedded default, both models
+        ("tests.adapters.conftest", "gguf"),  # the pulled GGUF (fails without the model cache)
+        ("tests.adapters.conftest", "lm_dir"),  # the pulled SmolLM2 directory its users load
+        ("tests.adapters.conftest", "llamacpp_backend"),  # llama.cpp in process
+        ("tests.adapters.conftest", "llama_server"),  # python -m llama_cpp.server
+        ("tests.adapters.conftest", "llama_model"),  # llama.cpp behind the TGI / vLLM contract servers
+        ("tests.adapters.conftest", "reward_service"),  # stars-guard serve-reward with GuardReward
+        ("tests.adapters.test_llamacpp_backend", "transformers_backend"),  # TransformersBackend()
+        ("tests.adapters.test_remote_and_composite_rewards", "judge"),  # LLMJudgeReward(): SmolLM2
+        ("tests.serving.test_openai_client", "server"),  # stars-guard serve on the default models
+        ("tests.serving.dashboard.test_browser", "served"),  # the chat service on the default models
+        ("tests.bench.test_harness", "quick_report"),  # stars-guard bench --quick
+        ("tests.bench.test_judge", "pair_features"),  # MiniLM embeddings of 500 HH pairs
+    }
+)
+
+
+def uses_real_fixture(item: pytest.Item) -> bool:
+    """Whether `item`'s fixture closure reaches a fixture of `REAL_FIXTURES` (as resolved for it)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:  # not a function test (e.g. a doctest): no fixtures to look at
+        return False
+    for name in info.names_closure:
+        definitions = info.name2fixturedefs.get(name, ())
+        if definitions and (definitions[-1].func.__module__, name) in REAL_FIXTURES:
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that uses a real model or server `integration`, so `make unit` skips it."""
+    for item in items:
+        if uses_real_fixture(item) and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from stars_guard.bench.statistics import bootstrap_ci, pairwise_outcomes
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.messages import normalize_messages
+from stars_guard.protocols import OpenRequest
 
 
 def build_reward(name: str) -> Any:
@@ -46,11 +47,13 @@ def drafts_cache(backend: Any, prompts: list[str], max_new_tokens: int, path: Pa
         result = STARSEngine(backend, _NullReward(), STARSConfig.plain_sampling(max_new_tokens)).run(prompt, seed=seed)
         vanilla.append({"text": result.text, "tokens": result.stats.tokens_sampled})
         generation = backend.open(
-            normalize_messages(prompt),
-            max_new_tokens=max_new_tokens,
-            temperature=config.temperature,
-            top_p=config.top_p,
-            seed=seed,
+            OpenRequest(
+                normalize_messages(prompt),
+                max_new_tokens=max_new_tokens,
+                temperature=config.temperature,
+                top_p=config.top_p,
+                seed=seed,
+            )
         )
         try:
             drafts = generation.draft(8, max_new_tokens) + generation.draft(8, max_new_tokens)

@@ -16,7 +16,7 @@ from typing import Any
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.messages import normalize_messages
-from stars_guard.protocols import Backend, RewardModel
+from stars_guard.protocols import Backend, OpenRequest, RewardModel
 from stars_guard.stats import STARSStats
 
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -109,11 +109,13 @@ def best_of_n(
     stats = STARSStats()
     started = time.perf_counter()
     generation = backend.open(
-        normalize_messages(prompt),
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=seed,
+        OpenRequest(
+            normalize_messages(prompt),
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=seed,
+        )
     )
     try:
         stats.prompt_tokens = generation.prompt_tokens

@@ -13,12 +13,11 @@ them, so nothing that merges badly is split across chunks, and the merged stream
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+from contextlib import aclosing, closing
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +46,7 @@ from stars_guard.engine import STARSEngine
 from stars_guard.errors import InvalidMessagesError
 from stars_guard.events import CandidateJudged, Event, STARSResult, TextEmitted
 from stars_guard.langchain.callbacks import AsyncSegmentEventDispatcher, SegmentEventDispatcher
+from stars_guard.langchain.threads import iterate_in_thread
 from stars_guard.messages import ROLE_ALIASES, ChatMessage, normalize_messages
 from stars_guard.overrides import OverridePolicy
 from stars_guard.protocols import Backend, RewardModel
@@ -330,6 +330,9 @@ class STARSChatModel(BaseChatModel):
             return super().get_token_ids(text)
         return list(tokenizer.encode(text, add_special_tokens=False))
 
+    # One loop (`_steps`) translates engine events for all four entry points; they differ only in
+    # whether they yield the chunks or keep the final message, and in how events are dispatched.
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -338,15 +341,8 @@ class STARSChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         call = self._prepare(messages, stop, kwargs)
-        dispatch = SegmentEventDispatcher(run_manager)
-        events = call.engine.stream(call.turns, stop=call.stop)
-        try:
-            for event in events:
-                call.assembler.feed(event)
-                if isinstance(event, CandidateJudged):
-                    dispatch(segment_payload(event, include_text=call.include_text))
-        finally:
-            events.close()
+        for _ in _chunks(call, SegmentEventDispatcher(run_manager)):
+            pass
         return _chat_result(call.assembler)
 
     def _stream(
@@ -359,17 +355,7 @@ class STARSChatModel(BaseChatModel):
         # LangChain's stream() and streaming invoke() pass no run manager (only stream_events v3
         # does): decisions then reach handlers on the chunks (on_llm_new_token) and in on_llm_end.
         call = self._prepare(messages, stop, kwargs)
-        dispatch = SegmentEventDispatcher(run_manager)
-        events = call.engine.stream(call.turns, stop=call.stop)
-        try:
-            for event in events:
-                chunk = call.assembler.feed(event)
-                if isinstance(event, CandidateJudged):
-                    dispatch(segment_payload(event, include_text=call.include_text))
-                if chunk is not None:
-                    yield chunk
-        finally:
-            events.close()
+        yield from _chunks(call, SegmentEventDispatcher(run_manager))
 
     async def _agenerate(
         self,
@@ -379,11 +365,8 @@ class STARSChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> ChatResult:
         call = self._prepare(messages, stop, kwargs)
-        dispatch = AsyncSegmentEventDispatcher(run_manager)
-        async for event in _in_worker_thread(call):
-            call.assembler.feed(event)
-            if isinstance(event, CandidateJudged):
-                await dispatch(segment_payload(event, include_text=call.include_text))
+        async for _ in _achunks(call, AsyncSegmentEventDispatcher(run_manager)):
+            pass
         return _chat_result(call.assembler)
 
     async def _astream(
@@ -394,12 +377,8 @@ class STARSChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         call = self._prepare(messages, stop, kwargs)
-        dispatch = AsyncSegmentEventDispatcher(run_manager)
-        async for event in _in_worker_thread(call):
-            chunk = call.assembler.feed(event)
-            if isinstance(event, CandidateJudged):
-                await dispatch(segment_payload(event, include_text=call.include_text))
-            if chunk is not None:
+        async with aclosing(_achunks(call, AsyncSegmentEventDispatcher(run_manager))) as chunks:
+            async for chunk in chunks:  # closed at once when the consumer leaves: the worker stops
                 yield chunk
 
     # Resolution -------------------------------------------------------------------------------
@@ -467,55 +446,46 @@ def _chat_result(assembler: _Assembler) -> ChatResult:
     return ChatResult(generations=[ChatGeneration(message=assembler.message(assembler.result))])
 
 
-_DONE = object()
+# The one loop over engine events ---------------------------------------------------------------
+
+# What the loop hands on: a chunk to yield, or a decision to dispatch as a `stars_segment` event.
+_Step = STARSGenerationChunk | dict[str, Any]
 
 
-async def _in_worker_thread(call: _Call) -> AsyncIterator[Event]:
-    """The engine's events, produced in a worker thread so the event loop never waits on the model.
+def _steps(call: _Call) -> Generator[_Step, None, None]:
+    """Every engine event of one request, translated once for all four entry points.
 
-    The thread is the request's own, not the loop's default executor: a generation holds its
-    thread for seconds, and parking it in the shared pool would starve LangChain's other users of
-    that pool (sync callback handlers, sync fallbacks). Leaving early (a consumer that stops
-    reading, a cancelled task) tells the worker to stop at the next event; it then closes the
-    engine's generation, which frees the KV cache.
+    Sync and async differ only in how they dispatch decisions, so the translation lives here and
+    the chunk layout cannot drift between them. However the loop ends (finished, raised, a
+    consumer that left early), the engine's generation is closed, which frees its KV cache.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    stop = threading.Event()
-
-    def deliver(item: Any) -> bool:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return False
-        return True
-
-    def work() -> None:
-        events = call.engine.stream(call.turns, stop=call.stop)
-        try:
-            for event in events:
-                if stop.is_set() or not deliver(event):
-                    return
-            deliver(_DONE)
-        except BaseException as exc:
-            deliver(_Failure(exc))
-        finally:
-            events.close()
-
-    context = contextvars.copy_context()
-    threading.Thread(target=context.run, args=(work,), name="stars-engine", daemon=True).start()
+    events = call.engine.stream(call.turns, stop=call.stop)
     try:
-        while True:
-            item = await queue.get()
-            if item is _DONE:
-                break
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
+        for event in events:
+            chunk = call.assembler.feed(event)
+            if isinstance(event, CandidateJudged):
+                yield segment_payload(event, include_text=call.include_text)
+            if chunk is not None:
+                yield chunk
     finally:
-        stop.set()
+        events.close()
 
 
-@dataclass(frozen=True)
-class _Failure:
-    error: BaseException
+def _chunks(call: _Call, dispatch: SegmentEventDispatcher) -> Iterator[STARSGenerationChunk]:
+    """The request's chunks; decisions go to `dispatch` as they are judged."""
+    with closing(_steps(call)) as steps:
+        for step in steps:
+            if isinstance(step, STARSGenerationChunk):
+                yield step
+            else:
+                dispatch(step)
+
+
+async def _achunks(call: _Call, dispatch: AsyncSegmentEventDispatcher) -> AsyncIterator[STARSGenerationChunk]:
+    """`_chunks` with the loop in a worker thread; async handlers are awaited on the event loop."""
+    async with aclosing(iterate_in_thread(lambda: _steps(call))) as steps:
+        async for step in steps:
+            if isinstance(step, STARSGenerationChunk):
+                yield step
+            else:
+                await dispatch(step)

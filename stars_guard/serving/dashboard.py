@@ -341,7 +341,7 @@ def dashboard_routes(
     Pass them to the app (`Starlette(routes=[..., *dashboard_routes(stats, recorder)])`); the
     recorder must be an observer of the same `stats` for the time series to fill. With
     `stats=None` the routes read `request.app.state.stats` on each request: an app that builds its
-    own `RejectionStats` (as `chat_server.create_app` does) can take the routes before it exists.
+    own `RejectionStats` (as `app.create_app` does) can take the routes before it exists.
     `/data` takes `?window=SECONDS` (clamped to the recorder's retention) and `?step=SECONDS`;
     bad values get a 400.
     """

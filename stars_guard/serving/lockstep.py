@@ -10,7 +10,7 @@ sends every model call of every request through one scheduler thread:
   back (still scoring, or stalled) holds the others up for at most a few times the usual gap
   between a round and the next draft (a moving average), and never more than `max_wait_s`;
 - prefill (`open`) runs between rounds, all waiting prompts in one batched forward where the
-  backend has `open_batch`, so new requests join the next round together;
+  backend is a `BatchOpener`, so new requests join the next round together;
 - `retain`, `commit` and `close` are bookkeeping and run on the caller's thread.
 
 Requests never share sampling state: each generation samples with its own parameters and seed.
@@ -21,16 +21,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from stars_guard.errors import ConfigError
-from stars_guard.messages import ChatMessage
 from stars_guard.protocols import (
     Backend,
+    BackendWrapper,
     BatchDrafter,
+    BatchOpener,
     Candidate,
     DraftRequest,
     Generation,
@@ -79,14 +80,22 @@ class _Waiting:
 
 def supports_lockstep(backend: object) -> bool:
     """True when `backend` can draft for several generations at once."""
-    return isinstance(backend, BatchDrafter) and callable(getattr(backend, "draft_batch", None))
+    return isinstance(backend, BatchDrafter)
 
 
-class LockstepBackend:
+class LockstepBackend(BackendWrapper):
     """A `Backend` whose concurrent generations draft in shared batched rounds (module docstring)."""
 
-    def __init__(self, inner: Backend, *, max_wait_s: float = 1.0, max_round: int = 32) -> None:
-        if not supports_lockstep(inner):
+    def __init__(
+        self,
+        inner: Backend,
+        *,
+        max_wait_s: float = 1.0,
+        max_round: int = 32,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        """`clock` (seconds) times the patience rule; a test passes a settable one to decide when it fires."""
+        if not isinstance(inner, BatchDrafter):  # supports_lockstep, written out so type checkers narrow `inner`
             raise ConfigError(
                 f"backend {inner.model_name!r} cannot draft for several requests at once (no draft_batch): "
                 "lockstep batching needs a local backend such as TransformersBackend"
@@ -95,10 +104,12 @@ class LockstepBackend:
             raise ConfigError(f"max_wait_s must be >= 0 seconds, got {max_wait_s}")
         if max_round < 1:
             raise ConfigError(f"max_round must be >= 1 request, got {max_round}")
-        self.inner = inner
+        super().__init__(inner)
+        self._drafter: BatchDrafter = inner
         self.max_wait_s = max_wait_s
         self.max_round = max_round
         self.stats = LockstepStats()
+        self._clock = clock
         self._cond = threading.Condition()
         self._openings: list[tuple[OpenRequest, Future[Generation]]] = []
         self._calls: list[tuple[Callable[[], Any], Future[Any]]] = []
@@ -110,25 +121,19 @@ class LockstepBackend:
         self._thread: threading.Thread | None = None
 
     @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    @property
     def open_generations(self) -> int:
         """Generations opened and not yet closed."""
         with self._cond:
             return self._open
 
-    def open(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> LockstepGeneration:
-        request = OpenRequest(messages, max_new_tokens, temperature, top_p, seed)
+    @property
+    def waiting_drafts(self) -> int:
+        """Drafts queued for the next round."""
+        with self._cond:
+            return len(self._waiting)
+
+    def open(self, request: OpenRequest) -> LockstepGeneration:
+        """Queue `request` for the next prefill on the scheduler thread and wait for it."""
         future: Future[Generation] = Future()
         with self._cond:
             self._check_running()
@@ -144,11 +149,6 @@ class LockstepBackend:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def __getattr__(self, name: str) -> Any:  # tokenizer, context_window, ... of the wrapped backend
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
-
     # Called by generations -----------------------------------------------------------------------
 
     def _draft(self, request: DraftRequest, previous_round_end: float | None) -> tuple[list[Candidate], float]:
@@ -156,13 +156,13 @@ class LockstepBackend:
         future: Future[list[Candidate]] = Future()
         with self._cond:
             self._check_running()
-            now = time.perf_counter()
+            now = self._clock()
             if previous_round_end is not None:
                 self._gap_s = _GAP_SMOOTHING * (now - previous_round_end) + (1 - _GAP_SMOOTHING) * self._gap_s
             self._waiting.append(_Waiting(request, future, now))
             self._cond.notify_all()
         candidates = future.result()
-        return candidates, time.perf_counter()
+        return candidates, self._clock()
 
     def _release(self) -> None:
         with self._cond:
@@ -212,15 +212,14 @@ class LockstepBackend:
             if batch:
                 self._run_round(batch)
             with self._cond:
-                self._free_since = time.perf_counter()
+                self._free_since = self._clock()
 
     def _prefill(self, openings: list[tuple[OpenRequest, Future[Generation]]]) -> None:
         """Open waiting requests, in one batched prefill where the backend can."""
         requests = [request for request, _ in openings]
         try:
-            open_batch = getattr(self.inner, "open_batch", None)
-            if callable(open_batch) and len(requests) > 1:
-                results: list[Any] = list(open_batch(requests))
+            if isinstance(self.inner, BatchOpener) and len(requests) > 1:
+                results: list[Any] = list(self.inner.open_batch(requests))
             else:
                 results = [_open_one(self.inner, request) for request in requests]
         except BaseException as exc:
@@ -241,7 +240,7 @@ class LockstepBackend:
             return False
         if len(self._waiting) >= min(self._open, self.max_round) or self._stopping:
             return True
-        return time.perf_counter() >= self._deadline()
+        return self._clock() >= self._deadline()
 
     def _deadline(self) -> float:
         """The patience clock starts when the first draft waits and the scheduler is free."""
@@ -251,12 +250,12 @@ class LockstepBackend:
     def _seconds_to_deadline(self) -> float | None:
         if not self._waiting:
             return None
-        return max(0.0, self._deadline() - time.perf_counter())
+        return max(0.0, self._deadline() - self._clock())
 
     def _run_round(self, batch: list[_Waiting]) -> None:
         self.stats.round_sizes[len(batch)] = self.stats.round_sizes.get(len(batch), 0) + 1
         try:
-            results = self.inner.draft_batch([waiting.request for waiting in batch])  # type: ignore[attr-defined]
+            results = self._drafter.draft_batch([waiting.request for waiting in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"draft_batch returned {len(results)} results for {len(batch)} requests")
         except BaseException as exc:  # every request of the round learns why it failed
@@ -283,13 +282,7 @@ def _settle(future: Future[Any], call: Callable[[], Any]) -> None:
 
 def _open_one(backend: Backend, request: OpenRequest) -> Generation | BaseException:
     try:
-        return backend.open(
-            request.messages,
-            max_new_tokens=request.max_new_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-        )
+        return backend.open(request)
     except Exception as exc:
         return exc
 
@@ -303,11 +296,7 @@ class LockstepGeneration(GenerationWrapper):
         self._closed = False
         self._last_round_end: float | None = None
 
-    @property
-    def supports_entropy_segments(self) -> bool:
-        return bool(getattr(self.inner, "supports_entropy_segments", False))
-
-    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:  # type: ignore[override]
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
         if self._closed:
             raise RuntimeError("this generation is closed")
         request = DraftRequest(self.inner, num_candidates, max_tokens, entropy_cut)

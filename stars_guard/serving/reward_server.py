@@ -12,9 +12,10 @@ router (router/src/http/types.rs and router/src/lib.rs of huggingface/text-embed
   `max_client_batch_size`, 400 for empty input, 422 for a malformed body, 424 when the scorer fails).
 - `GET /health`, `GET /info` (TEI's fields; the model type is a 1-label "reranker" head).
 
-Concurrent requests are batched: requests arriving while the scorer is busy (or within
-`max_wait_ms`) are scored together, one `score` call per distinct prompt, so replicas that send
-their K candidates at the same time share a forward pass. Scoring runs in one worker thread; the
+Concurrent requests are batched (`stars_guard.serving.batching.MicroBatcher`): requests arriving
+while the scorer is busy (or within `max_wait_ms`) are scored together, one `score` call per
+distinct prompt, so replicas that send their K candidates at the same time share a forward pass.
+Scoring runs on the batcher's one thread, and handlers await it through `bridge.result_of`; the
 event loop stays free to accept requests. Binds 127.0.0.1 unless told otherwise.
 
 This module is an I/O edge (starlette, uvicorn); nothing in the core imports it.
@@ -22,13 +23,11 @@ This module is an I/O edge (starlette, uvicorn); nothing in the core imports it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import math
 import time
 from collections.abc import AsyncIterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +38,8 @@ from starlette.routing import Route
 
 from stars_guard import __version__
 from stars_guard.protocols import RewardModel
+from stars_guard.serving.batching import MicroBatcher
+from stars_guard.serving.bridge import result_of
 
 LABEL = "reward"
 
@@ -50,12 +51,6 @@ class InputError(ValueError):
         super().__init__(message)
         self.status = status
         self.error_type = error_type
-
-
-@dataclass
-class _Pending:
-    pairs: list[tuple[str, str]]
-    future: asyncio.Future[list[float]]
 
 
 @dataclass
@@ -71,83 +66,56 @@ class BatchStats:
 
 
 class RewardBatcher:
-    """Collects concurrent scoring requests into batches for one scorer (see the module docstring)."""
+    """Collects concurrent scoring requests into batches for one scorer (see the module docstring).
+
+    The batching itself is `MicroBatcher`'s, the same as lockstep serving's `BatchingReward`: a
+    batch closes `max_wait_ms` after its first request or at `max_batch_texts` texts, and is
+    scored on the batcher's thread while handlers await their share on the event loop.
+    """
 
     def __init__(self, reward: RewardModel, *, max_batch_texts: int = 64, max_wait_ms: float = 2.0) -> None:
         self.reward = reward
         self.max_batch_texts = max(1, max_batch_texts)
         self.max_wait_s = max(0.0, max_wait_ms) / 1000.0
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._worker: asyncio.Task[None] | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stars-reward")
+        self._batcher: MicroBatcher[list[tuple[str, str]], list[float]] | None = None
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run())
+        self._batcher = MicroBatcher(
+            self._score_batch,
+            window_s=self.max_wait_s,
+            max_size=self.max_batch_texts,
+            size=len,
+            name="stars-reward",
+        )
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher.close()
 
     async def score(self, pairs: list[tuple[str, str]]) -> list[float]:
-        if self._queue is None:
+        if self._batcher is None:
             raise RuntimeError("the batcher is not started")
-        future: asyncio.Future[list[float]] = asyncio.get_running_loop().create_future()
         self.stats.requests += 1
         self.stats.texts += len(pairs)
-        await self._queue.put(_Pending(pairs, future))
-        return await future
+        return await result_of(self._batcher.submit(pairs))
 
-    async def _run(self) -> None:
-        assert self._queue is not None
-        while True:
-            batch = [await self._queue.get()]
-            size = len(batch[0].pairs)
-            deadline = time.perf_counter() + self.max_wait_s
-            while size < self.max_batch_texts:
-                try:
-                    if self._queue.empty():
-                        remaining = deadline - time.perf_counter()
-                        if remaining <= 0:
-                            break
-                        item = await asyncio.wait_for(self._queue.get(), remaining)
-                    else:
-                        item = self._queue.get_nowait()
-                except TimeoutError:
-                    break
-                batch.append(item)
-                size += len(item.pairs)
-            await self._score_batch(batch)
-
-    async def _score_batch(self, batch: list[_Pending]) -> None:
-        # One scorer call per distinct prompt, each with every answer to that prompt in this batch.
+    def _score_batch(self, batch: list[list[tuple[str, str]]]) -> list[list[float]]:
+        """One scorer call per distinct prompt, each with every answer to that prompt in this batch."""
         by_prompt: dict[str, list[tuple[int, int]]] = {}
-        for request_index, pending in enumerate(batch):
-            for pair_index, (prompt, _) in enumerate(pending.pairs):
+        for request_index, pairs in enumerate(batch):
+            for pair_index, (prompt, _) in enumerate(pairs):
                 by_prompt.setdefault(prompt, []).append((request_index, pair_index))
-        results: list[list[float]] = [[0.0] * len(pending.pairs) for pending in batch]
+        results: list[list[float]] = [[0.0] * len(pairs) for pairs in batch]
         self.stats.batches += 1
-        self.stats.largest_batch = max(self.stats.largest_batch, sum(len(p.pairs) for p in batch))
-        loop = asyncio.get_running_loop()
-        try:
-            for prompt, slots in by_prompt.items():
-                answers = [batch[r].pairs[p][1] for r, p in slots]
-                self.stats.scorer_calls += 1
-                scores = await loop.run_in_executor(self._executor, self._call, prompt, answers)
-                for (r, p), value in zip(slots, scores, strict=True):
-                    results[r][p] = value
-        except Exception as exc:
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
-            return
-        for pending, values in zip(batch, results, strict=True):
-            if not pending.future.done():
-                pending.future.set_result(values)
+        self.stats.largest_batch = max(self.stats.largest_batch, sum(len(pairs) for pairs in batch))
+        for prompt, slots in by_prompt.items():
+            answers = [batch[r][p][1] for r, p in slots]
+            self.stats.scorer_calls += 1
+            for (r, p), value in zip(slots, self._call(prompt, answers), strict=True):
+                results[r][p] = value
+        return results
 
     def _call(self, prompt: str, answers: list[str]) -> list[float]:
         scores = [float(value) for value in self.reward.score(prompt, answers)]
@@ -283,13 +251,17 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8081,
     max_client_batch_size: int = 32,
+    max_batch_texts: int = 64,
+    max_wait_ms: float = 2.0,
     log_level: str = "warning",
     announce: Sequence[str] = (),
 ) -> None:
-    """Run the reward service until interrupted."""
+    """Run the reward service until interrupted (the batching settings are `create_app`'s)."""
     import uvicorn
 
-    app = create_app(reward, max_client_batch_size=max_client_batch_size)
+    app = create_app(
+        reward, max_client_batch_size=max_client_batch_size, max_batch_texts=max_batch_texts, max_wait_ms=max_wait_ms
+    )
     for line in announce:
         print(line, flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -5,49 +5,30 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import (
     Backend,
+    BackendWrapper,
     Candidate,
     Generation,
     GenerationWrapper,
+    OpenRequest,
     RewardModel,
     RewardScores,
     RewardWrapper,
 )
 
 
-class TimedBackend:
+class TimedBackend(BackendWrapper):
     """A `Backend` that reports how long each drafting call takes (prompt prefill not included)."""
 
     def __init__(self, inner: Backend, observe: Callable[[float], None]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self._observe = observe
 
-    @property
-    def model_name(self) -> str:
-        return self.inner.model_name
-
-    def open(
-        self,
-        messages: Sequence[ChatMessage],
-        *,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
-    ) -> Generation:
-        generation = self.inner.open(
-            messages, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
-        )
-        return _TimedGeneration(generation, self._observe)
-
-    def __getattr__(self, name: str) -> Any:  # tokenizer, context_window, ... of the wrapped backend
-        if name == "inner":
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+    def open(self, request: OpenRequest) -> Generation:
+        return _TimedGeneration(self.inner.open(request), self._observe)
 
 
 class _TimedGeneration(GenerationWrapper):
@@ -55,11 +36,11 @@ class _TimedGeneration(GenerationWrapper):
         super().__init__(inner)
         self._observe = observe
 
-    def draft(self, num_candidates: int, max_tokens: int, **options: Any) -> list[Candidate]:
-        """Timed draft; `options` (e.g. `entropy_cut`) pass through to backends that take them."""
+    def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
+        """Timed draft; an entropy cut passes through to generations that take one."""
         started = time.perf_counter()
         try:
-            return super().draft(num_candidates, max_tokens, **options)
+            return super().draft(num_candidates, max_tokens, entropy_cut)
         finally:
             _safely(self._observe, time.perf_counter() - started)
 

@@ -35,6 +35,7 @@ from stars_guard.deadline import (
 )
 from stars_guard.errors import BackendError, RewardError
 from stars_guard.messages import ChatMessage
+from stars_guard.protocols import OpenRequest
 from tests.adapters import servers
 
 BUDGET_S = 1.0
@@ -269,7 +270,7 @@ def test_openai_backend_draft_ends_at_the_deadline(stalling):
     # n_choices=False: the K drafts are K concurrent requests from the backend's thread pool.
     backend = OpenAICompletionsBackend(stalling.url, timeouts=PATIENT, token_prompts=True, n_choices=False)
     try:
-        generation = backend.open(MESSAGES, max_new_tokens=32, temperature=1.0, top_p=1.0, seed=0)
+        generation = backend.open(OpenRequest(MESSAGES, max_new_tokens=32, temperature=1.0, top_p=1.0, seed=0))
         started = time.monotonic()
         with deadline_scope(started + BUDGET_S), pytest.raises(BackendError) as info:
             generation.draft(3, 8)
@@ -281,7 +282,7 @@ def test_openai_backend_draft_ends_at_the_deadline(stalling):
 def test_tgi_backend_draft_ends_at_the_deadline(stalling):
     backend = TGIBackend(stalling.url, timeouts=PATIENT)
     try:
-        generation = backend.open(MESSAGES, max_new_tokens=32, temperature=1.0, top_p=1.0, seed=0)
+        generation = backend.open(OpenRequest(MESSAGES, max_new_tokens=32, temperature=1.0, top_p=1.0, seed=0))
         started = time.monotonic()
         with deadline_scope(started + BUDGET_S), pytest.raises(BackendError) as info:
             generation.draft(2, 8)
@@ -294,7 +295,7 @@ def test_the_engines_time_budget_bounds_a_hanging_reward_service(stalling):
     """The trust issue's bypass 4, end to end: time_budget_s=1 with a reward service that hangs
     ends the answer at about the budget (not the 60 s read timeout), and nothing unscored goes out."""
     from stars_guard import STARSConfig, STARSEngine
-    from tests.doubles.scripted import ScriptedBackend
+    from tests.doubles import ScriptedBackend
 
     reward = TEIRewardModel(stalling.url, timeouts=PATIENT)
     for policy in ("fail_closed", "fail_open"):

@@ -7,12 +7,13 @@ import pytest
 from stars_guard import ContextWindowExceededError, STARSConfig, STARSEngine
 from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration, _entropy, _incomplete_utf8_tail
 from stars_guard.messages import normalize_messages
+from stars_guard.protocols import OpenRequest
 
 PROMPT = normalize_messages("Give me three tips for keeping houseplants alive.")
 
 
 def open_generation(backend, temperature=0.0, seed=1, prompt=PROMPT):
-    return backend.open(prompt, max_new_tokens=128, temperature=temperature, top_p=0.95, seed=seed)
+    return backend.open(OpenRequest(prompt, max_new_tokens=128, temperature=temperature, top_p=0.95, seed=seed))
 
 
 def fresh_greedy(backend, prompt_ids: list[int], tokens: int) -> tuple[int, ...]:
@@ -102,7 +103,7 @@ def test_forward_tokens_count_prefill_and_every_evaluated_token_once(llamacpp_ba
 
 def test_eos_candidate_cannot_be_committed_and_unknown_candidates_are_refused(llamacpp_backend):
     prompt = normalize_messages("Reply with just the word yes.")
-    generation = llamacpp_backend.open(prompt, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0)
+    generation = llamacpp_backend.open(OpenRequest(prompt, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=0))
     try:
         candidate = generation.draft(1, 32)[0]
         assert candidate.finish_reason == "eos", candidate
@@ -142,7 +143,7 @@ def test_concurrent_generations_use_separate_kv_caches(llamacpp_backend):
 def test_context_window_is_checked_before_any_work(llamacpp_backend):
     long_prompt = normalize_messages("plants " * 9000)
     with pytest.raises(ContextWindowExceededError, match="context window"):
-        llamacpp_backend.open(long_prompt, max_new_tokens=64, temperature=0.8, top_p=0.95, seed=0)
+        llamacpp_backend.open(OpenRequest(long_prompt, max_new_tokens=64, temperature=0.8, top_p=0.95, seed=0))
 
 
 def test_text_of_characters_split_across_tokens_and_segments(llamacpp_backend):
@@ -249,13 +250,14 @@ def test_default_model_is_an_f16_copy_written_once_and_close_to_the_transformers
     assert gaps["f16"] < 0.1 and gaps["f16"] * 5 < gaps["q4_1"], gaps
 
 
+@pytest.mark.integration
 def test_the_backend_runs_the_f16_copy_by_default():
     from stars_guard.adapters import LlamaCppBackend
     from stars_guard.models import llamacpp_lm_gguf
 
     backend = LlamaCppBackend()
     assert backend.model_path == llamacpp_lm_gguf()
-    generation = backend.open(PROMPT, max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0)
+    generation = backend.open(OpenRequest(PROMPT, max_new_tokens=8, temperature=0.0, top_p=1.0, seed=0))
     try:
         assert generation.draft(1, 4)[0].text.strip()
     finally:

@@ -7,6 +7,7 @@ import pytest
 from stars_guard import ContextWindowExceededError, STARSConfig, STARSEngine
 from stars_guard.adapters import OpenAICompletionsBackend
 from stars_guard.messages import normalize_messages
+from stars_guard.protocols import OpenRequest
 from stars_guard.specs import build_backend
 from tests.adapters import servers
 
@@ -27,7 +28,7 @@ def vllm_server(llama_model):
 
 
 def test_probe_finds_text_prompts_and_no_n_on_llama_cpp_server(llama_backend):
-    generation = llama_backend.open(PROMPT, max_new_tokens=64, temperature=0.8, top_p=0.95, seed=1)
+    generation = llama_backend.open(OpenRequest(PROMPT, max_new_tokens=64, temperature=0.8, top_p=0.95, seed=1))
     generation.close()
     assert llama_backend.features.token_prompts is False  # llama-cpp-python's `prompt` takes strings only
     assert llama_backend.features.n_choices is False  # it ignores `n`
@@ -35,8 +36,8 @@ def test_probe_finds_text_prompts_and_no_n_on_llama_cpp_server(llama_backend):
 
 
 def test_greedy_segment_equals_the_same_model_in_process(llama_backend, llamacpp_backend):
-    remote = llama_backend.open(PROMPT, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=1)
-    local = llamacpp_backend.open(PROMPT, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=1)
+    remote = llama_backend.open(OpenRequest(PROMPT, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=1))
+    local = llamacpp_backend.open(OpenRequest(PROMPT, max_new_tokens=64, temperature=0.0, top_p=1.0, seed=1))
     try:
         assert remote.prompt_tokens == local.prompt_tokens
         over_http, in_process = remote.draft(1, 12)[0], local.draft(1, 12)[0]
@@ -48,7 +49,7 @@ def test_greedy_segment_equals_the_same_model_in_process(llama_backend, llamacpp
 
 
 def test_k_candidates_are_concurrent_requests_with_distinct_seeds(llama_backend):
-    generation = llama_backend.open(PROMPT, max_new_tokens=64, temperature=1.2, top_p=1.0, seed=4)
+    generation = llama_backend.open(OpenRequest(PROMPT, max_new_tokens=64, temperature=1.2, top_p=1.0, seed=4))
     try:
         candidates = generation.draft(3, 8)
         assert len(candidates) == 3 and generation.llm_calls == 1
@@ -85,7 +86,7 @@ def test_token_id_prompts_give_exact_continuation_on_vllm(vllm_server, llama_mod
     backend = OpenAICompletionsBackend(vllm_server.url)  # no local tokenizer: vLLM's /tokenize renders the chat
     received = vllm_server.server.config.app.state.received
     try:
-        generation = backend.open(PROMPT, max_new_tokens=64, temperature=0.9, top_p=0.95, seed=2)
+        generation = backend.open(OpenRequest(PROMPT, max_new_tokens=64, temperature=0.9, top_p=0.95, seed=2))
         assert backend.features.token_prompts and backend.features.n_choices
         assert generation.prompt_ids == llama_model.tokenize(llama_model.render([m.as_dict() for m in PROMPT]))
         before = len(received)
@@ -99,7 +100,7 @@ def test_token_id_prompts_give_exact_continuation_on_vllm(vllm_server, llama_mod
         assert isinstance(generation.llm_forward_tokens, int) and generation.llm_forward_tokens > 0
         generation.close()
         with pytest.raises(ContextWindowExceededError):
-            backend.open(PROMPT, max_new_tokens=4000, temperature=0.9, top_p=0.95, seed=2)
+            backend.open(OpenRequest(PROMPT, max_new_tokens=4000, temperature=0.9, top_p=0.95, seed=2))
     finally:
         backend.close()
     assert backend.model_name == "smollm2"
@@ -109,6 +110,6 @@ def test_text_only_server_without_tokenizer_is_a_clear_error(llama_server):
     backend = OpenAICompletionsBackend(llama_server.url)
     try:
         with pytest.raises(Exception, match="tokenizer="):
-            backend.open(PROMPT, max_new_tokens=16, temperature=0.8, top_p=0.95, seed=1)
+            backend.open(OpenRequest(PROMPT, max_new_tokens=16, temperature=0.8, top_p=0.95, seed=1))
     finally:
         backend.close()

@@ -14,6 +14,7 @@ from stars_guard.adapters import TGIBackend
 from stars_guard.adapters.tgi_backend import without_double_bos
 from stars_guard.errors import BackendError
 from stars_guard.messages import normalize_messages
+from stars_guard.protocols import OpenRequest
 from tests.adapters import servers
 
 PROMPT = normalize_messages("Give me three tips for keeping houseplants alive.")
@@ -38,7 +39,7 @@ def received(server) -> list[list[int]]:
 def test_candidates_carry_tgi_token_ids_and_boundaries(tgi, llama_model):
     backend = TGIBackend(tgi.url)
     try:
-        generation = backend.open(PROMPT, max_new_tokens=64, temperature=0.9, top_p=0.95, seed=5)
+        generation = backend.open(OpenRequest(PROMPT, max_new_tokens=64, temperature=0.9, top_p=0.95, seed=5))
         assert backend.model_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
         candidates = generation.draft(3, 8)
         assert len(candidates) == 3 and generation.llm_calls == 1
@@ -63,7 +64,7 @@ def test_candidates_carry_tgi_token_ids_and_boundaries(tgi, llama_model):
 def test_greedy_maps_to_do_sample_false_and_top_p_one_is_not_sent(tgi, lm_dir):
     backend = TGIBackend(tgi.url, tokenizer=lm_dir)
     try:
-        greedy = backend.open(PROMPT, max_new_tokens=32, temperature=0.0, top_p=1.0, seed=1)
+        greedy = backend.open(OpenRequest(PROMPT, max_new_tokens=32, temperature=0.0, top_p=1.0, seed=1))
         assert greedy.parameters(8) == {
             "max_new_tokens": 8,
             "details": True,
@@ -73,7 +74,7 @@ def test_greedy_maps_to_do_sample_false_and_top_p_one_is_not_sent(tgi, lm_dir):
         }
         first, second = greedy.draft(1, 8)[0], greedy.draft(1, 8)[0]
         assert first.token_ids == second.token_ids  # the contract server would 422 a temperature of 0
-        sampled = backend.open(PROMPT, max_new_tokens=32, temperature=0.7, top_p=1.0, seed=1)
+        sampled = backend.open(OpenRequest(PROMPT, max_new_tokens=32, temperature=0.7, top_p=1.0, seed=1))
         parameters = sampled.parameters(8)
         assert parameters["do_sample"] is True and "top_p" not in parameters and parameters["temperature"] == 0.7
         assert sampled.draft(2, 4)
@@ -85,7 +86,7 @@ def test_no_double_bos_when_tgi_adds_bos_itself(tgi_with_bos, llama_model):
     """SmolLM2's template starts with <|im_start|>, its BOS: a BOS-adding TGI must not see it twice."""
     backend = TGIBackend(tgi_with_bos.url)  # template and tokens from TGI's /chat_tokenize
     try:
-        generation = backend.open(PROMPT, max_new_tokens=32, temperature=0.8, top_p=0.9, seed=1)
+        generation = backend.open(OpenRequest(PROMPT, max_new_tokens=32, temperature=0.8, top_p=0.9, seed=1))
         generation.draft(1, 4)
     finally:
         backend.close()
@@ -105,7 +106,7 @@ def test_without_double_bos_leaves_other_templates_alone():
 def test_tgi_validation_error_is_surfaced_without_retry(tgi):
     backend = TGIBackend(tgi.url)
     try:
-        generation = backend.open(PROMPT, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=1)
+        generation = backend.open(OpenRequest(PROMPT, max_new_tokens=32, temperature=0.7, top_p=0.9, seed=1))
         generation._top_p = 0.0  # a value TGI refuses (STARSConfig never allows it)
         with pytest.raises(BackendError, match=r"422.*`top_p` must be > 0.0 and < 1.0") as error:
             generation.draft(1, 4)

@@ -7,13 +7,16 @@ import torch
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import normalize_messages
+from stars_guard.protocols import OpenRequest
 
 PROMPT = "Give me three tips for writing clear emails."
 
 
 def open_generation(backend, seed=0, temperature=0.8, max_new_tokens=64):
     return backend.open(
-        normalize_messages(PROMPT), max_new_tokens=max_new_tokens, temperature=temperature, top_p=0.95, seed=seed
+        OpenRequest(
+            normalize_messages(PROMPT), max_new_tokens=max_new_tokens, temperature=temperature, top_p=0.95, seed=seed
+        )
     )
 
 
@@ -76,8 +79,8 @@ def test_tokens_emitted_counts_the_answer_tokens(backend, guard):
     class Recording:
         model_name = backend.model_name
 
-        def open(self, messages, **params):
-            opened.append(backend.open(messages, **params))
+        def open(self, request):
+            opened.append(backend.open(request))
             return opened[-1]
 
     result = STARSEngine(Recording(), guard, STARSConfig(max_new_tokens=40)).run(PROMPT, seed=4)
@@ -105,7 +108,9 @@ def test_greedy_is_deterministic_and_drafts_one_candidate(backend, guard):
 def test_prompt_over_the_context_window_is_rejected_clearly(backend):
     long_prompt = "word " * (backend.context_window + 10)
     try:
-        backend.open(normalize_messages(long_prompt), max_new_tokens=16, temperature=0.8, top_p=0.95, seed=0)
+        backend.open(
+            OpenRequest(normalize_messages(long_prompt), max_new_tokens=16, temperature=0.8, top_p=0.95, seed=0)
+        )
     except ContextWindowExceededError as error:
         assert error.context_window == backend.context_window
         assert "shorten the prompt" in str(error)

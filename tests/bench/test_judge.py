@@ -52,6 +52,7 @@ def test_pairs_parse_the_last_turns(tmp_path: Path) -> None:
     assert judge.load_pairs(path) == [judge.PreferencePair("how?", "kindly", "rudely")]
 
 
+@pytest.mark.integration
 def test_shipped_weights_load_and_score() -> None:
     shipped = judge.BTJudge()
     assert shipped.source == judge.shipped_weights_path()

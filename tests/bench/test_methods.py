@@ -6,7 +6,7 @@ import pytest
 
 from stars_guard.bench.methods import DEFAULT_METHODS, best_of_n, parse_method
 from stars_guard.config import STARSConfig
-from tests.doubles.scripted import ScriptedBackend, ScriptedReward
+from tests.doubles import ScriptedBackend, ScriptedReward
 
 
 def test_default_methods_cover_the_issue() -> None:
@@ -64,4 +64,4 @@ def test_best_of_n_drafts_in_batches_and_keeps_the_best_final_answer() -> None:
     assert (stats.candidates_sampled, stats.candidates_rejected) == (5, 4)
     assert stats.final_reward == 0.9
     assert backend.generation.closed
-    assert backend.opened_with["seed"] == 1 and backend.opened_with["max_new_tokens"] == 8
+    assert backend.opened[-1]["seed"] == 1 and backend.opened[-1]["max_new_tokens"] == 8

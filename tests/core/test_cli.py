@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from stars_guard.stats import STATS_KEYS
 
 CLI = [sys.executable, "-m", "stars_guard.cli"]
@@ -21,6 +23,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 180)
     )
 
 
+@pytest.mark.integration
 def test_chat_json_prints_text_and_every_statistic():
     completed = run_cli("chat", "Name a fruit that is yellow.", "--json", "--seed", "1", "--max-new-tokens", "24")
     assert completed.returncode == 0, completed.stderr
@@ -31,6 +34,7 @@ def test_chat_json_prints_text_and_every_statistic():
     assert payload["stars"]["tokens_emitted"] <= 24
 
 
+@pytest.mark.integration
 def test_chat_plain_streams_the_answer_and_a_stats_line():
     completed = run_cli("chat", "Say hello.", "--seed", "2", "--max-new-tokens", "16", "--candidates", "2")
     assert completed.returncode == 0, completed.stderr
@@ -59,6 +63,7 @@ def test_missing_models_say_to_pull(tmp_path: Path):
     assert "stars-guard models pull" in completed.stderr
 
 
+@pytest.mark.integration
 def test_models_pull_is_idempotent():
     completed = run_cli("models", "pull")
     assert completed.returncode == 0, completed.stderr
@@ -79,6 +84,7 @@ def test_models_pull_reports_an_unreachable_registry(tmp_path: Path):
     assert not (tmp_path / "models" / "SmolLM2-135M-Instruct").exists()
 
 
+@pytest.mark.integration
 def test_ctrl_c_mid_generation_exits_cleanly():
     process = subprocess.Popen(
         [*CLI, "chat", "Write a long story about a lighthouse keeper.", "--max-new-tokens", "2000", "--seed", "3"],

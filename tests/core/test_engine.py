@@ -11,7 +11,7 @@ from stars_guard import STARSConfig, STARSEngine
 from stars_guard.errors import RewardError
 from stars_guard.events import CandidateJudged, Finished, TextEmitted
 from stars_guard.messages import ChatMessage
-from tests.doubles.scripted import ScriptedBackend, ScriptedReward, reward_table
+from tests.doubles import ScriptedBackend, ScriptedReward, reward_table
 
 
 def absolute(**values: object) -> STARSConfig:
@@ -220,7 +220,7 @@ def test_config_overrides_apply_per_call_and_are_validated():
     engine = STARSEngine(backend, ScriptedReward(lambda text: 1.0), STARSConfig(segment_size=4))
     result = engine.run("q?", max_new_tokens=4, seed=3, temperature=0.5)
     assert result.stats.tokens_emitted == 4
-    assert backend.opened_with["seed"] == 3 and backend.opened_with["temperature"] == 0.5
+    assert backend.opened[-1]["seed"] == 3 and backend.opened[-1]["temperature"] == 0.5
     assert engine.config.max_new_tokens == 256  # the engine's own config is untouched
     with pytest.raises(ValueError, match="segment_size"):
         engine.run("q?", segment_size=0)

@@ -8,7 +8,7 @@ from stars_guard import STARSConfig, STARSEngine
 from stars_guard.errors import ConfigError
 from stars_guard.events import CandidateJudged, TextEmitted
 from stars_guard.policy import ThresholdSchedule
-from tests.doubles.scripted import ScriptedBackend, ScriptedReward, reward_table
+from tests.doubles import ScriptedBackend, ScriptedReward, reward_table
 
 
 def run(rounds, reward_fn, config: STARSConfig):

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.events import CandidateJudged, TextEmitted
-from tests.doubles.scripted import ScriptedReward, make_candidate
+from stars_guard.protocols import OpenRequest
+from tests.doubles import ScriptedReward, make_candidate
 
 
 class DrawnGeneration:
@@ -53,7 +54,7 @@ class DrawnBackend:
     def __init__(self, data: st.DataObject) -> None:
         self.generation = DrawnGeneration(data)
 
-    def open(self, messages, **params):
+    def open(self, request: OpenRequest) -> DrawnGeneration:
         return self.generation
 
 

@@ -12,7 +12,7 @@ from stars_guard.errors import RewardError
 from stars_guard.events import CandidateJudged, TextEmitted
 from stars_guard.messages import ChatMessage, as_conversation
 from stars_guard.protocols import RewardScores
-from tests.doubles.scripted import ScriptedBackend, ScriptedReward, reward_table
+from tests.doubles import ScriptedBackend, ScriptedReward, reward_table
 
 ROUNDS = [["good1", "good2"], ["more1", "more2"], ["end<eos>", "end<eos>"]]
 

@@ -14,7 +14,8 @@ from langchain_core.outputs import ChatGeneration, LLMResult
 from stars_guard.langchain.callbacks import RejectionStatsHandler
 from stars_guard.langchain.chat_model import STARSChatModel
 from stars_guard.telemetry.aggregator import RejectionStats, RunInfo
-from tests.langchain.scripted import CONFIG, EOS, ROUNDS, KeywordReward, ScriptedBackend
+from tests.doubles import CONFIG, EOS, ROUNDS, KeywordReward
+from tests.doubles import SeededBackend as ScriptedBackend
 
 
 def model(script: Any = ROUNDS, **config: Any) -> STARSChatModel:

@@ -29,7 +29,8 @@ from stars_guard.langchain.chat_model import STARSChatModel, to_chat_messages
 from stars_guard.messages import ChatMessage
 from stars_guard.stats import STATS_KEYS
 from stars_guard.telemetry.aggregator import DECISION_KEYS
-from tests.langchain.scripted import CONFIG, EOS, ROUNDS, KeywordReward, ScriptedBackend
+from tests.doubles import CONFIG, EOS, ROUNDS, KeywordReward
+from tests.doubles import SeededBackend as ScriptedBackend
 
 
 def scripted_model(script: Any = ROUNDS, **fields: Any) -> STARSChatModel:
@@ -389,3 +390,89 @@ async def test_leaving_astream_early_stops_the_engine() -> None:
         await asyncio.sleep(0.01)
     assert generation.closed
     assert generation.llm_calls < 40
+
+
+# One loop for all four entry points --------------------------------------------------------------
+
+
+def layout(chunks: list[Any]) -> list[tuple[Any, ...]]:
+    """What a chunk sequence shows a consumer, timing aside: text, position, metadata keys, usage."""
+    return [
+        (chunk.content, chunk.chunk_position, sorted(chunk.response_metadata), chunk.usage_metadata) for chunk in chunks
+    ]
+
+
+async def test_stream_and_astream_emit_the_same_chunks_and_decisions() -> None:
+    llm = scripted_model()
+    sync_recorder, async_recorder = Recorder(), Recorder()
+    streamed = list(llm.stream("hi", seed=5, config={"callbacks": [sync_recorder]}))
+    astreamed = [chunk async for chunk in llm.astream("hi", seed=5, config={"callbacks": [async_recorder]})]
+    assert layout(astreamed) == layout(streamed)
+    assert [c.stars_segments for c in async_recorder.tokens] == [c.stars_segments for c in sync_recorder.tokens]
+    assert sync_recorder.events == async_recorder.events == []
+
+
+async def test_invoke_and_ainvoke_dispatch_the_same_events() -> None:
+    llm = scripted_model(include_candidate_text=True)
+    sync_recorder, async_recorder = Recorder(), Recorder()
+    invoked = llm.invoke("hi", seed=5, config={"callbacks": [sync_recorder]})
+    ainvoked = await llm.ainvoke("hi", seed=5, config={"callbacks": [async_recorder]})
+    assert [data for _, data, _ in async_recorder.events] == [data for _, data, _ in sync_recorder.events]
+    assert len(sync_recorder.events) == 5
+    assert without_timing(ainvoked.response_metadata) == without_timing(invoked.response_metadata)
+    assert sync_recorder.tokens == async_recorder.tokens == []  # no chunks reach handlers from invoke
+
+
+def test_leaving_stream_early_closes_the_generation() -> None:
+    backend = ScriptedBackend([[f"seg{i:02d}, "] for i in range(40)])
+    llm = STARSChatModel(
+        backend=backend, reward=KeywordReward(), config=CONFIG.model_copy(update={"max_new_tokens": 400})
+    )
+    stream = llm.stream("hi")
+    assert next(stream).content == "seg00, "
+    stream.close()
+    generation = backend.generations[0]
+    assert generation.closed
+    assert generation.llm_calls < 40
+
+
+class FailingBackend:
+    """A scripted backend whose generations draft once, then fail: every entry point must raise it
+    and still close the generation."""
+
+    model_name = "failing-lm"
+
+    def __init__(self) -> None:
+        self.inner = ScriptedBackend([["first, "], ["never drafted"]])
+        self.generations: list[Any] = []
+
+    def open(self, *args: Any, **kwargs: Any) -> Any:
+        generation = self.inner.open(*args, **kwargs)
+        draft = generation.draft
+
+        def draft_once(*draft_args: Any, **draft_kwargs: Any) -> Any:
+            if generation.llm_calls >= 1:
+                raise RuntimeError("backend down")
+            return draft(*draft_args, **draft_kwargs)
+
+        generation.draft = draft_once
+        self.generations.append(generation)
+        return generation
+
+
+async def test_a_backend_failure_surfaces_on_every_entry_point_and_closes_the_generation() -> None:
+    backend = FailingBackend()
+    llm = STARSChatModel(backend=backend, reward=KeywordReward(), config=CONFIG)
+    with pytest.raises(RuntimeError, match="backend down"):
+        llm.invoke("hi")
+    with pytest.raises(RuntimeError, match="backend down"):
+        list(llm.stream("hi"))
+    with pytest.raises(RuntimeError, match="backend down"):
+        await llm.ainvoke("hi")
+    with pytest.raises(RuntimeError, match="backend down"):
+        [chunk async for chunk in llm.astream("hi")]
+    assert len(backend.generations) == 4
+    deadline = time.perf_counter() + 2
+    while not all(g.closed for g in backend.generations) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.01)
+    assert [g.closed for g in backend.generations] == [True] * 4

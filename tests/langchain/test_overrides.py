@@ -17,7 +17,8 @@ from langchain_core.messages import HumanMessage
 from stars_guard.errors import ConfigError, LockedOverrideError
 from stars_guard.langchain.chat_model import STARSChatModel
 from stars_guard.overrides import OverridePolicy
-from tests.langchain.scripted import CONFIG, ROUNDS, KeywordReward, ScriptedBackend
+from tests.doubles import CONFIG, ROUNDS, KeywordReward
+from tests.doubles import SeededBackend as ScriptedBackend
 
 GUARDED_ANSWER = "Hello, world!"
 

@@ -20,7 +20,8 @@ from starlette.testclient import TestClient
 from stars_guard.config import STARSConfig
 from stars_guard.errors import BackendError, ContextWindowExceededError
 from stars_guard.overrides import OverridePolicy
-from stars_guard.serving.chat_server import create_app, parse_chat_request
+from stars_guard.serving.app import create_app
+from stars_guard.serving.schema import parse_chat_request
 from stars_guard.stats import STATS_KEYS
 from tests.serving.doubles import EOS, FailingReward, ServerBackend, marker_reward, test_config
 
@@ -148,7 +149,7 @@ def test_openai_parameters_reach_the_engine():
         ).json()
         assert body["choices"][0]["message"]["content"] == "abcda"  # segments of 4, cut at max_tokens=5
         assert body["choices"][0]["finish_reason"] == "length"
-        opened = backend.opened_with[-1]
+        opened = backend.opened[-1]
         assert opened["max_new_tokens"] == 5 and opened["temperature"] == 0.3 and opened["top_p"] == 0.5
         assert opened["seed"] == 42
         assert [(m.role, m.content) for m in opened["messages"]] == [

@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 
 from stars_guard.errors import BackendError, ContextWindowExceededError
 from stars_guard.overrides import MAX_SEED, OverridePolicy
-from stars_guard.serving.chat_server import create_app
+from stars_guard.serving.app import create_app
 from tests.serving.doubles import ServerBackend, marker_reward, test_config
 from tests.serving.test_api import metric_values
 

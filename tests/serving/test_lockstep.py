@@ -67,7 +67,7 @@ def test_batched_prefill_gives_each_prompt_its_own_solo_state(backend):
     opened = backend.open_batch(requests)
     assert isinstance(opened[-1], Exception) and "context" in str(opened[-1]).lower()
     for request, generation in zip(requests[:3], opened[:3], strict=True):
-        alone = backend.open(request.messages, max_new_tokens=32, temperature=0.8, top_p=0.95, seed=request.seed)
+        alone = backend.open(request)
         assert generation.token_ids == alone.token_ids
         assert torch.allclose(generation.next_token_logits(), alone.next_token_logits(), atol=1e-3)
         assert generation.llm_forward_tokens == alone.llm_forward_tokens == alone.prompt_tokens

@@ -7,7 +7,6 @@ text would show that the scheduler mixed requests up.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,9 +16,10 @@ from stars_guard import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.errors import ConfigError
 from stars_guard.messages import ChatMessage, as_conversation, last_user_text
-from stars_guard.protocols import Candidate, DraftRequest, RewardScores
+from stars_guard.protocols import Candidate, DraftRequest, OpenRequest, RewardScores
 from stars_guard.serving.lockstep import LockstepBackend, LockstepGeneration, supports_lockstep
-from tests.doubles.scripted import ScriptedBackend, ScriptedReward, make_candidate
+from tests.doubles import ScriptedBackend, ScriptedReward, make_candidate
+from tests.serving.doubles import wait_until
 
 
 class TaggedGeneration:
@@ -57,9 +57,9 @@ class TaggedBatchBackend:
         self.fail_on_round = fail_on_round
         self.lock = threading.Lock()
 
-    def open(self, messages: Sequence[ChatMessage], **params: object) -> TaggedGeneration:
+    def open(self, request: OpenRequest) -> TaggedGeneration:
         self.threads.add(threading.current_thread().name)
-        return TaggedGeneration(last_user_text(list(messages)))
+        return TaggedGeneration(last_user_text(list(request.messages)))
 
     def draft_batch(self, requests: Sequence[DraftRequest]) -> list[list[Candidate]]:
         self.threads.add(threading.current_thread().name)
@@ -108,25 +108,48 @@ def test_concurrent_requests_share_rounds_and_never_mix() -> None:
 
 def _open(backend: LockstepBackend, tag: str, seed: int) -> LockstepGeneration:
     """A generation whose drafts are tagged `tag` (the prompt)."""
-    return backend.open([ChatMessage("user", tag)], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=seed)
+    return backend.open(
+        OpenRequest([ChatMessage("user", tag)], max_new_tokens=8, temperature=1.0, top_p=1.0, seed=seed)
+    )
+
+
+class Clock:
+    """A settable clock for the scheduler's patience rule: it moves only when a test says so.
+
+    With it frozen a round can start only because every open generation asked for it (or one
+    closed), so each test below is about the order of events, never about how fast a thread runs.
+    """
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _draft_in_thread(generation: LockstepGeneration) -> tuple[threading.Thread, threading.Event]:
+    """Start `generation.draft(2, 4)` on its own thread; the event is set when it returns."""
+    done = threading.Event()
+
+    def draft() -> None:
+        generation.draft(2, 4)
+        done.set()
+
+    thread = threading.Thread(target=draft, daemon=True)
+    thread.start()
+    return thread, done
 
 
 def test_a_round_waits_for_every_open_generation() -> None:
     inner = TaggedBatchBackend()
-    backend = LockstepBackend(inner, max_wait_s=5.0)
+    backend = LockstepBackend(inner, max_wait_s=5.0, clock=Clock())
     first = _open(backend, "a", 0)
     second = _open(backend, "b", 1)
-    done = threading.Event()
-
-    def draft_first() -> None:
-        first.draft(2, 4)
-        done.set()
-
-    thread = threading.Thread(target=draft_first)
-    thread.start()
-    assert not done.wait(0.3), "the round must wait for the other open generation"
+    thread, done = _draft_in_thread(first)
+    wait_until(lambda: backend.waiting_drafts == 1, what="the first draft to queue")
+    assert not done.wait(0.05), "the round must wait for the other open generation"
     second.draft(2, 4)
-    thread.join(5)
+    thread.join(10)
     assert done.is_set()
     assert inner.rounds == [["a", "b"]]
     first.close()
@@ -136,12 +159,17 @@ def test_a_round_waits_for_every_open_generation() -> None:
 
 def test_a_slow_request_holds_the_others_back_at_most_max_wait() -> None:
     inner = TaggedBatchBackend()
-    backend = LockstepBackend(inner, max_wait_s=0.05)
+    clock = Clock()
+    backend = LockstepBackend(inner, max_wait_s=0.25, clock=clock)  # under the usual-gap patience (0.305 s)
     busy = _open(backend, "busy", 0)
     quick = _open(backend, "quick", 1)
-    started = time.perf_counter()
-    quick.draft(2, 4)  # `busy` never drafts
-    assert time.perf_counter() - started < 2.0
+    thread, done = _draft_in_thread(quick)  # `busy` never drafts
+    wait_until(lambda: backend.waiting_drafts == 1, what="the quick draft to queue")
+    clock.now += 0.125
+    assert not done.wait(0.05), "half of max_wait_s has passed: the round still waits for `busy`"
+    clock.now += 0.125
+    thread.join(10)
+    assert done.is_set()
     assert inner.rounds == [["quick"]]
     busy.close()
     quick.close()
@@ -150,15 +178,16 @@ def test_a_slow_request_holds_the_others_back_at_most_max_wait() -> None:
 
 def test_closing_a_generation_releases_a_waiting_round() -> None:
     inner = TaggedBatchBackend()
-    backend = LockstepBackend(inner, max_wait_s=30.0)
+    backend = LockstepBackend(inner, max_wait_s=30.0, clock=Clock())
     gone = _open(backend, "gone", 0)
     stay = _open(backend, "stay", 1)
-    timer = threading.Timer(0.2, gone.close)
-    timer.start()
-    started = time.perf_counter()
-    stay.draft(1, 4)
-    assert time.perf_counter() - started < 10.0
+    thread, done = _draft_in_thread(stay)
+    wait_until(lambda: backend.waiting_drafts == 1, what="the draft to queue")
+    gone.close()
+    thread.join(10)
+    assert done.is_set()
     assert gone.inner.closed
+    assert inner.rounds == [["stay"]]
     stay.close()
     backend.close()
 

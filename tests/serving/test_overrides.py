@@ -13,7 +13,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from stars_guard.overrides import OverridePolicy
-from stars_guard.serving.chat_server import OpenAIError, create_app, parse_chat_request
+from stars_guard.serving.app import create_app
+from stars_guard.serving.errors import OpenAIError
+from stars_guard.serving.schema import parse_chat_request
 from tests.serving.doubles import EOS, ServerBackend, marker_reward, test_config
 
 USER = [{"role": "user", "content": "How do I keep my houseplants alive while I am away?"}]

@@ -17,7 +17,7 @@ import pytest
 
 from stars_guard.messages import ChatMessage
 from stars_guard.overrides import OverridePolicy
-from stars_guard.serving.chat_server import create_app
+from stars_guard.serving.app import create_app
 from tests.serving.doubles import EOS, ServerBackend, marker_reward, test_config, wait_until
 
 USER = [{"role": "user", "content": "Tell me something nice."}]

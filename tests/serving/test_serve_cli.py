@@ -44,7 +44,7 @@ def test_an_unknown_allow_override_field_exits_2_naming_it(capsys):
 
 
 def test_serve_hands_the_allowed_fields_to_the_app(monkeypatch, capsys):
-    import stars_guard.serving.chat_server
+    import stars_guard.serving.app
     import stars_guard.specs
     from stars_guard.overrides import OverridePolicy
     from tests.serving.doubles import ServerBackend, marker_reward
@@ -52,7 +52,11 @@ def test_serve_hands_the_allowed_fields_to_the_app(monkeypatch, capsys):
     served: dict[str, Any] = {}
     monkeypatch.setattr(stars_guard.specs, "build_backend", lambda spec: ServerBackend())
     monkeypatch.setattr(stars_guard.specs, "build_reward", lambda spec: marker_reward())
-    monkeypatch.setattr(stars_guard.serving.chat_server, "serve", lambda *args, **kwargs: served.update(kwargs))
+
+    def fake_serve(*args: Any, settings: Any, **kwargs: Any) -> None:
+        served.update(kwargs, **vars(settings))  # the one settings object, flattened for the checks below
+
+    monkeypatch.setattr(stars_guard.serving.app, "serve", fake_serve)
     assert main(["serve", "--allow-override", "temperature", "--allow-override", "max_new_tokens"]) == 0
     assert served["override_policy"] == OverridePolicy(allowed={"temperature", "max_new_tokens"})
     assert any("temperature" in line for line in served["announce"])

@@ -15,7 +15,8 @@ from stars_guard.langchain.callbacks import RejectionStatsHandler
 from stars_guard.langchain.chat_model import STARSChatModel
 from stars_guard.telemetry import MissingDependencyError, OpenTelemetryExporter, PrometheusExporter
 from tests.contracts import PROMETHEUS_FAMILIES
-from tests.langchain.scripted import CONFIG, EOS, ROUNDS, KeywordReward, ScriptedBackend
+from tests.doubles import CONFIG, EOS, ROUNDS, KeywordReward
+from tests.doubles import SeededBackend as ScriptedBackend
 from tests.langchain.test_callbacks_unit import Broken
 
 PROMPT = "a secret prompt that must never reach a label"

@@ -1,7 +1,7 @@
 """The real chat server with the dashboard mounted, on 127.0.0.1, and real traffic through it.
 
 Shared by the headless-browser test and `make_screenshot.py`: `stars-guard serve`'s app
-(`chat_server.create_app`) over the embedded default backend and reward, the dashboard wired in
+(`stars_guard.serving.app.create_app`) over the embedded default backend and reward, the dashboard wired in
 exactly as the server wires it, and small OpenAI-client requests (plain and streamed).
 """
 
@@ -49,7 +49,7 @@ class _Server(uvicorn.Server):
 @contextlib.contextmanager
 def live_chat_server(backend: Any, reward: Any, config: Any = None) -> Iterator[LiveDashboard]:
     """`create_app(..., observers=[recorder], extra_routes=dashboard_routes(None, recorder))` on uvicorn."""
-    from stars_guard.serving.chat_server import create_app
+    from stars_guard.serving.app import create_app
 
     recorder = DashboardRecorder()
     app = create_app(backend, reward, config, observers=[recorder], extra_routes=dashboard_routes(None, recorder))

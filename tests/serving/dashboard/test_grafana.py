@@ -21,7 +21,8 @@ from stars_guard.engine import STARSEngine
 from stars_guard.telemetry import PrometheusExporter
 from stars_guard.telemetry.aggregator import RejectionStats
 from tests.contracts import PROMETHEUS_FAMILIES
-from tests.langchain.scripted import CONFIG, EOS, ROUNDS, KeywordReward, ScriptedBackend
+from tests.doubles import CONFIG, EOS, ROUNDS, KeywordReward
+from tests.doubles import SeededBackend as ScriptedBackend
 from tests.serving.dashboard.support import metric_values, run_request
 
 GRAFANA = Path(__file__).resolve().parents[3] / "docs" / "grafana-dashboard.json"

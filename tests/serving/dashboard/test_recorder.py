@@ -13,7 +13,8 @@ from stars_guard.engine import STARSEngine
 from stars_guard.serving.dashboard import DashboardRecorder, reward_histogram
 from stars_guard.telemetry import PrometheusExporter
 from stars_guard.telemetry.aggregator import RejectionStats, RequestRecord, RunInfo, SegmentOutcome
-from tests.langchain.scripted import CONFIG, ROUNDS, KeywordReward, ScriptedBackend
+from tests.doubles import CONFIG, ROUNDS, KeywordReward
+from tests.doubles import SeededBackend as ScriptedBackend
 from tests.serving.dashboard.support import metric_values, rejection_from_metrics, run_request
 
 

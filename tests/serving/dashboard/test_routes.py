@@ -16,7 +16,8 @@ from stars_guard.engine import STARSEngine
 from stars_guard.serving.dashboard import STATIC_FILES, DashboardRecorder, dashboard_routes
 from stars_guard.telemetry import PrometheusExporter
 from stars_guard.telemetry.aggregator import RejectionStats, RunInfo
-from tests.langchain.scripted import CONFIG, ROUNDS, KeywordReward, ScriptedBackend
+from tests.doubles import CONFIG, ROUNDS, KeywordReward
+from tests.doubles import SeededBackend as ScriptedBackend
 from tests.serving.dashboard.support import build_app, rejection_from_metrics, run_request
 
 PROMPT = "a private prompt that must never reach the dashboard"

