@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from stars_guard.config import STARSConfig
 from stars_guard.errors import StarsGuardError
 
 EXIT_ERROR = 2
@@ -159,8 +160,6 @@ SAFETY_FLOOR_HELP = (
 
 def _default(field: str) -> object:
     """A `STARSConfig` default, so help texts cannot drift from the config."""
-    from stars_guard.config import STARSConfig
-
     return STARSConfig.model_fields[field].default
 
 
@@ -175,6 +174,20 @@ def _safety_floor(text: str) -> float | str:
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"must be a finite number (got {text!r})")
     return value
+
+
+def _config_from_flags(args: argparse.Namespace, **extra: object) -> STARSConfig:
+    """The STARS settings that `chat` and `serve` share as flags; a flag not given keeps the default."""
+    flags = {
+        "max_new_tokens": args.max_new_tokens,
+        "segment_size": args.segment_size,
+        "candidates_per_round": args.candidates,
+        "max_attempts": args.max_attempts,
+        "temperature": args.temperature,
+        **extra,
+    }
+    values = {key: value for key, value in flags.items() if value is not None}
+    return STARSConfig.build(**values, **_floor_setting(args.safety_floor))
 
 
 def _floor_setting(value: float | str | None) -> dict[str, object]:
@@ -240,26 +253,11 @@ def _models_pull(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from stars_guard.config import STARSConfig
     from stars_guard.engine import STARSEngine
     from stars_guard.events import Finished, TextEmitted
     from stars_guard.specs import build_backend, build_reward
 
-    config = STARSConfig.build(
-        **{
-            key: value
-            for key, value in {
-                "seed": args.seed,
-                "max_new_tokens": args.max_new_tokens,
-                "segment_size": args.segment_size,
-                "candidates_per_round": args.candidates,
-                "max_attempts": args.max_attempts,
-                "temperature": args.temperature,
-            }.items()
-            if value is not None
-        },
-        **_floor_setting(args.safety_floor),
-    )
+    config = _config_from_flags(args, seed=args.seed)
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": args.prompt}
     ]
@@ -321,7 +319,6 @@ def _interrupt_flag() -> Iterator[threading.Event]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from stars_guard.config import STARSConfig
     from stars_guard.protocols import BatchRewardModel
     from stars_guard.serving.batching import BatchingReward
     from stars_guard.serving.lockstep import LockstepBackend, supports_lockstep
@@ -350,20 +347,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"stars-guard: error: --allow-override: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    config = STARSConfig.build(
-        **{
-            key: value
-            for key, value in {
-                "max_new_tokens": args.max_new_tokens,
-                "segment_size": args.segment_size,
-                "candidates_per_round": args.candidates,
-                "max_attempts": args.max_attempts,
-                "temperature": args.temperature,
-            }.items()
-            if value is not None
-        },
-        **_floor_setting(args.safety_floor),
-    )
+    config = _config_from_flags(args)
     api_key = args.api_key or os.environ.get(SERVE_API_KEY_ENV) or None
     _quiet_model_loading()
     backend = build_backend(args.backend)

@@ -85,7 +85,6 @@ def vllm_server() -> Iterator[ServerProcess]:
         "32",
         "--enable-prefix-caching",
         "--enable-prompt-tokens-details",
-        "--disable-log-requests",
     ]
     env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"}
     with ServerProcess(args, port, "/health", timeout=600, env=env, name="vLLM") as server:
