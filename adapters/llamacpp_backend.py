@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from stars_guard.adapters import _chat
+from stars_guard.adapters._numpy_sampling import complete_utf8, entropy, incomplete_utf8_tail, sample
 from stars_guard.errors import BackendError, ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, OpenRequest
@@ -39,7 +40,6 @@ _MODELS: dict[str, Any] = {}
 _MODELS_LOCK = threading.Lock()
 _BACKENDS: weakref.WeakSet[LlamaCppBackend] = weakref.WeakSet()
 _EXITING = False
-_NUCLEUS_SHORTLIST = 2048  # top-p is computed on the most likely tokens first; the full sort only if needed
 
 
 def _llama_cpp() -> Any:
@@ -457,7 +457,7 @@ class LlamaCppGeneration:
         alive = list(range(count))
         logits = np.broadcast_to(self._next_logits, (count, backend.n_vocab))
         for step in range(max_tokens):
-            tokens = _sample(logits, self._temperature, self._top_p, self._rng)
+            tokens = sample(logits, self._temperature, self._top_p, self._rng)
             evaluate: list[int] = []
             for row, position in enumerate(alive):
                 token = int(tokens[row])
@@ -474,7 +474,7 @@ class LlamaCppGeneration:
             logits = np.stack([context.logits(index) for index in range(len(evaluate))])
             alive = evaluate
             if entropy_cut is not None:
-                unsure = _entropy(logits) >= entropy_cut
+                unsure = entropy(logits) >= entropy_cut
                 for row in np.flatnonzero(unsure):  # these segments end here, before the uncertain token
                     final[alive[row]] = logits[row].copy()
                 if unsure.any():
@@ -496,63 +496,10 @@ class LlamaCppGeneration:
         text_ids = ids[:-1] if hit_eos else ids
         # A character split across segments belongs to the segment that completes it: the accepted
         # text's incomplete tail bytes lead this segment, and this segment's own are left to the next.
-        data = _incomplete_utf8_tail(b"".join(backend.piece(token) for token in self.response_ids[-4:]))
+        data = incomplete_utf8_tail(b"".join(backend.piece(token) for token in self.response_ids[-4:]))
         ends: list[int] = []
         for token in text_ids:
             data += backend.piece(token)
-            ends.append(len(_complete(data).decode("utf-8", "replace")))
-        text = _complete(data).decode("utf-8", "replace")
+            ends.append(len(complete_utf8(data).decode("utf-8", "replace")))
+        text = complete_utf8(data).decode("utf-8", "replace")
         return Candidate(text, tuple(ids), "eos" if hit_eos else "length", tuple(min(e, len(text)) for e in ends))
-
-
-def _complete(data: bytes) -> bytes:
-    """`data` without a trailing incomplete UTF-8 character."""
-    tail = _incomplete_utf8_tail(data)
-    return data[: len(data) - len(tail)]
-
-
-def _incomplete_utf8_tail(data: bytes) -> bytes:
-    """The trailing bytes of `data` that do not yet form a complete UTF-8 character."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 != 0x80:  # a lead byte (or ASCII): how long should its character be?
-            needed = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0b1110 else 4
-            return data[-back:] if needed > back else b""
-    return b""
-
-
-def _entropy(logits: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) of each row's next-token distribution."""
-    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-    return -(np.exp(log_probs) * log_probs).sum(axis=-1)
-
-
-def _sample(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> np.ndarray:
-    """Greedy for temperature 0, else temperature then nucleus sampling; one token per row."""
-    if temperature == 0.0:
-        return logits.argmax(axis=-1)
-    scaled = logits.astype(np.float64) / temperature
-    scaled -= scaled.max(axis=-1, keepdims=True)
-    probs = np.exp(scaled)
-    probs /= probs.sum(axis=-1, keepdims=True)
-    tokens = np.empty(probs.shape[0], dtype=np.int64)
-    for row in range(probs.shape[0]):
-        tokens[row] = _nucleus(probs[row], top_p, rng)
-    return tokens
-
-
-def _nucleus(probs: np.ndarray, top_p: float, rng: np.random.Generator) -> int:
-    if top_p >= 1.0:
-        return int(rng.choice(probs.shape[0], p=probs))
-    shortlist = min(_NUCLEUS_SHORTLIST, probs.shape[0])
-    order = np.argpartition(-probs, shortlist - 1)[:shortlist] if shortlist < probs.shape[0] else np.arange(shortlist)
-    order = order[np.argsort(-probs[order], kind="stable")]
-    sorted_probs = probs[order]
-    if sorted_probs.sum() < top_p and shortlist < probs.shape[0]:  # the nucleus is wider than the shortlist
-        order = np.argsort(-probs, kind="stable")
-        sorted_probs = probs[order]
-    keep = (np.cumsum(sorted_probs) - sorted_probs) <= top_p  # same rule as TransformersBackend
-    kept = sorted_probs[keep]
-    choice = rng.choice(kept.shape[0], p=kept / kept.sum())
-    return int(order[choice])

@@ -7,7 +7,9 @@ on whole answers and on their first words (the veto judges partial answers, segm
 The floor chosen is the highest on the grid that cuts at most `--max-chosen-veto` of the chosen
 answers, whole or partial.
 
-    .venv/bin/python benchmarks/calibrate_veto.py --data ../shared/data/hh-rlhf-harmless-test.jsonl.gz
+    .venv/bin/python benchmarks/calibrate_veto.py --data PATH/hh-rlhf-harmless-test.jsonl.gz
+
+(`--data`: the `harmless-base/test.jsonl.gz` split of the public anthropics/hh-rlhf repository.)
 
 Writes `calibrate_veto.json` and `calibrate_veto.png` under `--out`.
 """
@@ -36,7 +38,9 @@ def veto_shares(safety: np.ndarray, floor: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/hh-rlhf-harmless-test.jsonl.gz"))
+    parser.add_argument(
+        "--data", type=Path, required=True, help="HH-RLHF harmless-base test split (JSONL, gzipped or not)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--max-chosen-veto", type=float, default=0.02, help="largest share of chosen answers cut")
     args = parser.parse_args()

@@ -153,15 +153,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stars_guard.engines", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     provision = commands.add_parser("provision", help="build / install the engines (idempotent)")
-    provision.add_argument("engines", nargs="*", choices=["llama-server", "vllm"], default=["llama-server", "vllm"])
+    provision.add_argument("engines", nargs="*", metavar="ENGINE", help="llama-server and/or vllm (default: both)")
     args = parser.parse_args(argv)
+    chosen = args.engines or ["llama-server", "vllm"]
+    unknown = sorted(set(chosen) - {"llama-server", "vllm"})
+    if unknown:
+        parser.error(f"unknown engine {', '.join(unknown)}: choose llama-server and/or vllm")
 
     def progress(message: str) -> None:
         print(f"[engines] {message}", file=sys.stderr, flush=True)
 
-    if "llama-server" in args.engines:
+    if "llama-server" in chosen:
         provision_llama_server(progress)
-    if "vllm" in args.engines:
+    if "vllm" in chosen:
         provision_vllm(progress)
     return 0
 

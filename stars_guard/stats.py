@@ -1,4 +1,4 @@
-"""Per-response statistics: the `stars` block of every answer (DESIGN.md section 4)."""
+"""Per-response statistics: the `stars` block of every answer (docs/architecture.md, Statistics)."""
 
 from __future__ import annotations
 

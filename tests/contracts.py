@@ -1,4 +1,4 @@
-"""Public names fixed by DESIGN.md section 4, checked by more than one test suite."""
+"""Public names the project promises (docs/langchain.md, docs/operations.md), checked by more than one test suite."""
 
 from __future__ import annotations
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from stars_guard import ContextWindowExceededError, STARSConfig, STARSEngine
-from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration, _entropy, _incomplete_utf8_tail
+from stars_guard.adapters._numpy_sampling import entropy as _entropy
+from stars_guard.adapters._numpy_sampling import incomplete_utf8_tail as _incomplete_utf8_tail
+from stars_guard.adapters.llamacpp_backend import LlamaCppGeneration
 from stars_guard.messages import normalize_messages
 from stars_guard.protocols import OpenRequest
 

@@ -22,3 +22,14 @@ def test_an_unreachable_server_is_reported_not_raised() -> None:
 def test_a_bad_spec_is_reported() -> None:
     report = diagnose("nonsense:x", "default")
     assert not report.healthy and report.findings[0].topic == "backend" and "nonsense" in report.findings[0].detail
+
+
+def test_engine_provisioning_parses_its_command_line(monkeypatch) -> None:
+    from stars_guard import engines
+
+    chosen: list[str] = []
+    monkeypatch.setattr(engines, "provision_llama_server", lambda progress: chosen.append("llama-server"))
+    monkeypatch.setattr(engines, "provision_vllm", lambda progress: chosen.append("vllm"))
+    assert engines.main(["provision"]) == 0 and chosen == ["llama-server", "vllm"]
+    chosen.clear()
+    assert engines.main(["provision", "vllm"]) == 0 and chosen == ["vllm"]

@@ -1,4 +1,4 @@
-"""LangChain's standard chat-model suites against the real embedded default (DESIGN.md section 6).
+"""LangChain's standard chat-model suites against the real embedded default.
 
 Unit tests never generate (they only build models); integration tests run SmolLM2 with the STARS
 loop for real, with short answers so the suite stays quick on a laptop CPU. Tool calling,

@@ -194,6 +194,6 @@ def test_every_query_uses_only_exposed_series(
                 continue
             wanted = value.split("|") if op == "=~" else [value]
             assert set(wanted) <= values[label] | DOCUMENTED_VALUES.get(label, set()), (label, value, expr)
-    # Every metric family of DESIGN.md section 4 is on the dashboard.
+    # Every documented metric family is on the dashboard.
     families = {re.sub(r"_(bucket|sum|count|total)$", "", name) for name in used}
     assert families >= PROMETHEUS_FAMILIES
