@@ -6,13 +6,14 @@ Nothing here knows LangChain; it lives beside the chat model because only the ch
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import threading
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, TypeVar
+
+from stars_guard.bridge import LoopChannel
 
 T = TypeVar("T")
 
@@ -34,16 +35,9 @@ async def iterate_in_thread(make: Callable[[], Generator[T, None, None]]) -> Asy
     (for the chat model: the engine's generation, which frees the KV cache). The worker runs in
     a copy of the caller's context, so context variables (tracing, callbacks) carry over.
     """
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    channel: LoopChannel[Any] = LoopChannel()
     stop = threading.Event()
-
-    def deliver(item: Any) -> bool:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            return False
-        return True
+    deliver = channel.put  # False once the loop is closed: nobody is listening any more
 
     def work() -> None:
         with closing(make()) as items:
@@ -59,7 +53,7 @@ async def iterate_in_thread(make: Callable[[], Generator[T, None, None]]) -> Asy
     threading.Thread(target=context.run, args=(work,), name="stars-engine", daemon=True).start()
     try:
         while True:
-            item = await queue.get()
+            item = await channel.get()
             if item is _DONE:
                 break
             if isinstance(item, _Failure):

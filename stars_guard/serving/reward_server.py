@@ -37,9 +37,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from stars_guard import __version__
+from stars_guard.bridge import result_of
 from stars_guard.protocols import RewardModel
 from stars_guard.serving.batching import MicroBatcher
-from stars_guard.serving.bridge import result_of
 
 LABEL = "reward"
 

@@ -25,13 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stars_guard.bridge import LoopChannel, WorkerPool
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.errors import BackendError, RewardError
 from stars_guard.events import CandidateJudged, Finished, TextEmitted
 from stars_guard.protocols import Backend, BackendWrapper, Generation, OpenRequest, RewardModel
 from stars_guard.serving.admission import Admission, DeadlineExceededError, QueueFullError
-from stars_guard.serving.bridge import LoopChannel, WorkerPool
 from stars_guard.serving.errors import error_for, queue_full, queue_timeout, shutting_down
 from stars_guard.serving.lockstep import LockstepStats
 from stars_guard.serving.schema import ChatRequest

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from stars_guard.bridge import LoopChannel, WorkerPool, result_of
 from stars_guard.deadline import current_deadline, deadline_scope
 from stars_guard.errors import ConfigError
 from stars_guard.serving.batching import MicroBatcher
-from stars_guard.serving.bridge import LoopChannel, WorkerPool, result_of
 
 
 class Recorder:

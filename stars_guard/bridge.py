@@ -1,4 +1,4 @@
-"""The one bridge between worker threads and the event loop, shared by both services.
+"""The one bridge between worker threads and the event loop: the services and the LangChain layer use it.
 
 Models are blocking code; the HTTP services are asyncio. Everything that crosses between them
 goes through here, so there is one place where that hand-over can go wrong:
