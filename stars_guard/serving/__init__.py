@@ -10,7 +10,8 @@ The chat service, from the outside in (each module has one job):
 - `admission`: worker slots and the waiting line (429, 503); `service`: `ChatService`, the worker
   that runs a request's engine, its outcome counters and `/health`; `metrics`: its Prometheus metrics;
 - `responses`: `chat.completion` and chunk bodies; `sse`: the event stream, client disconnects;
-- `stars_guard.bridge` (core): the one hand-over between worker threads and the event loop (chat service, reward service, LangChain layer);
+- `stars_guard.bridge` (core): the one hand-over between worker threads and the event loop (the
+  chat service, the reward service and the LangChain layer);
 - `batching`: the one micro-batcher (`BatchingReward` for lockstep rounds, and the reward service's);
 - `lockstep`: concurrent requests drafting in shared batched rounds.
 """
