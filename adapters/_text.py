@@ -151,3 +151,51 @@ class DraftLedger:
 
     def clear(self) -> None:
         self.drafted, self.retained = [], None
+
+
+class StatelessGeneration:
+    """Base of the HTTP generations: the server keeps nothing between rounds, so a candidate is all
+    a later commit needs. Counts drafting calls and retries and enforces the commit rule
+    (`DraftLedger`); a subclass drafts one round (`_draft_round`) and extends its prompt (`_accept`).
+    """
+
+    def __init__(self) -> None:
+        self._ledger = DraftLedger()
+        self._calls = 0
+        self._retries = 0
+        self._closed = False
+
+    @property
+    def llm_calls(self) -> int:
+        return self._calls
+
+    @property
+    def backend_retries(self) -> int:
+        return self._retries
+
+    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
+        if self._closed:
+            raise RuntimeError("this generation is closed")
+        self._calls += 1
+        candidates, retries = self._draft_round(num_candidates, max_tokens)
+        self._retries += retries
+        return self._ledger.record(candidates)
+
+    def retain(self, candidate: Candidate) -> None:
+        self._ledger.retain(candidate)  # committing later needs only the candidate itself
+
+    def commit(self, candidate: Candidate) -> None:
+        self._ledger.take(candidate)
+        self._accept(candidate)
+
+    def close(self) -> None:
+        self._closed = True
+        self._ledger.clear()
+
+    def _draft_round(self, num_candidates: int, max_tokens: int) -> tuple[list[Candidate], int]:
+        """The round's candidates and the retries the server calls took."""
+        raise NotImplementedError
+
+    def _accept(self, candidate: Candidate) -> None:
+        """Extend the accepted prefix the next round's prompt is built from."""
+        raise NotImplementedError

@@ -143,23 +143,20 @@ class LlamaServerBackend:
         self.client.close()
 
 
-class LlamaServerGeneration:
+class LlamaServerGeneration(_text.StatelessGeneration):
     """One answer on a `LlamaServerBackend`: the accepted token ids are the next round's prompt."""
 
     def __init__(
         self, backend: LlamaServerBackend, prompt_ids: list[int], temperature: float, top_p: float, seed: int | None
     ) -> None:
+        super().__init__()
         self._backend = backend
         self.prompt_ids = prompt_ids
         self.response_ids: list[int] = []
         self._temperature = temperature
         self._top_p = top_p
         self._rng = random.Random(seed)
-        self._ledger = _text.DraftLedger()
-        self._calls = 0
-        self._retries = 0
         self._computed = 0
-        self._closed = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -170,18 +167,7 @@ class LlamaServerGeneration:
         """The server's own count: prompt tokens evaluated after each slot's cache hit, plus tokens sampled."""
         return self._computed
 
-    @property
-    def llm_calls(self) -> int:
-        return self._calls
-
-    @property
-    def backend_retries(self) -> int:
-        return self._retries
-
-    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
-        if self._closed:
-            raise RuntimeError("this generation is closed")
-        self._calls += 1
+    def _draft_round(self, num_candidates: int, max_tokens: int) -> tuple[list[Candidate], int]:
         slots = self._backend.props.slots
         sizes = [min(slots, num_candidates - start) for start in range(0, num_candidates, slots)]
         payloads = [self._payload(size, max_tokens) for size in sizes]
@@ -189,25 +175,16 @@ class LlamaServerGeneration:
             outcomes = [self._backend.complete(payloads[0])]
         else:
             outcomes = [future.result() for future in [self._backend.submit(payload) for payload in payloads]]
-        results = [item for items, retries in outcomes for item in items]
-        self._retries += sum(retries for _, retries in outcomes)
+        results = [item for items, _ in outcomes for item in items]
         if len(results) != num_candidates:
             raise BackendError(f"llama-server returned {len(results)} completions for {num_candidates} candidates")
         for item in results:
             timings = item.get("timings") or {}
             self._computed += int(timings.get("prompt_n") or 0) + int(timings.get("predicted_n") or 0)
-        return self._ledger.record([_candidate(item) for item in results])
+        return [_candidate(item) for item in results], sum(retries for _, retries in outcomes)
 
-    def retain(self, candidate: Candidate) -> None:
-        self._ledger.retain(candidate)  # the server keeps nothing for us: a candidate is its ids
-
-    def commit(self, candidate: Candidate) -> None:
-        self._ledger.take(candidate)
+    def _accept(self, candidate: Candidate) -> None:
         self.response_ids.extend(candidate.token_ids)
-
-    def close(self) -> None:
-        self._closed = True
-        self._ledger.clear()
 
     def _payload(self, count: int, max_tokens: int) -> dict[str, Any]:
         payload: dict[str, Any] = {

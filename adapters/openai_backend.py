@@ -210,7 +210,7 @@ class OpenAICompletionsBackend:
         return len(body["choices"]) == 2  # llama-cpp-python ignores `n` and answers once
 
 
-class OpenAICompletionsGeneration:
+class OpenAICompletionsGeneration(_text.StatelessGeneration):
     """One answer on an `OpenAICompletionsBackend`: the accepted ids (or text) sent back as the next prompt."""
 
     def __init__(
@@ -223,6 +223,7 @@ class OpenAICompletionsGeneration:
         top_p: float,
         seed: int | None,
     ) -> None:
+        super().__init__()
         self._backend = backend
         self._features = features
         self.prompt_ids = prompt_ids
@@ -232,11 +233,7 @@ class OpenAICompletionsGeneration:
         self._rng = random.Random(seed)
         self.response_ids: list[int] = []
         self.response_text = ""
-        self._ledger = _text.DraftLedger()
-        self._calls = 0
-        self._retries = 0
         self._computed: int | None = 0  # stays an int only while every response reports cached tokens
-        self._closed = False
         tokenizer = backend.tokenizer
         self._eos_id = None if tokenizer is None else getattr(tokenizer, "eos_token_id", None)
 
@@ -249,51 +246,28 @@ class OpenAICompletionsGeneration:
         """Known only where the server reports its prefix-cache hits (vLLM's `cached_tokens`)."""
         return self._computed
 
-    @property
-    def llm_calls(self) -> int:
-        return self._calls
-
-    @property
-    def backend_retries(self) -> int:
-        return self._retries
-
-    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
-        if self._closed:
-            raise RuntimeError("this generation is closed")
-        self._calls += 1
+    def _draft_round(self, num_candidates: int, max_tokens: int) -> tuple[list[Candidate], int]:
         base: dict[str, Any] = {"prompt": self._prompt(), "max_tokens": max_tokens, **self._sampling()}
         if self._features.token_prompts:
             base["return_token_ids"] = True
         if self._features.n_choices or num_candidates == 1:
             body, retries = self._backend.completion({**base, "n": num_candidates, "seed": self._seed()})
             bodies = [body]
-            self._retries += retries
             choices = sorted(body["choices"], key=lambda choice: choice.get("index", 0))
         else:
             futures = [self._backend.submit({**base, "seed": self._seed()}) for _ in range(num_candidates)]
-            bodies, choices = [], []
-            for future in futures:
-                body, retries = future.result()
-                self._retries += retries
-                bodies.append(body)
-                choices.append(body["choices"][0])
+            answers = [future.result() for future in futures]
+            bodies = [body for body, _ in answers]
+            retries = sum(count for _, count in answers)
+            choices = [body["choices"][0] for body in bodies]
         if len(choices) != num_candidates:
             raise BackendError(f"completions server returned {len(choices)} choices for n={num_candidates}")
         self._count_computed(bodies)
-        return self._ledger.record([self._candidate(choice) for choice in choices])
+        return [self._candidate(choice) for choice in choices], retries
 
-    def retain(self, candidate: Candidate) -> None:
-        # Stateless server: committing later needs only the candidate itself.
-        self._ledger.retain(candidate)
-
-    def commit(self, candidate: Candidate) -> None:
-        self._ledger.take(candidate)
+    def _accept(self, candidate: Candidate) -> None:
         self.response_ids.extend(candidate.token_ids)
         self.response_text += candidate.text
-
-    def close(self) -> None:
-        self._closed = True
-        self._ledger.clear()
 
     # Internals ------------------------------------------------------------------------------------
 

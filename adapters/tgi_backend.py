@@ -131,7 +131,7 @@ def without_double_bos(text: str, tokens: list[dict[str, Any]]) -> tuple[str, in
     return text, len(tokens)
 
 
-class TGIGeneration:
+class TGIGeneration(_text.StatelessGeneration):
     """One answer on a `TGIBackend`: the accepted text is appended to the prompt text."""
 
     def __init__(
@@ -143,6 +143,7 @@ class TGIGeneration:
         top_p: float,
         seed: int | None,
     ) -> None:
+        super().__init__()
         self._backend = backend
         self._prompt_text = prompt_text
         self._prompt_tokens = prompt_tokens
@@ -150,10 +151,6 @@ class TGIGeneration:
         self._top_p = top_p
         self._rng = random.Random(seed)
         self.response_text = ""
-        self._ledger = _text.DraftLedger()
-        self._calls = 0
-        self._retries = 0
-        self._closed = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -163,14 +160,6 @@ class TGIGeneration:
     def llm_forward_tokens(self) -> None:
         """TGI does not report what its prefix cache saved: unknowable."""
         return None
-
-    @property
-    def llm_calls(self) -> int:
-        return self._calls
-
-    @property
-    def backend_retries(self) -> int:
-        return self._retries
 
     def parameters(self, max_tokens: int) -> dict[str, Any]:
         """`/generate` parameters for one candidate, valid under TGI's validation rules."""
@@ -188,29 +177,14 @@ class TGIGeneration:
                 parameters["top_p"] = self._top_p
         return parameters
 
-    def draft(self, num_candidates: int, max_tokens: int) -> list[Candidate]:
-        if self._closed:
-            raise RuntimeError("this generation is closed")
-        self._calls += 1
+    def _draft_round(self, num_candidates: int, max_tokens: int) -> tuple[list[Candidate], int]:
         inputs = self._prompt_text + _chat.neutralize_text(self.response_text, self._backend.tokenizer)
         futures = [self._backend.submit(inputs, self.parameters(max_tokens)) for _ in range(num_candidates)]
-        candidates = []
-        for future in futures:
-            body, retries = future.result()
-            self._retries += retries
-            candidates.append(_candidate(body))
-        return self._ledger.record(candidates)
+        answers = [future.result() for future in futures]
+        return [_candidate(body) for body, _ in answers], sum(retries for _, retries in answers)
 
-    def retain(self, candidate: Candidate) -> None:
-        self._ledger.retain(candidate)
-
-    def commit(self, candidate: Candidate) -> None:
-        self._ledger.take(candidate)
+    def _accept(self, candidate: Candidate) -> None:
         self.response_text += candidate.text
-
-    def close(self) -> None:
-        self._closed = True
-        self._ledger.clear()
 
 
 def _candidate(body: dict[str, Any]) -> Candidate:
