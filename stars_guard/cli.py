@@ -40,19 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument(
         "--max-new-tokens", type=int, help=f"most tokens in the answer (default {_default('max_new_tokens')})"
     )
-    chat.add_argument(
-        "--segment-size", type=int, help=f"tokens per candidate segment (default {_default('segment_size')})"
-    )
-    chat.add_argument(
-        "--candidates", type=int, help=f"candidates drafted per round (default {_default('candidates_per_round')})"
-    )
-    chat.add_argument(
-        "--max-attempts", type=int, help=f"most candidates judged per segment (default {_default('max_attempts')})"
-    )
-    chat.add_argument(
-        "--temperature", type=float, help=f"sampling temperature; 0 = greedy (default {_default('temperature')})"
-    )
-    chat.add_argument("--safety-floor", type=_safety_floor, help=SAFETY_FLOOR_HELP)
+    _add_stars_flags(chat, temperature="sampling temperature; 0 = greedy")
     chat.add_argument("--system", help="a system message placed before the prompt")
     chat.add_argument("--stop", action="append", help="a stop string (repeatable)")
     chat.add_argument("--backend", default="local", help=_spec_help("backend", "local"))
@@ -107,19 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help=f"default answer length when a request sets none ({_default('max_new_tokens')})",
     )
-    serve.add_argument(
-        "--segment-size", type=int, help=f"tokens per candidate segment (default {_default('segment_size')})"
-    )
-    serve.add_argument(
-        "--candidates", type=int, help=f"candidates drafted per round (default {_default('candidates_per_round')})"
-    )
-    serve.add_argument(
-        "--max-attempts", type=int, help=f"most candidates judged per segment (default {_default('max_attempts')})"
-    )
-    serve.add_argument(
-        "--temperature", type=float, help=f"default sampling temperature (default {_default('temperature')})"
-    )
-    serve.add_argument("--safety-floor", type=_safety_floor, help=SAFETY_FLOOR_HELP)
+    _add_stars_flags(serve, temperature="default sampling temperature")
     serve.add_argument(
         "--allow-override",
         action="append",
@@ -156,6 +132,18 @@ SAFETY_FLOOR_HELP = (
     "the veto: text whose safety score is under this is never emitted, not even as fallback. 'auto' (default): "
     "the reward's calibrated floor (the default reward's is on); 'off': no veto; or a number in the reward's units"
 )
+
+
+def _add_stars_flags(command: argparse.ArgumentParser, *, temperature: str) -> None:
+    """The STARS settings `chat` and `serve` both take (read back by `_config_from_flags`)."""
+    for flag, field, kind, text in (
+        ("--segment-size", "segment_size", int, "tokens per candidate segment"),
+        ("--candidates", "candidates_per_round", int, "candidates drafted per round"),
+        ("--max-attempts", "max_attempts", int, "most candidates judged per segment"),
+        ("--temperature", "temperature", float, temperature),
+    ):
+        command.add_argument(flag, type=kind, help=f"{text} (default {_default(field)})")
+    command.add_argument("--safety-floor", type=_safety_floor, help=SAFETY_FLOOR_HELP)
 
 
 def _default(field: str) -> object:
