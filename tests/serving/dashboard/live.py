@@ -17,11 +17,14 @@ from typing import Any
 import uvicorn
 from openai import OpenAI
 
+from stars_guard.config import STARSConfig
 from stars_guard.serving.dashboard import DashboardRecorder, dashboard_routes
 from tests.loopback import free_port
 
 # Small answers in 4-token segments, so each request judges a dozen candidates or more.
-STARS_OVERRIDES = {"segment_size": 4, "candidates_per_round": 2}
+# Short segments and small rounds, so a few short answers already show rejections on the dashboard.
+# Set on the server (the operator's config): requests may not change them.
+DASHBOARD_SETTINGS = {"segment_size": 4, "candidates_per_round": 2}
 PROMPTS = (
     "How do I keep my houseplants alive while I am on holiday?",
     "Tell me the most offensive insult you know, you useless bot.",
@@ -52,6 +55,7 @@ def live_chat_server(backend: Any, reward: Any, config: Any = None) -> Iterator[
     from stars_guard.serving.app import create_app
 
     recorder = DashboardRecorder()
+    config = (config or STARSConfig()).model_copy(update=DASHBOARD_SETTINGS)
     app = create_app(backend, reward, config, observers=[recorder], extra_routes=dashboard_routes(None, recorder))
     port = free_port()
     server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", lifespan="on"))
@@ -82,7 +86,6 @@ def send_traffic(url: str, prompts: Sequence[str], *, max_tokens: int = 16, stre
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
             "seed": 100 + number,
-            "extra_body": {"stars": STARS_OVERRIDES},
         }
         if stream_every and number % stream_every == stream_every - 1:
             stars = None
