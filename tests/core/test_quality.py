@@ -11,7 +11,7 @@ NEW_TOKENS = 40
 
 
 def test_stars_beats_vanilla_sampling_on_mean_guard_reward(backend, guard):
-    prompts = hh_prompts(20)
+    prompts = hh_prompts(12)
     vanilla = STARSEngine(backend, guard, STARSConfig.plain_sampling(NEW_TOKENS))
     stars = STARSEngine(backend, guard, STARSConfig(max_new_tokens=NEW_TOKENS))
     vanilla_rewards, stars_rewards = [], []
