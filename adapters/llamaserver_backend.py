@@ -6,8 +6,8 @@ backends; nothing is re-tokenised. K candidates come from one request (`n_cmpl`,
 requests when K exceeds the server's slots), and `cache_prompt` lets each slot reuse the KV cache
 of the prefix it already holds. Per-token text pieces come back with `n_probs: 1`, so the engine can
 cut a candidate at a stop string and count its tokens exactly. `llm_forward_tokens` is the server's
-own count: the prompt tokens each slot evaluated (`timings.prompt_n`, after its cache hit) plus the
-tokens it sampled.
+own count: the prompt tokens a request evaluated after its cache hit (`timings.prompt_n`, once per
+request: with `n_cmpl` the other slots copy the first one's KV cache) plus the tokens sampled.
 
 The chat template is the server's (`/apply-template`). Message content is tokenised with special
 parsing off wherever it looks like a control token, so it can never forge a turn. The server's
@@ -178,9 +178,8 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         results = [item for items, _ in outcomes for item in items]
         if len(results) != num_candidates:
             raise BackendError(f"llama-server returned {len(results)} completions for {num_candidates} candidates")
-        for item in results:
-            timings = item.get("timings") or {}
-            self._computed += int(timings.get("prompt_n") or 0) + int(timings.get("predicted_n") or 0)
+        for items, _ in outcomes:
+            self._computed += _forward_tokens(items)
         return [_candidate(item) for item in results], sum(retries for _, retries in outcomes)
 
     def _accept(self, candidate: Candidate) -> None:
@@ -204,6 +203,17 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         if count > 1:
             payload["n_cmpl"] = count
         return payload
+
+
+def _forward_tokens(items: list[dict[str, Any]]) -> int:
+    """Token positions one `/completion` call computed: its prompt once, plus every token sampled.
+
+    With `n_cmpl` the first slot evaluates the prompt and the others copy its KV cache, and each
+    result repeats that slot's `prompt_n`: counting it per result would count the prompt K times.
+    """
+    timings = [item.get("timings") or {} for item in items]
+    prompt = max((int(timing.get("prompt_n") or 0) for timing in timings), default=0)
+    return prompt + sum(int(timing.get("predicted_n") or 0) for timing in timings)
 
 
 def _candidate(item: dict[str, Any]) -> Candidate:
