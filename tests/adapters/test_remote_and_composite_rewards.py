@@ -1,8 +1,9 @@
 """VLLMClassifyRewardModel (contract server), LLMJudgeReward (SmolLM2) and CompositeReward (real scorers).
 
-vLLM cannot run here: `servers.vllm_classify_app` follows vllm-project/vllm
-vllm/entrypoints/pooling/classify/protocol.py and vllm/entrypoints/pooling/base/protocol.py, and
-scores with the small BERT reward model built in conftest.tiny_reward_dir.
+The real vLLM pooling server is tested in `test_vllm_classify_server.py`; the contract server here
+(`servers.vllm_classify_app`, after vllm-project/vllm vllm/entrypoints/pooling/classify/protocol.py
+and pooling/base/protocol.py, scoring with the small BERT reward model of conftest.tiny_reward_dir)
+shows what a real one cannot: the request bodies the client sent, and faults.
 """
 
 from __future__ import annotations
