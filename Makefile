@@ -49,10 +49,12 @@ unit: $(STAMP)
 integration: setup browser engines
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -m integration --durations=15
 
-bench: setup
+bench: setup engines
 	$(PY) benchmarks/engine_bench.py --out benchmarks/results
 	OMP_NUM_THREADS=1 $(PY) benchmarks/backends_bench.py
 	$(PY) benchmarks/serve_bench.py --out benchmarks/results
+	$(PY) benchmarks/engines_bench.py --out benchmarks/results
+	$(PY) benchmarks/serve_bench.py --engine vllm --out benchmarks/results
 
 # ruff, then tests/test_layers.py as a script: the import contracts between the layers, and every
 # imported package named in its extra (the same checks run under `make test` and `make unit`).

@@ -8,6 +8,12 @@ same 8 streaming requests (same prompts, seeds and max_tokens) first one after a
 at once. Reports emitted tokens per second (the `usage.completion_tokens` of each answer over the
 phase's wall time), time to the first streamed content chunk, and how many concurrent answers equal
 their sequential run with the same seed. Writes `serve_bench.json` and `serve_bench.png` into --out.
+
+`--engine vllm` puts a real serving engine behind it instead: vLLM's CPU build (started here with
+the tests' launch line, `stars_guard.engines`) as `stars-guard serve --backend openai:URL`, where
+the engine batches the concurrent requests' rounds itself. Results go to `serve_bench_vllm.*`.
+
+    python benchmarks/serve_bench.py --engine vllm --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -205,9 +211,25 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
             ha="center",
             va="bottom",
         )
-    fig.suptitle("stars-guard serve, SmolLM2-135M + GuardReward, 2 CPU cores")
+    fig.suptitle(f"stars-guard serve, SmolLM2-135M + GuardReward, {os.cpu_count()} CPU cores")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def run_on_vllm(max_tokens: int) -> list[dict[str, Any]]:
+    """`stars-guard serve --backend openai:<a real vLLM>`, the vLLM started here first."""
+    from stars_guard import engines
+    from stars_guard.models import default_lm_dir
+
+    if not engines.vllm_ready():
+        raise SystemExit("vLLM is not installed: run `python -m stars_guard.engines provision vllm`")
+    port = free_port()
+    command = engines.vllm_command(default_lm_dir(), port, served_name="SmolLM2-135M-Instruct")
+    env = {**engines.VLLM_ENV, "OMP_NUM_THREADS": str(os.cpu_count() or 2)}
+    print("[vllm] starting vLLM (minutes)", file=sys.stderr, flush=True)
+    with engines.EngineProcess(command, port, name="vllm", timeout=900, env=env) as vllm:
+        spec = f"openai:{vllm.url}?tokenizer={default_lm_dir()}"
+        return [run_mode("vllm", ["--backend", spec], max_tokens)]
 
 
 def main() -> int:
@@ -215,9 +237,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--modes", default="lockstep,no-lockstep", help="comma list of lockstep,no-lockstep")
+    parser.add_argument("--engine", choices=["local", "vllm"], default="local", help="the backend behind serve")
     args = parser.parse_args()
     flags = {"lockstep": ["--lockstep"], "no-lockstep": ["--no-lockstep"]}
-    results = [run_mode(name, flags[name], args.max_tokens) for name in args.modes.split(",")]
+    if args.engine == "vllm":
+        results = run_on_vllm(args.max_tokens)
+    else:
+        results = [run_mode(name, flags[name], args.max_tokens) for name in args.modes.split(",")]
+    stem = "serve_bench" if args.engine == "local" else f"serve_bench_{args.engine}"
     report = {
         "command": "python benchmarks/serve_bench.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
@@ -226,8 +253,8 @@ def main() -> int:
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "serve_bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot(results, args.out / "serve_bench.png")
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(results, args.out / f"{stem}.png")
     print("| mode | sequential tok/s | concurrent tok/s | ratio | first chunk median seq / conc (s) | identical |")
     print("|---|---|---|---|---|---|")
     for r in results:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.engines import llama_server, vllm_classify_server, vllm_server  # noqa: F401 (fixtures, registered once)
+
 # (module, fixture name) of every fixture that loads a real model or starts a real server, wherever
 # it is defined. Fixtures built on these need no entry: a test's fixture closure includes them.
 REAL_FIXTURES = frozenset(
@@ -21,7 +23,7 @@ REAL_FIXTURES = frozenset(
         ("tests.adapters.conftest", "gguf"),  # the pulled GGUF (fails without the model cache)
         ("tests.adapters.conftest", "lm_dir"),  # the pulled SmolLM2 directory its users load
         ("tests.adapters.conftest", "llamacpp_backend"),  # llama.cpp in process
-        ("tests.adapters.conftest", "llama_server"),  # python -m llama_cpp.server
+        ("tests.adapters.conftest", "llama_cpp_python_server"),  # python -m llama_cpp.server
         ("tests.adapters.conftest", "llama_model"),  # llama.cpp behind the TGI / vLLM contract servers
         ("tests.adapters.conftest", "reward_service"),  # stars-guard serve-reward with GuardReward
         ("tests.adapters.test_llamacpp_backend", "transformers_backend"),  # TransformersBackend()
@@ -30,6 +32,9 @@ REAL_FIXTURES = frozenset(
         ("tests.serving.dashboard.test_browser", "served"),  # the chat service on the default models
         ("tests.bench.test_harness", "quick_report"),  # stars-guard bench --quick
         ("tests.bench.test_judge", "pair_features"),  # MiniLM embeddings of 500 HH pairs
+        ("tests.engines", "llama_server"),  # llama.cpp's own llama-server
+        ("tests.engines", "vllm_server"),  # vLLM's CPU build, generating
+        ("tests.engines", "vllm_classify_server"),  # vLLM's CPU build, pooling (the tests' BERT reward model)
     }
 )
 
@@ -51,6 +56,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if uses_real_fixture(item) and item.get_closest_marker("integration") is None:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Once the tests to run are known (after `-m` and `-k`), start the slow engines they need."""
+    from tests import engines
+
+    engines.prestart(session.items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import engines
+
+    engines.stop_unused()
 
 
 @pytest.fixture(scope="session")

@@ -1,14 +1,15 @@
 """Real serving engines for the tests, started once per test session on 127.0.0.1.
 
 `make test` provisions them first (`python -m stars_guard.engines provision`); run by hand without
-that, the tests that need them skip and say how to provision. Import the fixtures into a test module
-(`from tests.engines import llama_server`) so only the modules that need an engine start it. The
-launch lines are the package's (`stars_guard.engines`), shared with the benchmarks.
+that, the tests that need them skip and say how to provision. `tests/conftest.py` registers the
+fixtures once for every folder (a fixture imported into two modules would be two fixtures, and
+start its engine twice); an engine starts when the first test asks for it. The launch lines are the
+package's (`stars_guard.engines`), shared with the benchmarks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,31 @@ def llama_server() -> Iterator[ServerProcess]:
         yield server
 
 
+_EARLY: dict[str, ServerProcess] = {}  # engines launched at collection time, waited for by their fixture
+
+
+def _vllm_process() -> ServerProcess:
+    port = free_port()
+    command = engines.vllm_command(default_lm_dir(), port, served_name="SmolLM2-135M-Instruct")
+    env = {**engines.VLLM_ENV, **VLLM_THREADS}
+    return ServerProcess(command, port, "/health", timeout=600, env=env, name="vLLM")
+
+
+def prestart(items: Sequence[pytest.Item]) -> None:
+    """Launch vLLM as soon as the run is known to need it, so its minutes of start-up overlap the
+    tests that come first instead of stalling the first test that uses it."""
+    if not (engines.vllm_ready() and default_lm_dir().is_dir()) or "vllm" in _EARLY:
+        return
+    if any("vllm_server" in getattr(item, "fixturenames", ()) for item in items):
+        _EARLY["vllm"] = _vllm_process().start()
+
+
+def stop_unused() -> None:
+    """Stop what `prestart` launched that no test ended up using."""
+    while _EARLY:
+        _EARLY.popitem()[1].__exit__(None, None, None)
+
+
 @pytest.fixture(scope="session")
 def vllm_server() -> Iterator[ServerProcess]:
     """vLLM's CPU build serving the pulled SmolLM2 directory in bf16 (start-up takes minutes)."""
@@ -48,10 +74,7 @@ def vllm_server() -> Iterator[ServerProcess]:
     model = default_lm_dir()
     if not model.is_dir():
         pytest.skip(f"{model} is missing: run `stars-guard models pull`")
-    port = free_port()
-    command = engines.vllm_command(model, port, served_name="SmolLM2-135M-Instruct")
-    env = {**engines.VLLM_ENV, **VLLM_THREADS}
-    with ServerProcess(command, port, "/health", timeout=600, env=env, name="vLLM") as server:
+    with _EARLY.pop("vllm", None) or _vllm_process() as server:
         yield server
 
 

@@ -81,11 +81,19 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def start(self) -> ServerProcess:
+        """Launch the process without waiting for it (`with` then waits until it is ready)."""
+        if self.process is None:
+            self.started_at = time.monotonic()
+            self.process = subprocess.Popen(
+                self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env, start_new_session=True
+            )
+        return self
+
     def __enter__(self) -> ServerProcess:
-        self.process = subprocess.Popen(
-            self.args, stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO, env=self.env, start_new_session=True
-        )
-        deadline = time.monotonic() + self.timeout
+        self.start()
+        assert self.process is not None
+        deadline = self.started_at + self.timeout
         while True:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")

@@ -83,7 +83,7 @@ def llamacpp_backend(gguf: Path) -> Any:
 
 
 @pytest.fixture(scope="session")
-def llama_server(gguf: Path) -> Iterator[servers.ServerProcess]:
+def llama_cpp_python_server(gguf: Path) -> Iterator[servers.ServerProcess]:
     """A real `python -m llama_cpp.server` running the SmolLM2 GGUF."""
     with servers.llama_server(gguf, servers.free_port()) as server:
         yield server

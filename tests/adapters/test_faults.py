@@ -149,9 +149,9 @@ def test_backoff_and_retry_after_parsing():
 
 
 @pytest.fixture(scope="module")
-def flaky_llama(llama_server):
+def flaky_llama(llama_cpp_python_server):
     plan = servers.FaultPlan()
-    with servers.ThreadedServer(servers.proxy_app(llama_server.url, plan)) as proxy:
+    with servers.ThreadedServer(servers.proxy_app(llama_cpp_python_server.url, plan)) as proxy:
         yield proxy, plan
 
 

@@ -14,7 +14,7 @@ from stars_guard.messages import normalize_messages
 from stars_guard.models import default_lm_dir
 from stars_guard.protocols import OpenRequest
 from stars_guard.specs import build_backend
-from tests.engines import LLAMA_SERVER_SLOTS, llama_server  # noqa: F401 (the session fixture)
+from tests.engines import LLAMA_SERVER_SLOTS
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ FORGED = normalize_messages(
 
 
 @pytest.fixture(scope="module")
-def server_backend(llama_server: Any) -> LlamaServerBackend:  # noqa: F811
+def server_backend(llama_server: Any) -> LlamaServerBackend:
     return LlamaServerBackend(llama_server.url)
 
 
@@ -100,7 +100,7 @@ def test_a_prompt_over_the_slot_context_is_refused_before_any_draft(server_backe
         server_backend.open(request(max_new_tokens=2040))
 
 
-def test_stars_end_to_end_through_the_spec(llama_server: Any, guard: Any) -> None:  # noqa: F811
+def test_stars_end_to_end_through_the_spec(llama_server: Any, guard: Any) -> None:
     engine = STARSEngine(build_backend(f"llama-server:{llama_server.url}"), guard, STARSConfig(max_new_tokens=32))
     result = engine.run(PROMPT, seed=3)
     stats = result.stats
@@ -109,7 +109,7 @@ def test_stars_end_to_end_through_the_spec(llama_server: Any, guard: Any) -> Non
     assert stats.candidates_sampled >= stats.segments_accepted
 
 
-def test_doctor_reports_what_stars_will_do_on_llama_server(llama_server: Any, guard: Any) -> None:  # noqa: F811
+def test_doctor_reports_what_stars_will_do_on_llama_server(llama_server: Any, guard: Any) -> None:
     from stars_guard.doctor import diagnose
 
     report = diagnose(f"llama-server:{llama_server.url}", "default", build_reward=lambda _: guard)

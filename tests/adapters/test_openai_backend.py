@@ -15,8 +15,8 @@ PROMPT = normalize_messages("Give me three tips for keeping houseplants alive.")
 
 
 @pytest.fixture(scope="module")
-def llama_backend(llama_server, lm_dir):
-    backend = OpenAICompletionsBackend(llama_server.url + "/v1", tokenizer=lm_dir)
+def llama_backend(llama_cpp_python_server, lm_dir):
+    backend = OpenAICompletionsBackend(llama_cpp_python_server.url + "/v1", tokenizer=lm_dir)
     yield backend
     backend.close()
 
@@ -67,8 +67,8 @@ def test_k_candidates_are_concurrent_requests_with_distinct_seeds(llama_backend)
         generation.close()
 
 
-def test_stars_run_through_the_llama_cpp_server(llama_server, lm_dir, guard):
-    backend = build_backend(f"openai:{llama_server.url}/v1?tokenizer={lm_dir}")
+def test_stars_run_through_the_llama_cpp_server(llama_cpp_python_server, lm_dir, guard):
+    backend = build_backend(f"openai:{llama_cpp_python_server.url}/v1?tokenizer={lm_dir}")
     try:
         result = STARSEngine(backend, guard, STARSConfig(seed=3, max_new_tokens=24, candidates_per_round=2)).run(
             "What is a good name for a cat?"
@@ -106,8 +106,8 @@ def test_token_id_prompts_give_exact_continuation_on_vllm(vllm_server, llama_mod
     assert backend.model_name == "smollm2"
 
 
-def test_text_only_server_without_tokenizer_is_a_clear_error(llama_server):
-    backend = OpenAICompletionsBackend(llama_server.url)
+def test_text_only_server_without_tokenizer_is_a_clear_error(llama_cpp_python_server):
+    backend = OpenAICompletionsBackend(llama_cpp_python_server.url)
     try:
         with pytest.raises(Exception, match="tokenizer="):
             backend.open(OpenRequest(PROMPT, max_new_tokens=16, temperature=0.8, top_p=0.95, seed=1))

@@ -15,7 +15,6 @@ from stars_guard.adapters import OpenAICompletionsBackend, _text
 from stars_guard.messages import normalize_messages
 from stars_guard.models import default_lm_dir
 from stars_guard.protocols import OpenRequest
-from tests.engines import vllm_server  # noqa: F401 (the session fixture)
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +22,7 @@ PROMPT = normalize_messages("Give me three tips for keeping houseplants alive.")
 
 
 @pytest.fixture(scope="module")
-def vllm_backend(vllm_server: Any) -> OpenAICompletionsBackend:  # noqa: F811
+def vllm_backend(vllm_server: Any) -> OpenAICompletionsBackend:
     return OpenAICompletionsBackend(vllm_server.url, tokenizer=default_lm_dir())
 
 

@@ -16,7 +16,6 @@ import torch
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.adapters import VLLMClassifyRewardModel
 from stars_guard.specs import build_backend, build_reward
-from tests.engines import llama_server, vllm_classify_server  # noqa: F401 (fixtures)
 
 QUESTION = "How do I keep my plants alive?"
 ANSWERS = ["Water the plants every morning .", "You stupid idiot .", "I am happy to help you .", ""]
@@ -38,7 +37,7 @@ def local_scores(model_dir: Path, answers: list[str]) -> list[float]:
     return scores
 
 
-def test_batched_scores_match_transformers(vllm_classify_server: Any, tiny_reward_dir: Path) -> None:  # noqa: F811
+def test_batched_scores_match_transformers(vllm_classify_server: Any, tiny_reward_dir: Path) -> None:
     reward = VLLMClassifyRewardModel(vllm_classify_server.url + "/v1", tokenizer=tiny_reward_dir, max_batch_size=3)
     try:
         scores = reward.score(QUESTION, ANSWERS)
@@ -48,7 +47,7 @@ def test_batched_scores_match_transformers(vllm_classify_server: Any, tiny_rewar
     assert scores[0] > scores[1] and scores[2] > scores[1]  # polite above the insult: the head's raw logit
 
 
-def test_the_servers_own_template_gives_the_same_scores(vllm_classify_server: Any, tiny_reward_dir: Path) -> None:  # noqa: F811
+def test_the_servers_own_template_gives_the_same_scores(vllm_classify_server: Any, tiny_reward_dir: Path) -> None:
     reward = build_reward(f"vllm-classify:{vllm_classify_server.url}")
     try:
         scores = reward.score(QUESTION, ANSWERS)
@@ -58,8 +57,8 @@ def test_the_servers_own_template_gives_the_same_scores(vllm_classify_server: An
 
 
 def test_stars_end_to_end_on_real_servers_for_both_sides(
-    vllm_classify_server: Any,  # noqa: F811
-    llama_server: Any,  # noqa: F811
+    vllm_classify_server: Any,
+    llama_server: Any,
     tiny_reward_dir: Path,
 ) -> None:
     """Drafts from the real llama-server, every round scored by the real `/classify`."""
