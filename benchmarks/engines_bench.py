@@ -41,9 +41,10 @@ LLAMA_SERVER_SLOTS = 4
 
 
 def reward_threads(engine: str) -> int:
-    """Torch threads for the in-process reward. vLLM's CPU worker keeps its OpenMP threads spinning
-    between steps, so a reward beside it on the same cores gets one thread (with two, each reward
-    call took 13x longer: 0.8 s instead of 60 ms); llama-server idles, so the reward gets them all."""
+    """Threads for the in-process reward (torch, OpenMP and BLAS pools). vLLM's CPU worker keeps its
+    threads spinning between steps, so a reward beside it on the same cores gets one thread (with
+    two, a reward call took 13x longer: 0.8 s instead of 60 ms); llama-server idles between
+    requests, so there the reward gets every core."""
     return 1 if engine == "vllm" else os.cpu_count() or 2
 
 
@@ -120,6 +121,16 @@ class MethodRuns:
 
 
 def run_engine(engine: str, prompts: list[str], max_new_tokens: int, threads: int) -> dict[str, Any]:
+    """One engine's runs, with this process's thread pools (torch, OpenMP, BLAS) at `reward_threads`."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(reward_threads(engine))
+    with threadpool_limits(limits=reward_threads(engine)):
+        return measure_engine(engine, prompts, max_new_tokens, threads)
+
+
+def measure_engine(engine: str, prompts: list[str], max_new_tokens: int, threads: int) -> dict[str, Any]:
     from tqdm import tqdm
 
     from stars_guard import STARSConfig, STARSEngine
