@@ -123,7 +123,7 @@ class MethodRuns:
 def run_engine(engine: str, prompts: list[str], max_new_tokens: int, threads: int) -> dict[str, Any]:
     """One engine's runs, with this process's thread pools (torch, OpenMP, BLAS) at `reward_threads`."""
     import torch
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn (the `local` extra)
 
     torch.set_num_threads(reward_threads(engine))
     with threadpool_limits(limits=reward_threads(engine)):
