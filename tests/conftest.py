@@ -32,6 +32,7 @@ REAL_FIXTURES = frozenset(
         ("tests.serving.dashboard.test_browser", "served"),  # the chat service on the default models
         ("tests.bench.test_harness", "quick_report"),  # stars-guard bench --quick
         ("tests.bench.test_judge", "pair_features"),  # MiniLM embeddings of 500 HH pairs
+        ("tests.bench.conftest", "redteam_data"),  # the red-team files pulled into the cache
         ("tests.engines", "llama_server"),  # llama.cpp's own llama-server
         ("tests.engines", "vllm_server"),  # vLLM's CPU build, generating
         ("tests.engines", "vllm_classify_server"),  # vLLM's CPU build, pooling (the tests' BERT reward model)
