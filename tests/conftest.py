@@ -1,5 +1,7 @@
 """Session fixtures every test folder shares: one real model and reward per test session (loading
-them per test would dominate the run), and the one place that marks tests `integration`.
+them per test would dominate the run), the real serving engines (`tests/engines.py`, registered
+here once and launched as soon as collection shows a test needs them), and the one place that
+marks tests `integration`.
 
 `make unit` runs `-m "not integration"`: it must need neither the model cache nor a real server.
 Rather than trusting every test to carry the marker, the hook below marks each test whose fixtures
