@@ -13,8 +13,8 @@ Both are provisioned once into the model cache (`stars_guard.models.home()`/engi
 finished engine is marked by a stamp file, so a second run does nothing.
 
 `llama_server_command` and `vllm_command` are the launch lines the tests and benchmarks share (the
-flags that matter for STARS are explained there), and `EngineProcess` runs one on 127.0.0.1 until
-it answers `/health`. Standard library only.
+flags that matter for STARS are explained there), and `EngineProcess` runs a server on 127.0.0.1
+until it answers. Standard library only.
 """
 
 from __future__ import annotations
@@ -212,7 +212,11 @@ def vllm_command(model: Path, port: int, *, served_name: str, pooling: bool = Fa
 
 
 class EngineProcess:
-    """An engine in a subprocess of its own session, ready once `/health` answers 200; stopped on exit."""
+    """A server in a subprocess of its own session, ready once `ready_path` answers 200; stopped on exit.
+
+    The benchmarks run the engines with it, and the tests every server they start (`tests/loopback`).
+    A log file it made itself is removed on exit; its tail is in the error when the server fails to start.
+    """
 
     def __init__(
         self,
@@ -222,6 +226,8 @@ class EngineProcess:
         name: str,
         timeout: float = 600,
         env: Mapping[str, str] | None = None,
+        ready_path: str = "/health",
+        cwd: Path | None = None,
         log: Path | None = None,
     ) -> None:
         self.command = list(command)
@@ -229,35 +235,59 @@ class EngineProcess:
         self.name = name
         self.timeout = timeout
         self.env = {**os.environ, **(env or {})}
-        self.log_path = log or Path(tempfile.mkstemp(prefix=f"stars-{name}-", suffix=".log")[1])
+        self.ready_path = ready_path
+        self.cwd = cwd
+        self._own_log = log is None
+        self.log_path = log or Path(tempfile.mkstemp(prefix="stars-server-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0
         self.startup_s: float | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def start(self) -> EngineProcess:
+        """Launch the process without waiting for it (`with` then waits until it is ready)."""
+        if self.process is None:
+            self.started_at = time.monotonic()
+            with self.log_path.open("wb") as log:
+                self.process = subprocess.Popen(
+                    self.command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=self.cwd,
+                    env=self.env,
+                    start_new_session=True,
+                )
+        return self
+
     def __enter__(self) -> EngineProcess:
-        started = time.monotonic()
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-            )
-        while not self._healthy():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.tail()}")
-            if time.monotonic() - started > self.timeout:
+        process = self.start().process
+        assert process is not None
+        while not self._ready():
+            if process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {process.returncode}:\n{self.tail()}")
+            if time.monotonic() - self.started_at > self.timeout:
                 self.stop()
                 raise TimeoutError(f"{self.name} not ready after {self.timeout:.0f}s:\n{self.tail()}")
-            time.sleep(0.3)
-        self.startup_s = time.monotonic() - started
+            time.sleep(0.2)
+        self.startup_s = time.monotonic() - self.started_at
         return self
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+        if self._own_log:
+            self.log_path.unlink(missing_ok=True)
 
     def tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+    def kill(self) -> None:
+        """SIGKILL: the way a crashed or OOM-killed server disappears."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -266,12 +296,11 @@ class EngineProcess:
         try:
             self.process.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+            self.kill()
 
-    def _healthy(self) -> bool:
+    def _ready(self) -> bool:
         try:
-            with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+            with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
