@@ -6,7 +6,8 @@ HTTP backends present the same surface: open a generation, draft K candidate seg
 commit the accepted one, close.
 
 What only some adapters can do is a small protocol of its own, checked with `isinstance`:
-`EntropyDrafter` and `RetryReporter` (generations), `BatchDrafter` and `BatchOpener` (backends),
+`EntropyDrafter` and `RetryReporter` (generations), `BatchDrafter`, `BatchOpener` and
+`ConstrainedDrafter` (backends),
 `ComponentRewardModel`, `BatchRewardModel` and `CalibratedVeto` (rewards). Wrappers subclass
 `GenerationWrapper`, `BackendWrapper` or `RewardWrapper`.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from stars_guard.messages import ChatMessage, as_conversation
+from stars_guard.tools import OutputConstraint
 
 DraftEnd = Literal["length", "eos"]
 """Why a drafted candidate ended: its token budget, or EOS (why an answer ended: `events.FinishReason`)."""
@@ -196,6 +198,7 @@ class OpenRequest:
     temperature: float
     top_p: float
     seed: int | None
+    constraint: OutputConstraint | None = None  # what the answer must look like (tools, a JSON schema)
 
 
 @runtime_checkable
@@ -208,6 +211,32 @@ class Backend(Protocol):
     def open(self, request: OpenRequest) -> Generation:
         """Render and prefill `request.messages`; raise `ContextWindowExceededError` when they cannot fit."""
         ...
+
+
+ConstraintSupport = Literal["segments", "whole", "none"]
+"""How a backend enforces an `OutputConstraint`: on every segment (a grammar matcher kept across
+segments, in process), only on whole answers (an HTTP server's structured-output parameter starts
+its grammar at each request's first token, so the engine drafts the whole answer per candidate),
+or not at all."""
+
+
+@runtime_checkable
+class ConstrainedDrafter(Protocol):
+    """A backend that drafts under an `OutputConstraint`, so every candidate fits it.
+
+    In-process backends mask each token with a grammar matcher that K candidates fork from; HTTP
+    backends pass the constraint to the server's structured-output parameters where it can hold.
+    """
+
+    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
+        """How `open` with this constraint enforces it (see `ConstraintSupport`)."""
+        ...
+
+
+def constraint_support(backend: Backend, constraint: OutputConstraint) -> ConstraintSupport:
+    """`backend`'s support for `constraint` (looked up by name, so wrappers pass it on)."""
+    support = getattr(backend, "constraint_support", None)
+    return support(constraint) if callable(support) else "none"
 
 
 class BackendWrapper:

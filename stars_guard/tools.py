@@ -1,0 +1,264 @@
+"""Tool calls and structured answers as text: the format the model writes, and what constrains it.
+
+Pure and framework-free. The LangChain layer converts tools and messages into these values; the
+engine uses `tool_call_spans` to know which part of an answer is a tool call (`guard_tool_calls`);
+backends with a grammar (`stars_guard.adapters._grammar`) draft under an `OutputConstraint`.
+
+The tool-call format (docs/agents.md), used when a model's chat template has no tool support
+(SmolLM2's has none): a call is one block in the answer,
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+with the tools described in the system turn and each tool's result fed back as a user turn
+wrapped in `<tool_response>` tags (the layout Qwen2.5 and Hermes models are trained on).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TOOL_CALL_OPEN = "<tool_call>"
+TOOL_CALL_CLOSE = "</tool_call>"
+TOOL_RESPONSE_OPEN = "<tool_response>"
+TOOL_RESPONSE_CLOSE = "</tool_response>"
+# The exact text around a call's JSON as the grammar drafts it (the parser accepts any whitespace).
+CALL_PREFIX = TOOL_CALL_OPEN + "\n"
+CALL_SUFFIX = "\n" + TOOL_CALL_CLOSE
+
+ToolChoice = Literal["auto", "required"] | str  # a tool's name forces that tool
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool the model may call: its name, what it is for, and its arguments' JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": dict(self.parameters)}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConstraint:
+    """What an answer must look like; backends with a grammar enforce it token by token.
+
+    - `kind="json_schema"`: the whole answer is one JSON value matching `schema`.
+    - `kind="tool_calls"`: free text in which every `<tool_call>` block is a valid call of one of
+      `tools` (JSON arguments matching its schema). With `required`, the answer is only calls
+      (at least one; exactly one when `parallel_tool_calls` is false).
+    """
+
+    kind: Literal["json_schema", "tool_calls"]
+    schema: Mapping[str, Any] | None = None
+    tools: tuple[ToolSpec, ...] = ()
+    required: bool = False
+    parallel_tool_calls: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind == "json_schema" and self.schema is None:
+            raise ValueError("a json_schema constraint needs a schema")
+        if self.kind == "tool_calls" and not self.tools:
+            raise ValueError("a tool_calls constraint needs at least one tool")
+
+    @property
+    def tool_names(self) -> tuple[str, ...]:
+        return tuple(tool.name for tool in self.tools)
+
+
+def tool_constraint(
+    tools: Sequence[ToolSpec], tool_choice: ToolChoice | None, parallel_tool_calls: bool = True
+) -> OutputConstraint | None:
+    """The constraint for bound tools under `tool_choice` (None: 'auto'); None for 'none'.
+
+    'any' is LangChain's name for 'required'. A tool's name forces that one tool.
+    """
+    choice = "auto" if tool_choice in (None, True) else tool_choice
+    if choice == "none" or not tools:
+        return None
+    if choice in ("auto", "required", "any"):
+        return OutputConstraint(
+            "tool_calls", tools=tuple(tools), required=choice != "auto", parallel_tool_calls=parallel_tool_calls
+        )
+    chosen = [tool for tool in tools if tool.name == choice]
+    if not chosen:
+        names = ", ".join(tool.name for tool in tools)
+        raise ValueError(f"tool_choice={choice!r} names no bound tool; bound tools: {names}")
+    return OutputConstraint("tool_calls", tools=tuple(chosen), required=True, parallel_tool_calls=False)
+
+
+# Rendering -----------------------------------------------------------------------------------
+
+
+def tools_instruction(constraint: OutputConstraint) -> str:
+    """The system-turn text that tells the model which tools it has and how to call them."""
+    lines = [
+        "You can call tools. To call one, write exactly:",
+        f'{CALL_PREFIX}{{"name": <tool name>, "arguments": <JSON object>}}{CALL_SUFFIX}',
+        "The result comes back in " + TOOL_RESPONSE_OPEN + " tags. The tools:",
+    ]
+    lines += [json.dumps(tool.as_dict(), ensure_ascii=False) for tool in constraint.tools]
+    if constraint.required:
+        lines.append("Answer with a tool call only.")
+    else:
+        lines.append("Call a tool only when it helps; otherwise answer in plain text.")
+    return "\n".join(lines)
+
+
+def schema_instruction(schema: Mapping[str, Any]) -> str:
+    """The system-turn text for a structured answer: one JSON value matching `schema`."""
+    return "Answer with one JSON value only, matching this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+
+
+def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
+    """A call as the model writes it (for assistant turns in the history)."""
+    body = json.dumps({"name": name, "arguments": dict(arguments)}, ensure_ascii=False)
+    return f"{CALL_PREFIX}{body}{CALL_SUFFIX}"
+
+
+def render_tool_result(content: str) -> str:
+    """A tool's result as it goes back to the model (inside a user turn)."""
+    return f"{TOOL_RESPONSE_OPEN}\n{content}\n{TOOL_RESPONSE_CLOSE}"
+
+
+# Reading answers -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCall:
+    """One closed `<tool_call>` block: the call, or why it is not one (`error`)."""
+
+    raw: str  # the JSON text between the tags
+    name: str | None
+    arguments: dict[str, Any] | None
+    error: str | None = None
+
+
+def tool_call_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of `<tool_call>` blocks in `text`, tags included; an unclosed block runs to the end."""
+    spans: list[tuple[int, int]] = []
+    start = text.find(TOOL_CALL_OPEN)
+    while start >= 0:
+        close = text.find(TOOL_CALL_CLOSE, start + len(TOOL_CALL_OPEN))
+        if close < 0:
+            spans.append((start, len(text)))
+            break
+        end = close + len(TOOL_CALL_CLOSE)
+        spans.append((start, end))
+        start = text.find(TOOL_CALL_OPEN, end)
+    return spans
+
+
+def strip_tool_calls(text: str) -> str:
+    """`text` without its tool-call blocks: the natural-language part of an answer."""
+    kept, position = [], 0
+    for start, end in tool_call_spans(text):
+        kept.append(text[position:start])
+        position = end
+    kept.append(text[position:])
+    return "".join(kept).strip()
+
+
+def parse_call(raw: str, tool_names: Sequence[str]) -> ParsedCall:
+    """Read one block's JSON; a call must name a bound tool and carry an arguments object."""
+    body = raw.strip()
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as exc:
+        return ParsedCall(body, None, None, f"not JSON: {exc.msg} at character {exc.pos}")
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return ParsedCall(body, None, None, 'a call is a JSON object {"name": ..., "arguments": {...}}')
+    name, arguments = value["name"], value.get("arguments", {})
+    if name not in tool_names:
+        return ParsedCall(body, name, None, f"{name!r} is not a bound tool ({', '.join(tool_names)})")
+    if not isinstance(arguments, dict):
+        return ParsedCall(body, name, None, "arguments must be a JSON object")
+    return ParsedCall(body, name, arguments)
+
+
+@dataclass(frozen=True, slots=True)
+class TextPiece:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallPiece:
+    call: ParsedCall
+
+
+Piece = TextPiece | CallPiece
+
+
+class ToolCallSplitter:
+    """Splits streamed answer text into plain text and whole tool calls.
+
+    Text outside blocks is passed on at once, except a tail that could be the start of
+    `<tool_call>`; a block is passed on only when it closes, so a call is never streamed in part.
+    A block still open when the answer ends (cut by a refusal, the token budget or the deadline)
+    is dropped and counted: it was never a complete call.
+    """
+
+    def __init__(self, tool_names: Sequence[str]) -> None:
+        self.tool_names = tuple(tool_names)
+        self._buffer = ""
+        self._in_call = False
+        self.dropped = 0
+
+    def feed(self, text: str) -> list[Piece]:
+        self._buffer += text
+        pieces: list[Piece] = []
+        while True:
+            if self._in_call:
+                close = self._buffer.find(TOOL_CALL_CLOSE)
+                if close < 0:
+                    return pieces
+                pieces.append(CallPiece(parse_call(self._buffer[:close], self.tool_names)))
+                self._buffer = self._buffer[close + len(TOOL_CALL_CLOSE) :]
+                self._in_call = False
+                continue
+            start = self._buffer.find(TOOL_CALL_OPEN)
+            if start >= 0:
+                if start:
+                    pieces.append(TextPiece(self._buffer[:start]))
+                self._buffer = self._buffer[start + len(TOOL_CALL_OPEN) :]
+                self._in_call = True
+                continue
+            keep = _partial_tag_length(self._buffer)
+            safe = len(self._buffer) - keep
+            if safe:
+                pieces.append(TextPiece(self._buffer[:safe]))
+                self._buffer = self._buffer[safe:]
+            return pieces
+
+    def finish(self) -> list[Piece]:
+        """What is left when the answer ends: held-back text, never an unclosed call."""
+        pieces: list[Piece] = []
+        if self._in_call:
+            self.dropped += 1
+        elif self._buffer:
+            pieces.append(TextPiece(self._buffer))
+        self._buffer, self._in_call = "", False
+        return pieces
+
+
+def _partial_tag_length(text: str) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of `<tool_call>`."""
+    for length in range(min(len(text), len(TOOL_CALL_OPEN) - 1), 0, -1):
+        if TOOL_CALL_OPEN.startswith(text[-length:]):
+            return length
+    return 0
+
+
+def split_answer(text: str, tool_names: Sequence[str]) -> tuple[str, list[ParsedCall], int]:
+    """A whole answer as (plain text, its closed calls in order, unclosed blocks dropped)."""
+    splitter = ToolCallSplitter(tool_names)
+    pieces = splitter.feed(text) + splitter.finish()
+    plain = "".join(piece.text for piece in pieces if isinstance(piece, TextPiece))
+    calls = [piece.call for piece in pieces if isinstance(piece, CallPiece)]
+    return plain, calls, splitter.dropped
