@@ -22,6 +22,7 @@ Segmentation = Literal["fixed", "entropy"]
 FailClosedAction = Literal["raise", "refuse"]
 RoundSelection = Literal["first", "best"]
 SegmentBudget = Literal["flat", "shaped"]
+ToolCallGuard = Literal["off", "veto_only", "steer"]
 
 DEFAULT_REFUSAL = "I can't help with that."
 SEED_MAX = 2**63 - 1  # the widest seed every backend takes (vLLM and TGI read int64)
@@ -117,6 +118,13 @@ class STARSConfig(BaseModel):
         "model was calibrated with (GuardReward's), or no veto for a reward without one; None: no veto.",
     )
     refusal_message: str = Field(DEFAULT_REFUSAL, min_length=1, description="Text that ends a refused answer.")
+
+    # Agents: what the guard judges in an answer that may call tools (docs/agents.md).
+    guard_tool_calls: ToolCallGuard = Field(
+        "steer",
+        description="'steer': a tool call's segments are judged like text (threshold and veto); 'veto_only': "
+        "only the safety floor applies to them; 'off': the reward sees the answer without its tool calls.",
+    )
 
     # When the reward model fails (a service down, a timeout after retries).
     on_reward_error: RewardErrorPolicy = Field(

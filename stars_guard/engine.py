@@ -30,10 +30,12 @@ from stars_guard.protocols import (
     OpenRequest,
     RetryReporter,
     RewardModel,
+    constraint_support,
     score_conversation,
 )
 from stars_guard.stats import RefusalReason, STARSStats
 from stars_guard.stops import StopScanner
+from stars_guard.tools import OutputConstraint, open_call_start, streamable_end, strip_tool_calls, tool_call_spans
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ class _Judged:
     reward: float
     safety: float  # what the veto reads: the reward's safety component, else the reward
     attempt: int
+    in_call: bool = False  # it writes part of a tool call (judged per `guard_tool_calls`)
 
 
 class _OutOfTime(Exception):
@@ -74,16 +77,19 @@ class STARSEngine:
         messages: str | Iterable[ChatMessage | Mapping[str, object]],
         *,
         stop: Sequence[str] | None = None,
+        constraint: OutputConstraint | None = None,
         **overrides: Any,
     ) -> Iterator[Event]:
         """Yield decisions and accepted text as they happen, then `Finished`.
 
         `overrides` are `STARSConfig` fields for this call only (validated); `stop` lists strings
-        that end the answer (the stop string itself is not emitted).
+        that end the answer (the stop string itself is not emitted). `constraint` says what the
+        answer must look like (tool calls, a JSON schema: `stars_guard.tools`); the backend drafts
+        under it where it can (`ConstrainedDrafter`).
         """
         config = self.config.with_overrides(**overrides)
         turns = normalize_messages(messages)
-        run = _Run(self.backend, self.reward, config, turns, StopScanner(stop))
+        run = _Run(self.backend, self.reward, config, turns, StopScanner(stop), constraint)
         yield from run.events()
 
 
@@ -97,6 +103,7 @@ class _Run:
         config: STARSConfig,
         turns: list[ChatMessage],
         stops: StopScanner,
+        constraint: OutputConstraint | None = None,
     ) -> None:
         self.backend = backend
         self.reward = reward
@@ -117,11 +124,17 @@ class _Run:
         # Greedy drafts are deterministic: one candidate per segment, judged once.
         self.greedy = config.temperature == 0.0
         self.attempts_per_segment = 1 if self.greedy else config.max_attempts
+        self.constraint = constraint
+        # With tools bound, tool-call blocks are found in the answer: judged per `guard_tool_calls`,
+        # and never streamed until they close (an unclosed one is dropped at the end).
+        self.tool_calls = constraint is not None and constraint.kind == "tool_calls"
+        self.whole_answers = False  # the backend enforces the constraint on whole answers only
 
     # The loop -----------------------------------------------------------------------------------
 
     def events(self) -> Iterator[Event]:
         config = self.config
+        enforced = self._enforced_constraint()
         with deadline_scope(self.deadline):
             generation = self.backend.open(
                 OpenRequest(
@@ -130,6 +143,7 @@ class _Run:
                     temperature=config.temperature,
                     top_p=config.top_p,
                     seed=config.seed,
+                    constraint=enforced,
                 )
             )
         try:
@@ -156,6 +170,27 @@ class _Run:
         self.stats.elapsed_s = time.perf_counter() - self.started
         yield Finished(STARSResult(self.text, self.stats, finish, self.backend.model_name))
 
+    def _enforced_constraint(self) -> OutputConstraint | None:
+        """The constraint to draft under, or None; refuse one the answer needs but the backend cannot hold.
+
+        Tool calls under 'auto' may be drafted free where the backend has no grammar: the answer is
+        still read for calls, and a malformed one is reported as invalid, never executed.
+        """
+        constraint = self.constraint
+        if constraint is None:
+            return None
+        support = constraint_support(self.backend, constraint)
+        if support == "none":
+            if constraint.kind == "tool_calls" and not constraint.required:
+                return None
+            what = "a JSON schema" if constraint.kind == "json_schema" else "a forced tool call"
+            raise ConfigError(
+                f"backend {self.backend.model_name!r} cannot draft under {what}: use a backend with a grammar "
+                "(local, hf:..., llamacpp:...) or one whose server takes structured-output parameters"
+            )
+        self.whole_answers = support == "whole"
+        return constraint
+
     def _segment(
         self,
         generation: Generation,
@@ -166,7 +201,8 @@ class _Run:
         """Settle one segment; return a finish reason when the answer ends with it."""
         config = self.config
         remaining = config.max_new_tokens - self.stats.tokens_emitted
-        budget = min(config.segment_size, remaining)
+        # A server's grammar starts at each request's first token: such a backend drafts whole answers.
+        budget = remaining if self.whole_answers else min(config.segment_size, remaining)
         round_size = 1 if self.greedy else config.round_size(segment_index, final=budget >= remaining)
         attempts = 0
         best: _Judged | None = None  # best candidate under the floor rule, for the fallback
@@ -192,8 +228,9 @@ class _Run:
                 threshold = schedule.threshold(self.stats.tokens_emitted + item.tokens)
                 vetoed = self._vetoed(item)
                 # A NaN reward only comes from fail-open (the scorer failed): the text goes out unscored.
-                passes = math.isnan(item.reward) or (not vetoed and acceptance.accepts(item.reward, threshold))
+                passes = math.isnan(item.reward) or (not vetoed and self._clears(item, acceptance, threshold))
                 self.stats.candidates_sampled += 1
+                self.stats.tool_call_candidates += item.in_call
                 yield self._decision(segment_index, item, threshold, passes, False, vetoed)
                 if passes:
                     self.stats.segments_accepted += 1
@@ -235,7 +272,14 @@ class _Run:
             item.text,
             vetoed,
             safety,
+            "tool_call" if item.in_call else "text",
         )
+
+    def _clears(self, item: _Judged, acceptance: AcceptanceRule, threshold: float) -> bool:
+        """The threshold test; a tool call's segments skip it unless `guard_tool_calls='steer'`."""
+        if item.in_call and self.config.guard_tool_calls != "steer":
+            return True
+        return acceptance.accepts(item.reward, threshold)
 
     def _judging_order(self, judged: list[_Judged]) -> list[_Judged]:
         """Index order ('first'), or highest reward first ('best'; unscored fail-open drafts last)."""
@@ -261,6 +305,7 @@ class _Run:
         """
         cut: list[tuple[Candidate, str, int | None, int, bool]] = []
         responses: list[str] = []
+        in_call: list[bool] = []
         for candidate in drafts:
             combined = self.text + candidate.text
             stop_at = self.stops.find(combined, len(self.text))
@@ -277,16 +322,28 @@ class _Run:
                 finished = True
                 responses.append(combined[:stop_at])
             cut.append((candidate, text, trim_to, tokens, finished))
+            in_call.append(self.tool_calls and self._writes_call(responses[-1]))
+        if self.tool_calls and self.config.guard_tool_calls == "off":
+            responses = [strip_tool_calls(response) for response in responses]
         scores = self._rewards(responses)
         if scores is None:
             return None
         rewards, safeties = scores
         return [
-            _Judged(candidate, text, trim_to, tokens, finished, reward, safety, attempts_so_far + index + 1)
-            for index, ((candidate, text, trim_to, tokens, finished), reward, safety) in enumerate(
-                zip(cut, rewards, safeties, strict=True)
+            _Judged(candidate, text, trim_to, tokens, finished, reward, safety, attempts_so_far + index + 1, calls)
+            for index, ((candidate, text, trim_to, tokens, finished), reward, safety, calls) in enumerate(
+                zip(cut, rewards, safeties, in_call, strict=True)
             )
         ]
+
+    def _writes_call(self, response: str) -> bool:
+        """Whether the text a candidate adds to `response` lies (partly) inside a tool-call block,
+        or adds nothing but the end of the answer (or whitespace) right after one."""
+        new_from = len(self.text)
+        spans = tool_call_spans(response)
+        if any(end > new_from for _, end in spans):
+            return True
+        return not response[new_from:].strip() and bool(spans) and not response[spans[-1][1] :].strip()
 
     def _emit(self, generation: Generation, item: _Judged, segment_index: int) -> Iterator[Event]:
         """Commit an accepted (or fallback) candidate and stream what is safe to show."""
@@ -304,12 +361,18 @@ class _Run:
         with deadline_scope(self.deadline):
             generation.commit(item.candidate)
         safe = len(self.text) - self.stops.holdback(self.text)
+        if self.tool_calls:
+            safe = min(safe, streamable_end(self.text))
         if safe > self.streamed:
             yield TextEmitted(segment_index, self.text[self.streamed : safe])
             self.streamed = safe
         return None
 
     def _flush(self) -> Iterator[Event]:
+        open_at = open_call_start(self.text) if self.tool_calls else None
+        if open_at is not None:  # a call the answer ended inside: never complete, never emitted
+            self.text = self.text[:open_at]
+            self.stats.tool_calls_dropped += 1
         if len(self.text) > self.streamed:
             yield TextEmitted(-1, self.text[self.streamed :])
             self.streamed = len(self.text)

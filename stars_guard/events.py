@@ -21,6 +21,7 @@ class CandidateJudged:
 
     `vetoed`: its safety score was under the floor, so it can never be emitted (not even as fallback);
     `safety` is that score (None where the veto is off; NaN where fail-open left it unscored).
+    `part` is "tool_call" when the candidate wrote part of a tool call (judged per `guard_tool_calls`).
     """
 
     segment_index: int
@@ -33,6 +34,7 @@ class CandidateJudged:
     text: str
     vetoed: bool = False
     safety: float | None = None
+    part: Literal["text", "tool_call"] = "text"
 
 
 @dataclass(frozen=True, slots=True)

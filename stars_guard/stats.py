@@ -30,6 +30,8 @@ STATS_KEYS: tuple[str, ...] = (
     "elapsed_s",
     "backend_retries",
     "reward_errors",
+    "tool_call_candidates",
+    "tool_calls_dropped",
 )
 
 
@@ -42,6 +44,9 @@ class STARSStats:
     `mean_accepted_reward` averages the rewards of the segments that entered the answer.
     `candidates_vetoed` counts rejected candidates whose safety score was under the floor (never
     emitted, not even as fallback); they are also in `candidates_rejected`.
+    With tools bound, `tool_call_candidates` counts judged candidates that wrote part of a tool
+    call (judged as `guard_tool_calls` says), and `tool_calls_dropped` the calls still open when
+    the answer ended (a refusal, the token or time budget): held back, never emitted.
     """
 
     prompt_tokens: int = 0
@@ -61,6 +66,8 @@ class STARSStats:
     elapsed_s: float = 0.0
     backend_retries: int = 0
     reward_errors: int = 0
+    tool_call_candidates: int = 0
+    tool_calls_dropped: int = 0
     emitted_rewards: list[float] = field(default_factory=list, repr=False)
 
     @property

@@ -155,6 +155,20 @@ def tool_call_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
+def open_call_start(text: str) -> int | None:
+    """Where a `<tool_call>` block that `text` leaves unclosed begins; None when every block closed."""
+    start = text.rfind(TOOL_CALL_OPEN)
+    if start < 0 or text.find(TOOL_CALL_CLOSE, start + len(TOOL_CALL_OPEN)) >= 0:
+        return None
+    return start
+
+
+def streamable_end(text: str) -> int:
+    """How much of a growing answer may be streamed: not an open block, nor a tail that may open one."""
+    start = open_call_start(text)
+    return len(text) - _partial_tag_length(text) if start is None else start
+
+
 def strip_tool_calls(text: str) -> str:
     """`text` without its tool-call blocks: the natural-language part of an answer."""
     kept, position = [], 0

@@ -48,6 +48,7 @@ def segment_payload(event: CandidateJudged, *, include_text: bool = False) -> di
         "tokens": event.tokens,
         "vetoed": event.vetoed,
         "safety": None if event.safety is None else _finite(event.safety),
+        "part": event.part,
     }
     if include_text:
         payload["text"] = event.text

@@ -92,7 +92,8 @@ class ScriptedBackend:
 
     `script` is the rounds every request drafts, or a function of the `OpenRequest` that returns
     them. Each draft first waits for `gate` (when given), then sleeps `delay_s`, then calls
-    `on_draft`; `open_error` makes every `open` raise it. Thread-safe, as the chat service needs.
+    `on_draft`; `open_error` makes every `open` raise it; `constraint_support` is what it says of
+    an `OutputConstraint` (its script is the grammar). Thread-safe, as the chat service needs.
     """
 
     model_name = "scripted-lm"
@@ -106,8 +107,10 @@ class ScriptedBackend:
         gate: threading.Event | None = None,
         open_error: BaseException | None = None,
         on_draft: Callable[[], None] | None = None,
+        constraint_support: str = "none",
     ) -> None:
         self.script = script
+        self.support = constraint_support  # what `constraint_support` answers (the grammar is the script's)
         self.then = None if then is None else list(then)
         self.delay_s = delay_s
         self.gate = gate
@@ -135,10 +138,15 @@ class ScriptedBackend:
                     "temperature": request.temperature,
                     "top_p": request.top_p,
                     "seed": request.seed,
+                    "constraint": request.constraint,
                 }
             )
             self.generations.append(generation)
         return generation
+
+    def constraint_support(self, constraint: object) -> str:
+        """As configured: a scripted backend "enforces" a constraint by what its script drafts."""
+        return self.support
 
     def _before_draft(self) -> None:
         if self.gate is not None and not self.gate.wait(timeout=30):

@@ -1,0 +1,80 @@
+"""The tool-call text format: reading calls out of an answer, streamed or whole, and the constraints."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stars_guard.tools import (
+    CallPiece,
+    TextPiece,
+    ToolCallSplitter,
+    ToolSpec,
+    open_call_start,
+    parse_call,
+    render_tool_call,
+    split_answer,
+    streamable_end,
+    strip_tool_calls,
+    tool_constraint,
+)
+
+TOOLS = [ToolSpec("add", "Add two numbers"), ToolSpec("search")]
+CALL = render_tool_call("add", {"a": 1, "b": 2})
+
+
+def test_a_rendered_call_reads_back():
+    text, calls, dropped = split_answer("Sum: " + CALL + " done", ["add"])
+    assert (text, dropped) == ("Sum:  done", 0)
+    assert (calls[0].name, calls[0].arguments, calls[0].error) == ("add", {"a": 1, "b": 2}, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ('{"name": "add", "arguments": {"a": 1}', "not JSON"),
+        ('["add"]', "a call is a JSON object"),
+        ('{"name": "rm", "arguments": {}}', "not a bound tool"),
+        ('{"name": "add", "arguments": [1]}', "arguments must be a JSON object"),
+    ],
+)
+def test_a_malformed_call_says_what_is_wrong(body: str, error: str):
+    assert error in (parse_call(body, ["add"]).error or "")
+
+
+@given(st.lists(st.integers(min_value=1, max_value=7), min_size=1, max_size=40))
+def test_streaming_never_passes_on_part_of_a_call(cuts: list[int]):
+    answer = "Let me add. " + CALL + " and " + render_tool_call("search", {"q": "x"}) + " <tool_"
+    splitter, pieces, position = ToolCallSplitter(["add", "search"]), [], 0
+    for cut in cuts * 50:
+        if position >= len(answer):
+            break
+        pieces += splitter.feed(answer[position : position + cut])
+        position += cut
+    pieces += splitter.feed(answer[position:]) + splitter.finish()
+    assert "".join(p.text for p in pieces if isinstance(p, TextPiece)) == "Let me add.  and  <tool_"
+    assert [p.call.name for p in pieces if isinstance(p, CallPiece)] == ["add", "search"]
+    assert all("<tool_call>" not in p.text for p in pieces if isinstance(p, TextPiece))
+
+
+def test_an_unclosed_call_is_dropped_and_counted():
+    text, calls, dropped = split_answer("Sure. " + CALL[:30], ["add"])
+    assert (text, calls, dropped) == ("Sure. ", [], 1)
+    assert open_call_start("Sure. " + CALL[:30]) == 6 and open_call_start("Sure. " + CALL) is None
+    assert streamable_end("Sure. <tool") == 6 and streamable_end("Sure. " + CALL) == len("Sure. " + CALL)
+    assert strip_tool_calls("A " + CALL + " B") == "A  B"
+
+
+def test_tool_choice_maps_onto_the_constraint():
+    assert tool_constraint(TOOLS, "none") is None and tool_constraint([], "auto") is None
+    auto = tool_constraint(TOOLS, None)
+    assert auto is not None and not auto.required and auto.tool_names == ("add", "search")
+    for forced in ("any", "required"):
+        constraint = tool_constraint(TOOLS, forced)
+        assert constraint is not None and constraint.required
+    named = tool_constraint(TOOLS, "search")
+    assert named is not None and named.tool_names == ("search",) and named.required
+    assert not named.parallel_tool_calls
+    with pytest.raises(ValueError, match="names no bound tool; bound tools: add, search"):
+        tool_constraint(TOOLS, "delete")
