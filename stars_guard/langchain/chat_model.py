@@ -13,44 +13,59 @@ them, so nothing that merges badly is split across chunks, and the merged stream
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import threading
-from collections.abc import AsyncIterator, Generator, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from contextlib import aclosing, closing
 from dataclasses import dataclass
 from typing import Any
 
 try:
     from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-    from langchain_core.language_models import BaseChatModel
+    from langchain_core.language_models import BaseChatModel, LanguageModelInput
     from langchain_core.language_models.base import LangSmithParams
-    from langchain_core.messages import (
-        AIMessage,
-        AIMessageChunk,
-        BaseMessage,
-        HumanMessage,
-        SystemMessage,
-    )
-    from langchain_core.messages import (
-        ChatMessage as LCChatMessage,
-    )
+    from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
     from langchain_core.messages.ai import UsageMetadata
+    from langchain_core.messages.tool import ToolCall, tool_call, tool_call_chunk
     from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+    from langchain_core.runnables import Runnable
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("STARSChatModel needs langchain-core: pip install 'stars-guard[langchain]'") from exc
 from pydantic import ConfigDict, Field, model_validator
 
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
-from stars_guard.errors import InvalidMessagesError
 from stars_guard.events import CandidateJudged, Event, STARSResult, TextEmitted
 from stars_guard.langchain.callbacks import AsyncSegmentEventDispatcher, SegmentEventDispatcher
+from stars_guard.langchain.messages import to_chat_messages
 from stars_guard.langchain.threads import iterate_in_thread
-from stars_guard.messages import ROLE_ALIASES, ChatMessage, normalize_messages
+from stars_guard.langchain.tools import (
+    StructuredOutputMethod,
+    ToolLike,
+    openai_tools,
+    structured_output,
+    tool_choice_name,
+    tool_specs,
+)
+from stars_guard.messages import ChatMessage
 from stars_guard.overrides import OverridePolicy
 from stars_guard.protocols import Backend, RewardModel
 from stars_guard.telemetry.aggregator import segment_payload
+from stars_guard.tools import (
+    CallPiece,
+    OutputConstraint,
+    ParsedCall,
+    TextPiece,
+    ToolCallSplitter,
+    schema_instruction,
+    tool_constraint,
+    tools_instruction,
+)
+
+__all__ = ["STARSChatModel", "to_chat_messages"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +74,11 @@ LLM_TYPE = "stars-guard"
 # LangChain names of STARSConfig fields; any other STARSConfig field may be passed by its own name.
 _LANGCHAIN_TO_CONFIG = {"max_tokens": "max_new_tokens", "timeout": "time_budget_s"}
 _CONFIG_FIELDS = frozenset(STARSConfig.model_fields)
-# Call kwargs LangChain itself may pass through to `_generate`/`_stream`.
-_LANGCHAIN_CONTROL_KWARGS = frozenset({"stream"})
+# Call kwargs LangChain itself may pass through to `_generate`/`_stream` (the structured-output
+# trace is for LangSmith only).
+_LANGCHAIN_CONTROL_KWARGS = frozenset({"stream", "ls_structured_output_format"})
+# What `bind_tools` and `with_structured_output` bind: they shape the answer, not the STARS loop.
+_OUTPUT_KWARGS = frozenset({"tools", "tool_choice", "parallel_tool_calls", "response_format"})
 _SEED_LIMIT = 2**31
 
 # The embedded default models: loaded on first use, once per process, shared by every instance.
@@ -94,59 +112,6 @@ def _default_model_name() -> str:
     return DEFAULT_LM_NAME
 
 
-# Messages ----------------------------------------------------------------------------------------
-
-
-def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
-    """LangChain messages as engine turns; text content only, `name` fields ignored.
-
-    Tool and function messages are refused rather than dropped: this model does not call tools,
-    and silently losing a turn would change what the answer responds to.
-    """
-    turns: list[ChatMessage] = []
-    for position, message in enumerate(messages):
-        if isinstance(message, HumanMessage):
-            role = "user"
-        elif isinstance(message, AIMessage):
-            role = "assistant"
-        elif isinstance(message, SystemMessage):
-            role = "system"
-        elif isinstance(message, LCChatMessage) and message.role.lower() in ROLE_ALIASES:
-            role = ROLE_ALIASES[message.role.lower()]
-        else:
-            kind = message.role if isinstance(message, LCChatMessage) else message.type
-            raise InvalidMessagesError(
-                f"message {position} is a {kind!r} message; STARSChatModel takes system, human and ai "
-                "messages only (it does not call tools)"
-            )
-        turns.append(ChatMessage(role, _text_of(message, position)))  # type: ignore[arg-type]
-    return normalize_messages(turns)
-
-
-# Earlier answers' reasoning is not part of what was said; providers drop it from history too.
-_SKIPPED_AI_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking"})
-
-
-def _text_of(message: BaseMessage, position: int) -> str:
-    content = message.content
-    if isinstance(content, str):
-        return content
-    parts: list[str] = []
-    for block in content:
-        if isinstance(block, str):
-            parts.append(block)
-        elif isinstance(block, Mapping) and block.get("type") == "text" and isinstance(block.get("text"), str):
-            parts.append(block["text"])
-        elif isinstance(message, AIMessage) and isinstance(block, Mapping) and block.get("type") in _SKIPPED_AI_BLOCKS:
-            continue
-        else:
-            kind = block.get("type") if isinstance(block, Mapping) else type(block).__name__
-            raise InvalidMessagesError(
-                f"message {position} has a {kind!r} content block; only text content is supported"
-            )
-    return "".join(parts)
-
-
 # Engine events -> LangChain chunks ---------------------------------------------------------------
 
 
@@ -168,37 +133,72 @@ class _Assembler:
     stream equal to the invoked message. Each metadata key is set on exactly one chunk, because
     LangChain merges chunks in two ways: `+` merges dicts (strings concatenate, lists extend) and
     the v3 event protocol keeps the last value of each key.
+
+    With tools bound, accepted text goes through a `ToolCallSplitter`: plain text streams as
+    content, and a call becomes one chunk with its whole `tool_call_chunks` entry once the call
+    has closed (LangChain parses partial JSON leniently, so a call is never sent in parts). A
+    call that does not read as one (only possible where drafting was not under a grammar) is
+    reported in `response_metadata["stars_invalid_tool_calls"]`, never as a call.
     """
 
-    def __init__(self, model_name: str, seed: int) -> None:
+    def __init__(self, model_name: str, seed: int, tool_names: Sequence[str] | None = None) -> None:
         self.model_name = model_name
         self.seed = seed
         self.decisions: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
         self._first = True
         self.result: STARSResult | None = None
+        self._splitter = None if tool_names is None else ToolCallSplitter(tool_names)
+        self._calls: list[ToolCall] = []
+        self._invalid: list[dict[str, Any]] = []
+        self._plain_text: list[str] = []  # the content, without the calls
 
-    def feed(self, event: Event) -> STARSGenerationChunk | None:
-        """The chunk to yield for `event`, if any."""
+    def feed(self, event: Event) -> list[STARSGenerationChunk]:
+        """The chunks to yield for `event` (none for a decision: it rides on the next chunk)."""
         if isinstance(event, CandidateJudged):
             decision = segment_payload(event, include_text=False)
             self.decisions.append(decision)
             self._pending.append(decision)
-            return None
+            return []
         if isinstance(event, TextEmitted):
-            return self._chunk(AIMessageChunk(content=event.text, response_metadata=self._opening()))
+            if self._splitter is None:
+                return [self._text_chunk(event.text)]
+            return [self._piece_chunk(piece) for piece in self._splitter.feed(event.text)]
         self.result = event.result
+        chunks = [] if self._splitter is None else [self._piece_chunk(p) for p in self._splitter.finish()]
         metadata = {**self._opening(), **self._closing(event.result)}
-        return self._chunk(
-            AIMessageChunk(
-                content="", chunk_position="last", usage_metadata=_usage(event.result), response_metadata=metadata
-            )
+        last = AIMessageChunk(
+            content="", chunk_position="last", usage_metadata=_usage(event.result), response_metadata=metadata
         )
+        return [*chunks, self._chunk(last)]
 
     def message(self, result: STARSResult) -> AIMessage:
-        """The whole answer as `invoke` returns it."""
+        """The whole answer as `invoke` returns it (after every event was fed)."""
+        content = result.text if self._splitter is None else "".join(self._plain_text)
         metadata = {"model_name": self.model_name, "model_provider": PROVIDER, **self._closing(result)}
-        return AIMessage(content=result.text, response_metadata=metadata, usage_metadata=_usage(result))
+        return AIMessage(
+            content=content, tool_calls=list(self._calls), response_metadata=metadata, usage_metadata=_usage(result)
+        )
+
+    def _piece_chunk(self, piece: TextPiece | CallPiece) -> STARSGenerationChunk:
+        if isinstance(piece, TextPiece):
+            self._plain_text.append(piece.text)
+            return self._text_chunk(piece.text)
+        return self._call_chunk(piece.call)
+
+    def _text_chunk(self, text: str) -> STARSGenerationChunk:
+        return self._chunk(AIMessageChunk(content=text, response_metadata=self._opening()))
+
+    def _call_chunk(self, call: ParsedCall) -> STARSGenerationChunk:
+        if call.error is not None or call.name is None or call.arguments is None:
+            self._invalid.append({"name": call.name, "args": call.raw, "error": call.error})
+            return self._text_chunk("")
+        call_id = f"call_{uuid.uuid4().hex[:24]}"
+        self._calls.append(tool_call(name=call.name, args=call.arguments, id=call_id))
+        index = len(self._calls) - 1
+        chunk_entry = tool_call_chunk(name=call.name, args=json.dumps(call.arguments), id=call_id, index=index)
+        message = AIMessageChunk(content="", tool_call_chunks=[chunk_entry], response_metadata=self._opening())
+        return self._chunk(message)
 
     def _chunk(self, message: AIMessageChunk) -> STARSGenerationChunk:
         chunk = STARSGenerationChunk(message=message, stars_segments=self._pending)
@@ -212,12 +212,15 @@ class _Assembler:
         return {"model_name": self.model_name, "model_provider": PROVIDER}
 
     def _closing(self, result: STARSResult) -> dict[str, Any]:
-        return {
+        closing = {
             "finish_reason": result.finish_reason,
             "seed": self.seed,
             "stars": result.stats.as_dict(),
             "stars_segments": list(self.decisions),
         }
+        if self._invalid:
+            closing["stars_invalid_tool_calls"] = list(self._invalid)
+        return closing
 
 
 def _usage(result: STARSResult) -> UsageMetadata:
@@ -237,6 +240,7 @@ class _Call:
     stop: list[str] | None
     include_text: bool
     assembler: _Assembler
+    constraint: OutputConstraint | None = None
 
 
 class STARSChatModel(BaseChatModel):
@@ -421,19 +425,84 @@ class STARSChatModel(BaseChatModel):
                 f"{requested_model!r}): build another STARSChatModel with backend=... for that model"
             )
         include_text = bool(kwargs.pop("include_candidate_text", self.include_candidate_text))
+        output = {key: kwargs.pop(key) for key in _OUTPUT_KWARGS if key in kwargs}
         unknown = sorted(key for key in kwargs if key not in _CONFIG_FIELDS and key not in _LANGCHAIN_TO_CONFIG)
         if unknown:
             raise TypeError(
                 f"unexpected argument(s) {', '.join(unknown)} for STARSChatModel; pass STARSConfig fields "
-                f"({', '.join(sorted(_CONFIG_FIELDS))}) or max_tokens, timeout, stop, model"
+                f"({', '.join(sorted(_CONFIG_FIELDS))}) or max_tokens, timeout, stop, model (tools and "
+                "structured output: bind_tools, with_structured_output)"
             )
         config = self._config_for(kwargs)
         seed = config.seed if config.seed is not None else secrets.randbelow(_SEED_LIMIT)
         config = config.with_overrides(seed=seed)
-        turns = to_chat_messages(messages)
+        constraint, instruction = _answer_shape(output)
+        turns = to_chat_messages(messages, instruction)
         stops = stop if stop is not None else self.stop
         engine = STARSEngine(self._backend(), self._reward(), config)
-        return _Call(engine, turns, list(stops) if stops else None, include_text, _Assembler(str(self.model), seed))
+        tool_names = constraint.tool_names if constraint is not None and constraint.kind == "tool_calls" else None
+        assembler = _Assembler(str(self.model), seed, tool_names)
+        return _Call(engine, turns, list(stops) if stops else None, include_text, assembler, constraint)
+
+    # Tools and structured output ----------------------------------------------------------------
+
+    def bind_tools(
+        self,
+        tools: Sequence[ToolLike],
+        *,
+        tool_choice: str | bool | dict[str, Any] | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """This model with `tools` it may call (LangChain tools, pydantic models, functions, OpenAI dicts).
+
+        `tool_choice`: 'auto' (default: text or calls), 'any'/'required' (at least one call), a
+        tool's name (that call, once), 'none' (text only). Calls are drafted under a grammar where
+        the backend has one, so they are valid JSON for their tool's schema; the guard judges them
+        as `config.guard_tool_calls` says (docs/agents.md).
+        """
+        formatted = openai_tools(tools)
+        names = [spec.name for spec in tool_specs(formatted)]
+        choice = tool_choice_name(tool_choice, names)
+        bound: dict[str, Any] = {"tools": formatted, **kwargs}
+        if choice is not None:
+            bound["tool_choice"] = choice
+        if parallel_tool_calls is not None:
+            bound["parallel_tool_calls"] = parallel_tool_calls
+        return self.bind(**bound)
+
+    def with_structured_output(
+        self,
+        schema: Any = None,
+        *,
+        method: StructuredOutputMethod = "json_schema",
+        include_raw: bool = False,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, Any]:
+        """This model answering in `schema` (pydantic model, TypedDict, JSON schema, OpenAI tool).
+
+        `method`: 'json_schema' (the answer is the JSON value, drafted under the schema's grammar),
+        'function_calling' (a forced call of a tool named after the schema), 'json_mode' (any JSON
+        object). Returns pydantic objects for pydantic schemas, else dicts; `include_raw=True`
+        gives `{"raw", "parsed", "parsing_error"}`.
+        """
+        if kwargs:
+            raise ValueError(f"unexpected argument(s) {', '.join(sorted(kwargs))} for with_structured_output")
+        return structured_output(self, schema, method, include_raw)
+
+
+def _answer_shape(output: dict[str, Any]) -> tuple[OutputConstraint | None, str | None]:
+    """The constraint and the system-turn instruction for what `bind_tools` / structured output bound."""
+    schema = output.get("response_format")
+    if schema is not None:
+        if output.get("tools"):
+            raise ValueError("bind either tools or a response format (with_structured_output), not both")
+        return OutputConstraint("json_schema", schema=schema), schema_instruction(schema)
+    tools = tool_specs(output.get("tools") or [])
+    constraint = tool_constraint(
+        tools, output.get("tool_choice"), parallel_tool_calls=output.get("parallel_tool_calls", True) is not False
+    )
+    return constraint, None if constraint is None else tools_instruction(constraint)
 
 
 def _first_set(*values: Any) -> Any:
@@ -459,14 +528,13 @@ def _steps(call: _Call) -> Generator[_Step, None, None]:
     the chunk layout cannot drift between them. However the loop ends (finished, raised, a
     consumer that left early), the engine's generation is closed, which frees its KV cache.
     """
-    events = call.engine.stream(call.turns, stop=call.stop)
+    events = call.engine.stream(call.turns, stop=call.stop, constraint=call.constraint)
     try:
         for event in events:
-            chunk = call.assembler.feed(event)
+            chunks = call.assembler.feed(event)
             if isinstance(event, CandidateJudged):
                 yield segment_payload(event, include_text=call.include_text)
-            if chunk is not None:
-                yield chunk
+            yield from chunks
     finally:
         events.close()
 

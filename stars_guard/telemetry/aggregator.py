@@ -33,6 +33,7 @@ DECISION_KEYS = (
     "tokens",
     "vetoed",
     "safety",
+    "part",
 )
 
 

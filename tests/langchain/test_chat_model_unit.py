@@ -14,6 +14,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import (
     AIMessage,
     AIMessageChunk,
+    FunctionMessage,
     HumanMessage,
     SystemMessage,
     ToolMessage,
@@ -86,10 +87,35 @@ def test_messages_become_engine_turns() -> None:
     ]
 
 
+def test_tool_turns_are_rendered_in_the_tool_call_format() -> None:
+    call = {"name": "add", "args": {"a": 1}, "id": "c1"}
+    turns = to_chat_messages(
+        [
+            HumanMessage("1+2?"),
+            AIMessage("Adding.", tool_calls=[call, {**call, "id": "c2", "args": {"a": 2}}]),
+            ToolMessage("3", tool_call_id="c1"),
+            ToolMessage("4", tool_call_id="c2"),
+        ],
+        instruction="TOOLS",
+    )
+    assert turns == [
+        ChatMessage("system", "TOOLS"),
+        ChatMessage("user", "1+2?"),
+        ChatMessage(
+            "assistant",
+            'Adding.\n<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call>\n'
+            '<tool_call>\n{"name": "add", "arguments": {"a": 2}}\n</tool_call>',
+        ),
+        ChatMessage("user", "<tool_response>\n3\n</tool_response>\n<tool_response>\n4\n</tool_response>"),
+    ]
+    with_system = to_chat_messages([SystemMessage("be brief"), HumanMessage("hi")], instruction="TOOLS")
+    assert with_system[0] == ChatMessage("system", "be brief\n\nTOOLS")
+
+
 @pytest.mark.parametrize(
     ("messages", "match"),
     [
-        ([HumanMessage("hi"), ToolMessage("42", tool_call_id="t1")], "'tool' message"),
+        ([HumanMessage("hi"), FunctionMessage("42", name="f")], "'function' message"),
         ([HumanMessage(content=[{"type": "image", "url": "https://x/y.png"}])], "'image' content block"),
         ([HumanMessage("hi"), AIMessage("hello")], "last message must come from the user"),
         ([LCChatMessage(role="critic", content="meh")], "'critic' message"),
