@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[local,langchain,telemetry,http,server,llamacpp,examples,bench,dev]"
+	$(PIP) install --quiet -e ".[local,langchain,agents,telemetry,http,server,llamacpp,examples,bench,dev]"
 	touch $(STAMP)
 
 # Headless Chromium (Debian package) renders the dashboard in its test; installed once, as root.

@@ -348,6 +348,7 @@ def test_the_probe_catches_an_optional_import(tmp_path: Path) -> None:
 EXTRAS_OF = {
     "stars_guard/": (),
     "stars_guard/langchain/": ("langchain",),
+    "stars_guard/langchain/middleware.py": ("langchain", "agents"),
     "stars_guard/telemetry/": ("telemetry",),
     "stars_guard/serving/": ("server",),
     "stars_guard/bench/": ("bench", "local"),  # the bench runs the embedded default
@@ -357,6 +358,7 @@ EXTRAS_OF = {
     "adapters/_http.py": ("http",),
     "adapters/llamacpp_backend.py": ("llamacpp",),
     "examples/": ("examples", "langchain"),
+    "examples/guarded_agent.py": ("examples", "langchain", "agents"),
 }
 # Named in an extra although no module of it imports them, and why.
 NOT_IMPORTED = {
