@@ -23,6 +23,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from stars_guard.config import STARSConfig
 from stars_guard.langchain.chat_model import STARSChatModel
 from stars_guard.protocols import Backend, RewardModel
+from stars_guard.specs import build_backend, build_reward
 
 
 class STARSMiddleware(AgentMiddleware):
@@ -30,24 +31,30 @@ class STARSMiddleware(AgentMiddleware):
 
     Which model writes the answers: the agent's own when it already is a `STARSChatModel` (its
     backend, reward and config are kept), else `model` when given, else a `STARSChatModel` built
-    from `backend`, `reward` and `config` (the embedded default where they are None). An agent
-    whose model is a hosted chat API cannot be driven token by token: give this middleware a
-    backend for the same model (an `openai:` spec pointing at the vLLM or llama-server that
-    serves it) and the agent's model is replaced for every call.
+    from `backend`, `reward` and `config` (the embedded default where they are None; specs as
+    on the command line, e.g. `backend="llama-server:http://127.0.0.1:8080"`). An agent whose
+    model is a chat API cannot be driven token by token: give this middleware a backend for the
+    same model (the vLLM or llama-server that serves it) and it answers every call instead.
     """
 
     def __init__(
         self,
         model: STARSChatModel | None = None,
         *,
-        backend: Backend | None = None,
-        reward: RewardModel | None = None,
+        backend: Backend | str | None = None,
+        reward: RewardModel | str | None = None,
         config: STARSConfig | None = None,
     ) -> None:
         super().__init__()
         if model is not None and (backend is not None or reward is not None or config is not None):
             raise ValueError("pass either model= or backend=/reward=/config=, not both")
-        self.model = model or STARSChatModel(backend=backend, reward=reward, config=config or STARSConfig())
+        if model is None:
+            model = STARSChatModel(
+                backend=build_backend(backend) if isinstance(backend, str) else backend,
+                reward=build_reward(reward) if isinstance(reward, str) else reward,
+                config=config or STARSConfig(),
+            )
+        self.model = model
 
     def guarded_model(self, agent_model: Any) -> STARSChatModel:
         """The model that answers for `agent_model` (see the class docstring)."""

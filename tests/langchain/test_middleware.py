@@ -9,15 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-pytest.importorskip("langchain.agents", reason="STARSMiddleware needs the agents extra (langchain>=1.5)")
-
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from stars_guard import STARSConfig
+from stars_guard.errors import SpecError
 from stars_guard.langchain.chat_model import STARSChatModel
 from stars_guard.langchain.middleware import STARSMiddleware
 from stars_guard.protocols import OpenRequest
@@ -103,3 +101,5 @@ def test_the_agents_own_stars_model_is_kept():
     assert middleware.guarded_model(GenericFakeChatModel(messages=iter([]))) is middleware.model
     with pytest.raises(ValueError, match="either model= or backend="):
         STARSMiddleware(own, config=CONFIG)
+    with pytest.raises(SpecError, match="unknown backend"):
+        STARSMiddleware(backend="nonsense:x")
