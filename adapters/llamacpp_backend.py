@@ -13,6 +13,10 @@ Sampling (temperature, then nucleus on the tempered distribution, seeded) is don
 logits llama.cpp returns, with the same semantics as `TransformersBackend`. Each generation owns
 a llama.cpp context for its lifetime (taken from a per-backend pool), so concurrent requests never
 share a KV cache.
+
+Under an `OutputConstraint` each candidate forks the generation's grammar matcher, built over the
+tokens' byte pieces, and its numpy logits are masked before every token (`_grammar.py`); committing
+advances the matcher by the candidate's ids. Entropy cuts read the unmasked logits.
 """
 
 from __future__ import annotations
@@ -31,10 +35,12 @@ from typing import Any
 import numpy as np
 
 from stars_guard.adapters import _chat
+from stars_guard.adapters._grammar import ConstraintGrammars, ConstraintMatcher, LazyGrammars, NumpyMasker, fork_rows
 from stars_guard.adapters._numpy_sampling import complete_utf8, entropy, incomplete_utf8_tail, sample
 from stars_guard.errors import BackendError, ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, OpenRequest
+from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
+from stars_guard.tools import OutputConstraint
 
 _MODELS: dict[str, Any] = {}
 _MODELS_LOCK = threading.Lock()
@@ -117,6 +123,7 @@ class LlamaCppBackend:
         self._pieces: dict[int, bytes] = {}
         self._pool: list[_Context] = []
         self._pool_lock = threading.Lock()
+        self.grammars = LazyGrammars(self._build_grammars)
         _BACKENDS.add(self)
 
     @property
@@ -171,13 +178,20 @@ class LlamaCppBackend:
             ids.insert(0, self._bos_id)
         return ids
 
+    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
+        """Every segment is drafted under the grammar (a matcher forked per candidate, masked per token)."""
+        return "segments"
+
     def open(self, request: OpenRequest) -> LlamaCppGeneration:
         prompt_ids = self.encode_chat(request.messages)
         if self.context_window and len(prompt_ids) + request.max_new_tokens > self.context_window:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
+        matcher = self.grammars.matcher(request.constraint)
         context = self._acquire()
         try:
-            return LlamaCppGeneration(self, context, prompt_ids, request.temperature, request.top_p, request.seed)
+            return LlamaCppGeneration(
+                self, context, prompt_ids, request.temperature, request.top_p, request.seed, matcher=matcher
+            )
         except BaseException:
             self._release(context)
             raise
@@ -200,6 +214,11 @@ class LlamaCppBackend:
         return cached
 
     # Internals ------------------------------------------------------------------------------------
+
+    def _build_grammars(self) -> ConstraintGrammars:
+        """The grammar compiler over this vocabulary: each token's bytes, EOG tokens as the stop tokens."""
+        pieces = [self.piece(token) for token in range(self.n_vocab)]
+        return ConstraintGrammars.for_byte_pieces(pieces, [t for t in range(self.n_vocab) if self.is_end(t)])
 
     def _piece(self, token: int, special: bool) -> bytes:
         buffer = ctypes.create_string_buffer(64)
@@ -353,9 +372,11 @@ class LlamaCppGeneration:
         temperature: float,
         top_p: float,
         seed: int | None,
+        matcher: ConstraintMatcher | None = None,
     ) -> None:
         self._backend = backend
         self._context: _Context | None = context
+        self._matcher = matcher  # the grammar state after the accepted tokens; None: unconstrained
         self._temperature = temperature
         self._top_p = top_p
         self._rng = np.random.default_rng(seed)
@@ -383,6 +404,11 @@ class LlamaCppGeneration:
     @property
     def llm_calls(self) -> int:
         return self._calls
+
+    @property
+    def token_ids(self) -> list[int]:
+        """Prompt and accepted response ids, exactly as the model saw them."""
+        return self.prompt_ids + self.response_ids
 
     supports_entropy_segments = True
 
@@ -422,6 +448,8 @@ class LlamaCppGeneration:
             raise ValueError("commit() needs a candidate from the latest draft or the retained one")
         if chosen.logits is None:
             raise ValueError("a candidate that ended with EOS cannot be continued")
+        if self._matcher is not None:
+            self._matcher.advance(candidate.token_ids)
         # Its cells (prefix + candidate) become the new prefix; every other sequence is dropped.
         prefix_end = len(self.prompt_ids) + len(self.response_ids)
         context.copy_sequence(chosen.sequence, 0, prefix_end, -1)
@@ -433,7 +461,7 @@ class LlamaCppGeneration:
 
     def close(self) -> None:
         context, self._context = self._context, None
-        self._drafted, self._retained = [], None
+        self._drafted, self._retained, self._matcher = [], None, None
         if context is not None:
             self._backend._release(context)
 
@@ -456,11 +484,18 @@ class LlamaCppGeneration:
         final: list[np.ndarray | None] = [None] * count
         alive = list(range(count))
         logits = np.broadcast_to(self._next_logits, (count, backend.n_vocab))
+        # Under a grammar each candidate gets its own fork of the committed matcher; no mask work without one.
+        matchers = fork_rows(self._matcher, count)
+        masker = None if self._matcher is None else NumpyMasker(count, backend.grammars.get().vocab_size)
         for step in range(max_tokens):
-            tokens = sample(logits, self._temperature, self._top_p, self._rng)
+            allowed = logits if masker is None else masker.apply(logits, [matchers[p] for p in alive])
+            tokens = sample(allowed, self._temperature, self._top_p, self._rng)
             evaluate: list[int] = []
             for row, position in enumerate(alive):
                 token = int(tokens[row])
+                matcher = matchers[position]
+                if matcher is not None:
+                    matcher.accept(token)
                 sampled[position].append(token)
                 if backend.is_end(token):
                     ended[position] = True  # an EOS is never continued: not evaluated

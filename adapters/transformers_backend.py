@@ -4,6 +4,10 @@ Token ids are kept end to end and the accepted prefix's KV cache is reused: a ro
 forks the prefix cache into K rows (as views: the first decoding step materialises them), the
 rows advance in lockstep, and committing a candidate narrows the cache back to its row. Every
 sampled token is forwarded exactly once, so `llm_forward_tokens == prompt_tokens + tokens_sampled`.
+
+Under an `OutputConstraint` (`OpenRequest.constraint`) each row also forks the generation's grammar
+matcher and its logits are masked before every token (`_grammar.py`); committing advances the
+matcher by the candidate's ids. Without one no matcher exists and no mask work is done.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from typing import Any
 import torch
 
 from stars_guard.adapters._chat import chat_prompt_ids
+from stars_guard.adapters._grammar import ConstraintGrammars, ConstraintMatcher, LazyGrammars, TorchMasker, fork_rows
 from stars_guard.adapters._text import candidate_from_ids, eos_ids
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, DraftRequest, OpenRequest
+from stars_guard.protocols import Candidate, ConstraintSupport, DraftRequest, OpenRequest
+from stars_guard.tools import OutputConstraint
 
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 _LOAD_LOCK = threading.Lock()
@@ -93,6 +99,10 @@ class TransformersBackend:
         self._cache_kwarg = (
             "cache" if "cache" in inspect.signature(self.model.forward).parameters else ("past_key_values")
         )
+        logits_width = int(getattr(self.model.config, "vocab_size", 0) or 0) or len(self.tokenizer)
+        self.grammars = LazyGrammars(
+            lambda: ConstraintGrammars.for_huggingface(self.tokenizer, logits_width, sorted(self.eos_ids))
+        )
 
     @property
     def model_name(self) -> str:
@@ -105,9 +115,16 @@ class TransformersBackend:
         """
         return chat_prompt_ids(self.tokenizer, messages)
 
+    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
+        """Every segment is drafted under the grammar (a matcher forked per candidate, masked per token)."""
+        return "segments"
+
     def open(self, request: OpenRequest) -> TransformersGeneration:
         prompt_ids = self._prompt_ids(request)
-        return TransformersGeneration(self, prompt_ids, request.temperature, request.top_p, request.seed)
+        matcher = self.grammars.matcher(request.constraint)
+        return TransformersGeneration(
+            self, prompt_ids, request.temperature, request.top_p, request.seed, matcher=matcher
+        )
 
     def _prompt_ids(self, request: OpenRequest) -> list[int]:
         """The rendered prompt, or `ContextWindowExceededError` when it and the answer cannot fit."""
@@ -123,9 +140,11 @@ class TransformersBackend:
         """
         opened: list[TransformersGeneration | Exception] = []
         prompts: list[tuple[int, list[int]]] = []
+        matchers: dict[int, ConstraintMatcher | None] = {}
         for index, request in enumerate(requests):
             try:
                 prompt_ids = self._prompt_ids(request)
+                matchers[index] = self.grammars.matcher(request.constraint)
             except Exception as exc:
                 opened.append(exc)
                 continue
@@ -144,7 +163,7 @@ class TransformersBackend:
             request = requests[index]
             state = (_row_of(cache, row, pad), logits[row : row + 1, -1, :].float())
             opened[index] = TransformersGeneration(
-                self, ids, request.temperature, request.top_p, request.seed, prefilled=state
+                self, ids, request.temperature, request.top_p, request.seed, prefilled=state, matcher=matchers[index]
             )
         return opened
 
@@ -205,8 +224,10 @@ class TransformersGeneration:
         top_p: float,
         seed: int | None,
         prefilled: tuple[Any, torch.Tensor] | None = None,
+        matcher: ConstraintMatcher | None = None,
     ) -> None:
         self._backend = backend
+        self._matcher = matcher  # the grammar state after the accepted tokens; None: unconstrained
         self._temperature = temperature
         self._top_p = top_p
         self._generator = torch.Generator(device=backend.device)
@@ -278,11 +299,13 @@ class TransformersGeneration:
             raise ValueError("commit() needs a candidate from the latest draft or the retained one")
 
     def close(self) -> None:
-        self._cache = self._draft = self._retained = None
+        self._cache = self._draft = self._retained = self._matcher = None
 
     # Internals ------------------------------------------------------------------------------------
 
     def _advance(self, candidate: Candidate, cache: Any, logits: torch.Tensor) -> None:
+        if self._matcher is not None:
+            self._matcher.advance(candidate.token_ids)
         self.response_ids.extend(candidate.token_ids)
         self._cache, self._next_logits = cache, logits
         self._draft = self._retained = None
@@ -330,6 +353,8 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
         cache = _join_caches([(g._cache, k, pad) for g, k, pad in zip(generations, counts, pads, strict=True)])
     logits = torch.cat([g._next_logits.expand(k, -1) for g, k in zip(generations, counts, strict=True)])
     owners = [(index, position) for index, count in enumerate(counts) for position in range(count)]
+    # Under a grammar each candidate row gets its own fork of its generation's matcher; no mask work without one.
+    matchers, masker = _row_matchers(backend, generations, counts)
     mask = positions = None
     if any(pads):
         shapes = zip(pads, lengths, counts, strict=True)
@@ -344,9 +369,13 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
     step = 0
     with torch.inference_mode():
         while owners:
+            if masker is not None:
+                masker.apply(logits, matchers)
             tokens = _sample_rows(logits, owners, generations)
             for row, (index, position) in enumerate(owners):
                 token = int(tokens[row])
+                if matchers[row] is not None:
+                    matchers[row].accept(token)
                 sampled[index][position].append(token)
                 hit_eos[index][position] = token in eos
                 generations[index]._forward_tokens += 1
@@ -375,6 +404,7 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
                 cache.batch_select_indices(index_tensor)
                 logits = logits[index_tensor]
                 owners = [owners[row] for row in keep]
+                matchers = [matchers[row] for row in keep]
                 if mask is not None:
                     mask, positions = mask[index_tensor.cpu()], positions[index_tensor.cpu()]
     drafted: list[list[Candidate]] = []
@@ -383,6 +413,20 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
         generation._draft = _Draft(candidates, states[index])
         drafted.append(candidates)
     return drafted
+
+
+def _row_matchers(
+    backend: TransformersBackend, generations: list[Any], counts: list[int]
+) -> tuple[list[ConstraintMatcher | None], TorchMasker | None]:
+    """Per row of a round, a fork of its generation's matcher (None: unconstrained), and the masker if any."""
+    if all(generation._matcher is None for generation in generations):
+        return [None] * sum(counts), None
+    matchers = [
+        matcher
+        for generation, count in zip(generations, counts, strict=True)
+        for matcher in fork_rows(generation._matcher, count)
+    ]
+    return matchers, TorchMasker(len(matchers), backend.grammars.get().vocab_size)
 
 
 def _sample_rows(logits: torch.Tensor, owners: list[tuple[int, int]], generations: list[Any]) -> torch.Tensor:

@@ -356,6 +356,7 @@ EXTRAS_OF = {
     "stars_guard/cli.py": ("local",),  # quiets transformers' logging when it is there
     "adapters/": ("local",),  # the local models: transformers backend and rewards, GuardReward, the judge
     "adapters/_http.py": ("http",),
+    "adapters/_grammar.py": ("local", "llamacpp"),  # constrained drafting, for both in-process backends
     "adapters/llamacpp_backend.py": ("llamacpp",),
     "examples/": ("examples", "langchain"),
     "examples/guarded_agent.py": ("examples", "langchain", "agents"),
