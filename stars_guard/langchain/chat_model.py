@@ -456,10 +456,10 @@ class STARSChatModel(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """This model with `tools` it may call (LangChain tools, pydantic models, functions, OpenAI dicts).
 
-        `tool_choice`: 'auto' (default: text or calls), 'any'/'required' (at least one call), a
-        tool's name (that call, once), 'none' (text only). Calls are drafted under a grammar where
-        the backend has one, so they are valid JSON for their tool's schema; the guard judges them
-        as `config.guard_tool_calls` says (docs/agents.md).
+        `tool_choice`: 'auto' (default: text or calls), 'any'/'required' (a call: one, or one or
+        more with `parallel_tool_calls=True`), a tool's name (that call, once), 'none' (text only).
+        Calls are drafted under a grammar where the backend has one, so they are valid JSON for
+        their tool's schema; the guard judges them as `config.guard_tool_calls` says (docs/agents.md).
         """
         formatted = openai_tools(tools)
         names = [spec.name for spec in tool_specs(formatted)]
@@ -477,14 +477,16 @@ class STARSChatModel(BaseChatModel):
         *,
         method: StructuredOutputMethod = "json_schema",
         include_raw: bool = False,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, Any]:
         """This model answering in `schema` (pydantic model, TypedDict, JSON schema, OpenAI tool).
 
         `method`: 'json_schema' (the answer is the JSON value, drafted under the schema's grammar),
         'function_calling' (a forced call of a tool named after the schema), 'json_mode' (any JSON
-        object). Returns pydantic objects for pydantic schemas, else dicts; `include_raw=True`
-        gives `{"raw", "parsed", "parsing_error"}`.
+        object; held to `schema` when one is given). Returns pydantic objects for pydantic
+        schemas, else dicts; `include_raw=True` gives `{"raw", "parsed", "parsing_error"}`.
+        `strict` is accepted for compatibility: under a grammar the schema always holds.
         """
         if kwargs:
             raise ValueError(f"unexpected argument(s) {', '.join(sorted(kwargs))} for with_structured_output")
@@ -499,8 +501,10 @@ def _answer_shape(output: dict[str, Any]) -> tuple[OutputConstraint | None, str 
             raise ValueError("bind either tools or a response format (with_structured_output), not both")
         return OutputConstraint("json_schema", schema=schema), schema_instruction(schema)
     tools = tool_specs(output.get("tools") or [])
+    # A forced answer is one call unless parallel calls are asked for: a small model given room for
+    # more keeps calling the same tool until the token budget.
     constraint = tool_constraint(
-        tools, output.get("tool_choice"), parallel_tool_calls=output.get("parallel_tool_calls", True) is not False
+        tools, output.get("tool_choice"), parallel_tool_calls=output.get("parallel_tool_calls") is True
     )
     return constraint, None if constraint is None else tools_instruction(constraint)
 

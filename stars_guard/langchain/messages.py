@@ -8,6 +8,7 @@ one user turn of `<tool_response>` blocks, so the model and the reward read the 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.messages import ChatMessage as LCChatMessage
@@ -17,7 +18,10 @@ from stars_guard.messages import ROLE_ALIASES, ChatMessage, normalize_messages
 from stars_guard.tools import render_tool_call, render_tool_result
 
 # Earlier answers' reasoning is not part of what was said; providers drop it from history too.
-_SKIPPED_AI_BLOCKS = frozenset({"reasoning", "thinking", "redacted_thinking", "tool_call", "tool_call_chunk"})
+# Tool-call blocks (LangChain's, Anthropic's tool_use) are rendered from the message's calls instead.
+_SKIPPED_AI_BLOCKS = frozenset(
+    {"reasoning", "thinking", "redacted_thinking", "tool_call", "tool_call_chunk", "tool_use"}
+)
 
 
 def to_chat_messages(messages: Sequence[BaseMessage], instruction: str | None = None) -> list[ChatMessage]:
@@ -49,6 +53,8 @@ def _turn(message: BaseMessage, position: int) -> ChatMessage:
         return ChatMessage("user", _text_of(message, position))
     if isinstance(message, AIMessage):
         calls = [render_tool_call(call["name"], call["args"]) for call in message.tool_calls]
+        if not calls:  # a provider's own call blocks (Anthropic's tool_use) where tool_calls is empty
+            calls = [render_tool_call(block["name"], block.get("input") or {}) for block in _tool_use_blocks(message)]
         text = _text_of(message, position)
         return ChatMessage("assistant", "\n".join(part for part in (text, *calls) if part))
     if isinstance(message, SystemMessage):
@@ -59,6 +65,16 @@ def _turn(message: BaseMessage, position: int) -> ChatMessage:
     raise InvalidMessagesError(
         f"message {position} is a {kind!r} message; STARSChatModel takes system, human, ai and tool messages"
     )
+
+
+def _tool_use_blocks(message: AIMessage) -> list[Mapping[str, Any]]:
+    if isinstance(message.content, str):
+        return []
+    return [
+        block
+        for block in message.content
+        if isinstance(block, Mapping) and block.get("type") == "tool_use" and isinstance(block.get("name"), str)
+    ]
 
 
 def _with_instruction(turns: list[ChatMessage], instruction: str) -> list[ChatMessage]:

@@ -8,6 +8,7 @@ backends; this module only translates LangChain's shapes (pydantic models, Typed
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Literal
@@ -20,6 +21,8 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 
 from stars_guard.tools import ToolSpec
+
+logger = logging.getLogger(__name__)
 
 StructuredOutputMethod = Literal["json_schema", "function_calling", "json_mode"]
 ToolLike = Mapping[str, Any] | type | Callable[..., Any] | BaseTool
@@ -39,11 +42,13 @@ def tool_specs(tools: Sequence[Mapping[str, Any]]) -> list[ToolSpec]:
             raise ValueError(f"tool {position} is not an OpenAI function tool: {{'type': 'function', 'function': ...}}")
         parameters = function.get("parameters") or {"type": "object", "properties": {}}
         specs.append(ToolSpec(function["name"], function.get("description", "") or "", parameters))
-    names = [spec.name for spec in specs]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise ValueError(f"tool names must be unique; bound twice: {', '.join(duplicates)}")
-    return specs
+    # A name bound twice (a pydantic model and its JSON schema) is one tool: the first is kept,
+    # since a call names its tool and could not say which of two it meant.
+    unique: dict[str, ToolSpec] = {}
+    for spec in specs:
+        if unique.setdefault(spec.name, spec) is not spec and unique[spec.name].parameters != spec.parameters:
+            logger.warning("tool %r is bound twice with different arguments; the first one is kept", spec.name)
+    return list(unique.values())
 
 
 def tool_choice_name(tool_choice: Any, names: Sequence[str]) -> str | None:
@@ -105,7 +110,8 @@ def structured_output(
     elif method in ("json_schema", "json_mode"):
         if method == "json_schema" and schema is None:
             raise ValueError("method='json_schema' needs a schema; method='json_mode' takes none")
-        target = {"type": "object"} if method == "json_mode" else json_schema_of(schema)
+        # JSON mode with a schema is held to that schema too: the grammar can, so it does.
+        target = {"type": "object"} if schema is None else json_schema_of(schema)
         bound = model.bind(response_format=target, ls_structured_output_format=trace)
         parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()
     else:

@@ -105,8 +105,12 @@ def test_tool_choice_none_binds_no_constraint_and_a_bad_choice_says_why():
     assert backend.opened[0]["constraint"] is None
     with pytest.raises(ValueError, match="names no bound tool; bound tools: get_weather"):
         llm.bind_tools([get_weather], tool_choice="delete_all")
-    with pytest.raises(ValueError, match="bound twice: get_weather"):
-        llm.bind_tools([get_weather, get_weather])
+    other = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    llm, backend = model(CALL)
+    llm.bind_tools([get_weather, Person, Person.model_json_schema(), other], tool_choice="any").invoke("hi")
+    constraint = backend.opened[0]["constraint"]
+    assert constraint.tool_names == ("get_weather", "Person")  # a name bound twice is one tool: the first
+    assert "city" in constraint.tools[0].parameters["properties"]
 
 
 def test_every_tool_form_is_accepted():
