@@ -44,3 +44,14 @@ def test_callback_dashboard_draws_the_table_and_writes_the_png(tmp_path: Path) -
     assert "over 3 requests" in completed.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert png.stat().st_size > 5_000
+
+
+def test_guarded_agent_calls_a_tool_and_prints_the_trace_with_statistics() -> None:
+    completed = run("guarded_agent.py", "What is the weather in Paris?", "--seed", "3")
+    trace = completed.stdout.splitlines()
+    assert trace[0] == "user: What is the weather in Paris?"
+    calls = [line for line in trace if line.startswith("model calls ")]
+    assert calls and "candidates rejected" in calls[0] and "judged in tool calls" in calls[0]
+    assert any(line.startswith("tool ") for line in trace)  # the agent ran the accepted call
+    assert trace[-1].startswith("model: ")  # and answered from its result
+    assert "model calls" in completed.stderr and "candidates rejected" in completed.stderr

@@ -18,10 +18,13 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 from pydantic import BaseModel, Field
 
+from stars_guard import STARSConfig
 from stars_guard.langchain.chat_model import STARSChatModel
 
-# Tokens for an answer that is a tool call or a JSON value: a call alone is about 30 tokens.
-STRUCTURED_BUDGET = 96
+# Tokens for an answer that is a tool call or a JSON value: a call alone is about 30 tokens. The
+# variants below, whose values are bounded, get room for the longest value their schema allows.
+STRUCTURED_BUDGET = 48
+BOUNDED_BUDGET = 80
 
 # The suite decodes greedily (temperature 0: one candidate per segment, so STARS cannot resample),
 # and these tests ask more of a 135M model than it does. The grammar keeps every call and JSON
@@ -64,9 +67,9 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
 
     @property
     def chat_model_params(self) -> dict[str, Any]:
-        # Short answers keep the suite quick; the suite itself sets temperature 0 (greedy drafts,
-        # still scored: the veto holds).
-        return {"max_tokens": 16}
+        # Short answers and 16-token segments keep the suite quick; the suite itself sets
+        # temperature 0 (greedy drafts, still scored: the veto holds).
+        return {"max_tokens": 16, "config": STARSConfig(segment_size=16)}
 
     @pytest.fixture
     def model(self, request: Any) -> STARSChatModel:
@@ -112,7 +115,8 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
 
     @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
     def test_structured_output_with_bounded_strings(self, model: STARSChatModel, method: str) -> None:
-        joke = model.with_structured_output(BoundedJoke, method=method).invoke("Tell me a joke about cats.")
+        roomy = model.model_copy(update={"max_tokens": BOUNDED_BUDGET})
+        joke = roomy.with_structured_output(BoundedJoke, method=method).invoke("Tell me a joke about cats.")
         assert isinstance(joke, BoundedJoke) and joke.setup and joke.punchline
 
     @pytest.mark.xfail(reason=ENDLESS_STRING, strict=False)
@@ -122,12 +126,13 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
         super().test_unicode_tool_call_integration(model, tool_choice=tool_choice, force_tool_call=force_tool_call)
 
     def test_unicode_tool_call_with_a_bounded_name(self, model: STARSChatModel) -> None:
-        message = model.bind_tools([create_customer], tool_choice="any").invoke(
+        roomy = model.model_copy(update={"max_tokens": BOUNDED_BUDGET})
+        message = roomy.bind_tools([create_customer], tool_choice="any").invoke(
             "Create a customer named '你好啊集团' (Hello Group) - a Chinese technology company"
         )
         assert isinstance(message, AIMessage) and len(message.tool_calls) == 1
         assert message.tool_calls[0]["name"] == "create_customer"
-        assert 1 <= len(message.tool_calls[0]["args"]["customer_name"]) <= 24
+        assert 1 <= len(message.tool_calls[0]["args"]["customer_name"]) <= 8
         assert "\\u" not in message.tool_calls[0]["args"]["customer_name"]  # characters, not escapes
 
     @pytest.mark.xfail(reason=NEAR_TIE, strict=False)
@@ -148,12 +153,12 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
 class BoundedJoke(BaseModel):
     """Joke to tell user."""
 
-    setup: str = Field(description="question to set up a joke", max_length=60)
-    punchline: str = Field(description="answer to resolve the joke", max_length=60)
+    setup: str = Field(description="question to set up a joke", max_length=20)
+    punchline: str = Field(description="answer to resolve the joke", max_length=20)
 
 
 @tool
-def create_customer(customer_name: str = Field(max_length=24), description: str = Field(max_length=40)) -> str:
+def create_customer(customer_name: str = Field(max_length=8), description: str = Field(max_length=16)) -> str:
     """Create a customer with a name in their native language."""
     return f"created {customer_name}"
 
