@@ -12,24 +12,37 @@ request: with `n_cmpl` the other slots copy the first one's KV cache) plus the t
 The chat template is the server's (`/apply-template`). Message content is tokenised with special
 parsing off wherever it looks like a control token, so it can never forge a turn. The server's
 properties (`/props`: slots, context per slot, model, build) are read once.
+
+Under an `OutputConstraint` the server's own grammar sampling holds it. Its grammar starts at a
+request's first token, so it holds only over a whole answer (`constraint_support` says "whole"):
+a JSON schema goes as `json_schema`, a forced tool call as a GBNF `grammar` around the call's JSON.
+That JSON's grammar is the server's own conversion of the call's schema (the rules it would run for
+`json_schema`, echoed in `generation_settings.grammar`), asked once per constraint: llama.cpp's
+GBNF parser rejects xgrammar's EBNF (`_` in rule names, `(= ...)` lookaheads, `{0, -1}`, `\0`).
 """
 
 from __future__ import annotations
 
 import codecs
 import random
+import re
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
+from stars_guard.adapters._grammar import CALL_SEPARATOR, arguments_schema, constraint_key
 from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.deadline import ContextThreadPool
-from stars_guard.errors import BackendError, ContextWindowExceededError
+from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, OpenRequest
+from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
+from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, OutputConstraint
+
+GRAMMAR_CACHE_SIZE = 32  # tool-call grammars kept per backend: a service sees few distinct tool sets
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class LlamaServerBackend:
         )
         self._props: ServerProps | None = None
         self._lock = threading.Lock()
+        self._grammars: OrderedDict[str, str] = OrderedDict()  # constraint_key -> GBNF of its tool calls
         self._pool = ContextThreadPool(max_workers=max(1, max_concurrency), thread_name_prefix="stars-llama-server")
 
     @property
@@ -93,7 +107,65 @@ class LlamaServerBackend:
         context = self.props.context
         if context and len(prompt_ids) + request.max_new_tokens > context:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, context)
-        return LlamaServerGeneration(self, prompt_ids, request.temperature, request.top_p, request.seed)
+        structured = self.structured_params(request.constraint)
+        return LlamaServerGeneration(
+            self, prompt_ids, request.temperature, request.top_p, request.seed, structured=structured
+        )
+
+    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
+        """'whole' for a JSON schema and forced tool calls; 'none' for 'auto' calls (free text around
+        them, which a grammar from the first token cannot leave open: the engine drafts those free)."""
+        if constraint.kind == "tool_calls" and not constraint.required:
+            return "none"
+        return "whole"
+
+    def structured_params(self, constraint: OutputConstraint | None) -> dict[str, Any]:
+        """The `/completion` fields that make the server hold `constraint` over a whole answer."""
+        if constraint is None:
+            return {}
+        if self.constraint_support(constraint) == "none":
+            raise ConfigError(
+                "llama-server cannot hold tool calls under tool_choice='auto' (free text around the calls): "
+                "draft without the constraint and read the calls from the answer"
+            )
+        if constraint.kind == "json_schema":
+            return {"json_schema": _json_value(constraint.schema)}
+        return {"grammar": self.tool_calls_grammar(constraint)}
+
+    def tool_calls_grammar(self, constraint: OutputConstraint) -> str:
+        """GBNF of an answer made only of `<tool_call>` blocks (one unless parallel), each a valid call."""
+        key = constraint_key(constraint)
+        with self._lock:
+            if key in self._grammars:
+                self._grammars.move_to_end(key)
+                return self._grammars[key]
+        calls = [_call_schema(tool.name, arguments_schema(tool)) for tool in constraint.tools]
+        call_json = self.schema_grammar(calls[0] if len(calls) == 1 else {"anyOf": calls})
+        grammar = _calls_grammar(call_json, constraint.parallel_tool_calls)
+        with self._lock:
+            self._grammars[key] = grammar
+            while len(self._grammars) > GRAMMAR_CACHE_SIZE:
+                self._grammars.popitem(last=False)
+        return grammar
+
+    def schema_grammar(self, schema: Mapping[str, Any]) -> str:
+        """The server's own GBNF for `schema`: what it runs for `json_schema`, read back from an empty request."""
+        payload = {"prompt": "", "n_predict": 0, "json_schema": _json_value(schema), "cache_prompt": False}
+        try:
+            data = self.client.post("/completion", payload).data
+        except BackendError as exc:
+            status = getattr(exc, "status_code", None)
+            if status is not None and 400 <= status < 500:
+                raise ConfigError(f"llama-server cannot draft under this tool-call constraint: {exc}") from exc
+            raise
+        settings = data.get("generation_settings") if isinstance(data, dict) else None
+        grammar = settings.get("grammar") if isinstance(settings, dict) else None
+        if not isinstance(grammar, str) or "root" not in _rule_names(grammar):
+            raise BackendError(
+                f"llama-server at {self.base_url} did not report the grammar of a JSON schema "
+                f"(generation_settings.grammar): {str(data)[:200]}"
+            )
+        return grammar
 
     def prompt_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Token ids of the server-templated prompt; content that looks like a control token stays text."""
@@ -147,10 +219,18 @@ class LlamaServerGeneration(_text.StatelessGeneration):
     """One answer on a `LlamaServerBackend`: the accepted token ids are the next round's prompt."""
 
     def __init__(
-        self, backend: LlamaServerBackend, prompt_ids: list[int], temperature: float, top_p: float, seed: int | None
+        self,
+        backend: LlamaServerBackend,
+        prompt_ids: list[int],
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+        *,
+        structured: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._backend = backend
+        self._structured = dict(structured or {})  # `json_schema` or `grammar`: held from each request's first token
         self.prompt_ids = prompt_ids
         self.response_ids: list[int] = []
         self._temperature = temperature
@@ -168,6 +248,11 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         return self._computed
 
     def _draft_round(self, num_candidates: int, max_tokens: int) -> tuple[list[Candidate], int]:
+        if self._structured and self.response_ids:
+            raise RuntimeError(
+                "a constrained llama-server generation drafts whole answers only: the server's grammar "
+                "starts at each request's first token, so it cannot continue a committed segment"
+            )
         slots = self._backend.props.slots
         sizes = [min(slots, num_candidates - start) for start in range(0, num_candidates, slots)]
         payloads = [self._payload(size, max_tokens) for size in sizes]
@@ -202,7 +287,102 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         }
         if count > 1:
             payload["n_cmpl"] = count
+        payload.update(self._structured)
         return payload
+
+
+def _json_value(value: Any) -> Any:
+    """A schema as plain JSON (dicts and lists: a constraint may hold other mappings and tuples)."""
+    if isinstance(value, Mapping):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_json_value(item) for item in value]
+    return value
+
+
+def _call_schema(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of one call of tool `name`: `{"name": name, "arguments": ...}`, in that order."""
+    return {
+        "type": "object",
+        "properties": {"name": {"const": name}, "arguments": arguments},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+_GBNF_WORD = re.compile(r"[A-Za-z0-9-]+")  # a rule name in llama.cpp's GBNF
+_GBNF_DEFINITION = re.compile(r"^\s*([A-Za-z0-9-]+)\s*::=", re.MULTILINE)
+
+
+def _rule_names(grammar: str) -> set[str]:
+    return set(_GBNF_DEFINITION.findall(grammar))
+
+
+def _fresh_name(base: str, taken: set[str]) -> str:
+    name, number = base, 0
+    while name in taken:
+        number += 1
+        name = f"{base}-{number}"
+    return name
+
+
+def _rename_rule(grammar: str, old: str, new: str) -> str:
+    """`grammar` with every use of rule `old` (definition and references) named `new`.
+
+    Walks the GBNF tokens so that names inside string literals, character classes, repetition
+    counts and comments are left alone.
+    """
+    out: list[str] = []
+    position, end = 0, len(grammar)
+    while position < end:
+        char = grammar[position]
+        if char in '"[':
+            close = '"' if char == '"' else "]"
+            cursor = position + 1
+            while cursor < end and grammar[cursor] != close:
+                cursor += 2 if grammar[cursor] == "\\" else 1
+            out.append(grammar[position : cursor + 1])
+            position = cursor + 1
+        elif char == "{":  # a repetition count such as {0,20}
+            close = grammar.find("}", position)
+            stop = end if close < 0 else close + 1
+            out.append(grammar[position:stop])
+            position = stop
+        elif char == "#":  # a comment, to the end of its line
+            newline = grammar.find("\n", position)
+            stop = end if newline < 0 else newline
+            out.append(grammar[position:stop])
+            position = stop
+        elif (word := _GBNF_WORD.match(grammar, position)) is not None:
+            out.append(new if word.group() == old else word.group())
+            position = word.end()
+        else:
+            out.append(char)
+            position += 1
+    return "".join(out)
+
+
+def _gbnf_literal(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = escaped.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+    return f'"{escaped}"'
+
+
+def _calls_grammar(call_json: str, parallel: bool) -> str:
+    """GBNF of an answer made only of call blocks around `call_json` (a grammar whose root is one call).
+
+    The blocks are the text `stars_guard.tools` parses (`CALL_PREFIX`, the JSON, `CALL_SUFFIX`),
+    separated by `CALL_SEPARATOR` when calls are parallel; after the last one only EOS may follow.
+    """
+    taken = _rule_names(call_json)
+    call = _fresh_name("tool-call-json", taken)
+    block = _fresh_name("tool-call-block", taken | {call})
+    rules = _rename_rule(call_json, "root", call).rstrip("\n")
+    more = f" ({_gbnf_literal(CALL_SEPARATOR)} {block})*" if parallel else ""
+    return (
+        f"{rules}\n{block} ::= {_gbnf_literal(CALL_PREFIX)} {call} {_gbnf_literal(CALL_SUFFIX)}\n"
+        f"root ::= {block}{more}\n"
+    )
 
 
 def _forward_tokens(items: list[dict[str, Any]]) -> int:

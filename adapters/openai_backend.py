@@ -13,23 +13,35 @@ K candidates come from one request with `n=K` where the server honours `n`, else
 requests with distinct seeds. The chat template comes from a local tokenizer (`tokenizer=`, the
 model directory the server runs) or, on vLLM, from the server's own `/tokenize` with `messages`.
 Failures follow `stars_guard.adapters._http`: retries with backoff, then `BackendError` with the server's words.
+
+On vLLM (its `/v1/models` says `owned_by: vllm`) an `OutputConstraint` is held by the server's
+`structured_outputs`: `json` for a JSON schema, a `structural_tag` for forced tool calls. Its grammar
+starts at a request's first token, so it holds only over a whole answer (`constraint_support` says
+"whole"); other servers, and tool calls under 'auto', get "none".
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
+from stars_guard.adapters._grammar import CALL_END, CALL_SEPARATOR, arguments_schema, call_begin
 from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.deadline import ContextThreadPool
-from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
+from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, OpenRequest
+from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
+from stars_guard.tools import OutputConstraint
+
+# Whitespace a tool call's arguments may hold between tokens: any (xgrammar's default for JSON in a
+# structural tag) lets a small model drift into newlines until the budget ends, inside the call.
+CALL_MAX_WHITESPACE = 1
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class OpenAICompletionsBackend:
         max_concurrency: int = 8,
         token_prompts: bool | None = None,
         n_choices: bool | None = None,
+        structured_outputs: bool | None = None,
     ) -> None:
         root = base_url.rstrip("/")
         self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
@@ -69,7 +82,9 @@ class OpenAICompletionsBackend:
         self.tokenizer = _text.load_tokenizer(tokenizer) if isinstance(tokenizer, str | Path) else tokenizer
         self._model = model
         self._max_model_len: int | None = None
+        self._owned_by: str | None = None  # `/v1/models`' owner of the served model ("vllm" on vLLM)
         self._discovered = False
+        self._forced_structured = structured_outputs  # None: vLLM's `structured_outputs` iff the server is vLLM
         self._forced = (token_prompts, n_choices)
         self._features: ServerFeatures | None = None
         self._lock = threading.Lock()
@@ -90,10 +105,50 @@ class OpenAICompletionsBackend:
         prompt_ids, prompt_text = self._render(request.messages)
         if self._max_model_len is not None and len(prompt_ids) + request.max_new_tokens > self._max_model_len:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self._max_model_len)
+        structured = self.structured_outputs(request.constraint)
         features = self._probe(prompt_ids, prompt_text)
         return OpenAICompletionsGeneration(
-            self, features, prompt_ids, prompt_text, request.temperature, request.top_p, request.seed
+            self,
+            features,
+            prompt_ids,
+            prompt_text,
+            request.temperature,
+            request.top_p,
+            request.seed,
+            structured=structured,
         )
+
+    @property
+    def takes_structured_outputs(self) -> bool:
+        """Whether the server holds vLLM's `structured_outputs` (forced, else: it is vLLM).
+
+        Other servers drop an unknown field silently, so sending it blind would claim a constraint
+        that nothing enforces.
+        """
+        if self._forced_structured is not None:
+            return self._forced_structured
+        self._discover_model()
+        return self._owned_by == "vllm"
+
+    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
+        """'whole' on vLLM for a JSON schema and forced tool calls; 'none' for 'auto' calls (free text
+        around them: the engine drafts those free) and on servers without `structured_outputs`."""
+        if constraint.kind == "tool_calls" and not constraint.required:
+            return "none"
+        return "whole" if self.takes_structured_outputs else "none"
+
+    def structured_outputs(self, constraint: OutputConstraint | None) -> dict[str, Any] | None:
+        """vLLM's `structured_outputs` that hold `constraint` over a whole answer; None without one."""
+        if constraint is None:
+            return None
+        if self.constraint_support(constraint) == "none":
+            raise ConfigError(
+                f"the completions server at {self.base_url} cannot hold this {constraint.kind} constraint "
+                "(vLLM's structured_outputs hold a JSON schema or forced tool calls; not 'auto' tool calls)"
+            )
+        if constraint.kind == "json_schema":
+            return {"json": _json_value(constraint.schema), "disable_any_whitespace": True}
+        return {"structural_tag": json.dumps(tool_calls_tag(constraint), ensure_ascii=False)}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -131,6 +186,8 @@ class OpenAICompletionsBackend:
             if models:
                 first = models[0]
                 self._model = self._model or str(first.get("id"))
+                owner = first.get("owned_by")
+                self._owned_by = owner if isinstance(owner, str) else None
                 limit = first.get("max_model_len")
                 self._max_model_len = int(limit) if isinstance(limit, int) else None
 
@@ -222,10 +279,13 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
         temperature: float,
         top_p: float,
         seed: int | None,
+        *,
+        structured: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self._backend = backend
         self._features = features
+        self._structured = None if structured is None else dict(structured)  # held from each request's first token
         self.prompt_ids = prompt_ids
         self._prompt_text = prompt_text
         self._temperature = temperature
@@ -247,9 +307,16 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
         return self._computed
 
     def _draft_round(self, num_candidates: int, max_tokens: int) -> tuple[list[Candidate], int]:
+        if self._structured is not None and (self.response_ids or self.response_text):
+            raise RuntimeError(
+                "a constrained completions generation drafts whole answers only: the server's grammar "
+                "starts at each request's first token, so it cannot continue a committed segment"
+            )
         base: dict[str, Any] = {"prompt": self._prompt(), "max_tokens": max_tokens, **self._sampling()}
         if self._features.token_prompts:
             base["return_token_ids"] = True
+        if self._structured is not None:
+            base["structured_outputs"] = self._structured
         if self._features.n_choices or num_candidates == 1:
             body, retries = self._backend.completion({**base, "n": num_candidates, "seed": self._seed()})
             bodies = [body]
@@ -311,3 +378,42 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
                 self._computed = None
                 return
             self._computed += usage["prompt_tokens"] - cached + int(usage.get("completion_tokens") or 0)
+
+
+def tool_calls_tag(constraint: OutputConstraint) -> dict[str, Any]:
+    """vLLM's structural tag for forced tool calls: only call blocks, one unless parallel, then EOS.
+
+    The layout of `_grammar.tool_calls_structural_tag` (the text `stars_guard.tools` parses), with
+    each call's arguments as `json_schema` content, which the server's xgrammar compiles: no local
+    xgrammar needed.
+    """
+    tags = [
+        {
+            "type": "tag",
+            "begin": call_begin(tool.name),
+            "content": {
+                "type": "json_schema",
+                "json_schema": arguments_schema(tool),
+                "max_whitespace_cnt": CALL_MAX_WHITESPACE,
+            },
+            "end": CALL_END,
+        }
+        for tool in constraint.tools
+    ]
+    layout = {
+        "type": "tags_with_separator",
+        "tags": tags,
+        "separator": CALL_SEPARATOR,
+        "at_least_one": True,
+        "stop_after_first": not constraint.parallel_tool_calls,
+    }
+    return {"type": "structural_tag", "format": layout}
+
+
+def _json_value(value: Any) -> Any:
+    """A schema as plain JSON (dicts and lists: a constraint may hold other mappings and tuples)."""
+    if isinstance(value, Mapping):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [_json_value(item) for item in value]
+    return value
