@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from stars_guard.errors import ConfigError
-from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, TOOL_CALL_OPEN, OutputConstraint, ToolSpec
+from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, TOOL_CALL_OPEN, OutputConstraint, ToolSpec, plain_json
 
 COMPILED_CACHE_SIZE = 32  # compiled grammars kept per tokenizer: a service sees few distinct tool sets
 CALL_SEPARATOR = "\n"  # between the blocks of an answer made only of calls
@@ -52,16 +52,7 @@ def constraint_key(constraint: OutputConstraint) -> str:
         "required": constraint.required,
         "parallel_tool_calls": constraint.parallel_tool_calls,
     }
-    return json.dumps(fields, sort_keys=True, ensure_ascii=False, default=_plain_json)
-
-
-def _plain_json(value: Any) -> Any:
-    """Mappings and sequences other than dict and list (e.g. `MappingProxyType`, tuples) for json.dumps."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return list(value)
-    raise TypeError(f"{type(value).__name__} is not JSON: a constraint's schemas must be JSON values")
+    return json.dumps(plain_json(fields), sort_keys=True, ensure_ascii=False)
 
 
 def call_begin(tool_name: str) -> str:
@@ -71,7 +62,7 @@ def call_begin(tool_name: str) -> str:
 
 def arguments_schema(tool: ToolSpec) -> dict[str, Any]:
     """The schema a call's arguments must match: an object, `{}` for a tool that takes none."""
-    schema = json.loads(json.dumps(tool.parameters, default=_plain_json))
+    schema = plain_json(tool.parameters)
     if not schema:
         return dict(_EMPTY_ARGUMENTS)
     if "type" not in schema and "properties" in schema:
@@ -82,7 +73,7 @@ def arguments_schema(tool: ToolSpec) -> dict[str, Any]:
 def compact_json_ebnf(schema: Mapping[str, Any]) -> str:
     """EBNF of one JSON value matching `schema`, written compactly (", " and ": " separators only)."""
     xgr = xgrammar()
-    text = json.dumps(schema, default=_plain_json)
+    text = json.dumps(plain_json(schema))
     return str(xgr.Grammar.from_json_schema(text, any_whitespace=False, strict_mode=True))
 
 
@@ -181,7 +172,7 @@ class ConstraintGrammars:
     def _compile(self, constraint: OutputConstraint) -> Any:
         try:
             if constraint.kind == "json_schema":
-                schema = json.dumps(constraint.schema, default=_plain_json)
+                schema = json.dumps(plain_json(constraint.schema))
                 return self._compiler.compile_json_schema(schema, any_whitespace=False, strict_mode=True)
             return self._compiler.compile_structural_tag(json.dumps(tool_calls_structural_tag(constraint)))
         except (RuntimeError, ValueError) as exc:  # xgrammar's errors for a schema it cannot compile

@@ -40,7 +40,7 @@ from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
-from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, OutputConstraint
+from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, OutputConstraint, plain_json
 
 GRAMMAR_CACHE_SIZE = 32  # tool-call grammars kept per backend: a service sees few distinct tool sets
 
@@ -129,7 +129,7 @@ class LlamaServerBackend:
                 "draft without the constraint and read the calls from the answer"
             )
         if constraint.kind == "json_schema":
-            return {"json_schema": _json_value(constraint.schema)}
+            return {"json_schema": plain_json(constraint.schema)}
         return {"grammar": self.tool_calls_grammar(constraint)}
 
     def tool_calls_grammar(self, constraint: OutputConstraint) -> str:
@@ -150,7 +150,7 @@ class LlamaServerBackend:
 
     def schema_grammar(self, schema: Mapping[str, Any]) -> str:
         """The server's own GBNF for `schema`: what it runs for `json_schema`, read back from an empty request."""
-        payload = {"prompt": "", "n_predict": 0, "json_schema": _json_value(schema), "cache_prompt": False}
+        payload = {"prompt": "", "n_predict": 0, "json_schema": plain_json(schema), "cache_prompt": False}
         try:
             data = self.client.post("/completion", payload).data
         except BackendError as exc:
@@ -289,15 +289,6 @@ class LlamaServerGeneration(_text.StatelessGeneration):
             payload["n_cmpl"] = count
         payload.update(self._structured)
         return payload
-
-
-def _json_value(value: Any) -> Any:
-    """A schema as plain JSON (dicts and lists: a constraint may hold other mappings and tuples)."""
-    if isinstance(value, Mapping):
-        return {str(key): _json_value(item) for key, item in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_json_value(item) for item in value]
-    return value
 
 
 def _call_schema(name: str, arguments: dict[str, Any]) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
-from stars_guard.tools import OutputConstraint
+from stars_guard.tools import OutputConstraint, plain_json
 
 # Whitespace a tool call's arguments may hold between tokens: any (xgrammar's default for JSON in a
 # structural tag) lets a small model drift into newlines until the budget ends, inside the call.
@@ -147,7 +147,7 @@ class OpenAICompletionsBackend:
                 "(vLLM's structured_outputs hold a JSON schema or forced tool calls; not 'auto' tool calls)"
             )
         if constraint.kind == "json_schema":
-            return {"json": _json_value(constraint.schema), "disable_any_whitespace": True}
+            return {"json": plain_json(constraint.schema), "disable_any_whitespace": True}
         return {"structural_tag": json.dumps(tool_calls_tag(constraint), ensure_ascii=False)}
 
     def close(self) -> None:
@@ -408,12 +408,3 @@ def tool_calls_tag(constraint: OutputConstraint) -> dict[str, Any]:
         "stop_after_first": not constraint.parallel_tool_calls,
     }
     return {"type": "structural_tag", "format": layout}
-
-
-def _json_value(value: Any) -> Any:
-    """A schema as plain JSON (dicts and lists: a constraint may hold other mappings and tuples)."""
-    if isinstance(value, Mapping):
-        return {str(key): _json_value(item) for key, item in value.items()}
-    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
-        return [_json_value(item) for item in value]
-    return value

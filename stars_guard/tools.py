@@ -93,6 +93,15 @@ def tool_constraint(
     return OutputConstraint("tool_calls", tools=tuple(chosen), required=True, parallel_tool_calls=False)
 
 
+def plain_json(value: Any) -> Any:
+    """A schema as plain JSON: dicts and lists (a frozen constraint may hold other mappings and tuples)."""
+    if isinstance(value, Mapping):
+        return {str(key): plain_json(item) for key, item in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return [plain_json(item) for item in value]
+    return value
+
+
 # Rendering -----------------------------------------------------------------------------------
 
 
