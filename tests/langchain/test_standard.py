@@ -92,7 +92,6 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
     def test_agent_loop(self, model: BaseChatModel) -> None:
         super().test_agent_loop(model)
 
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
     def test_agent_loop_with_the_call_forced(self, model: STARSChatModel) -> None:
         super().test_agent_loop(ForcedCall.forcing(model))
 
