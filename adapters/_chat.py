@@ -20,6 +20,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from stars_guard.messages import ChatMessage
+from stars_guard.tools import (
+    OutputConstraint,
+    parse_call,
+    plain_turns,
+    prompt_instruction,
+    template_tools,
+    tool_call_spans,
+    with_instruction,
+)
 
 BREAK = "\u200b"  # ZERO WIDTH SPACE: inserted into control-token text so no tokenizer can parse it
 # Control-token syntaxes of common chat formats, for servers that render the template themselves
@@ -50,22 +59,159 @@ def render_chat(
     tokenizer: Any,
     messages: Sequence[MessageLike],
     *,
+    constraint: OutputConstraint | None = None,
     add_generation_prompt: bool = True,
     neutralize: bool = False,
 ) -> str:
     """The prompt text, from the model's own chat template (or `transcript` without one).
 
-    `neutralize=True` is for text sent to a server that tokenises it with special-token parsing
-    on (TGI, a text-only completions server, vLLM /classify): control-token text inside message
-    content is broken first (see `neutralize_special_tokens`), so only the template's own control
-    tokens remain. For local tokenisation use `chat_prompt_ids`, which needs no such change.
+    Tool turns and the constraint's tools are rendered as `template_input` says. `neutralize=True`
+    is for text sent to a server that tokenises it with special-token parsing on (TGI, a
+    text-only completions server, vLLM /classify): control-token text inside message content is
+    broken first (see `neutralize_special_tokens`), so only the template's own control tokens
+    remain. For local tokenisation use `chat_prompt_ids`, which needs no such change.
     """
-    turns = as_turns(messages)
+    strings = special_token_strings(tokenizer)
+    turns, tools = template_input(
+        messages, constraint, knows_tools=lambda: hf_template_knows_tools(tokenizer), special_token_strings=strings
+    )
     if neutralize:
-        turns = neutralize_turns(turns, special_token_strings(tokenizer))
+        turns = neutralize_turns(turns, strings)
+    return hf_render(tokenizer, turns, tools, add_generation_prompt)
+
+
+def hf_render(
+    tokenizer: Any, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None, add_generation_prompt: bool
+) -> str:
+    """Turns rendered by a Hugging Face tokenizer's chat template, or `transcript` without one."""
     if getattr(tokenizer, "chat_template", None):
-        return str(tokenizer.apply_chat_template(turns, add_generation_prompt=add_generation_prompt, tokenize=False))
+        extra = {"tools": tools} if tools else {}
+        return str(
+            tokenizer.apply_chat_template(turns, add_generation_prompt=add_generation_prompt, tokenize=False, **extra)
+        )
     return transcript(turns, add_generation_prompt)
+
+
+# Tools in the chat template ----------------------------------------------------------------------
+
+
+def template_input(
+    messages: Sequence[MessageLike],
+    constraint: OutputConstraint | None,
+    *,
+    knows_tools: Callable[[], bool],
+    special_token_strings: Sequence[str] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The turns (and tools) to render: natively where the template knows tools, else as text.
+
+    `knows_tools` is asked only when the request has tools or tool turns. Natively, the tools go
+    to the template's `tools` and the calls and results stay structured; a JSON-schema
+    instruction still joins the system turn. Otherwise `stars_guard.tools.plain_turns` writes it
+    all as text. Tool names, descriptions and call arguments are template text, not message
+    content, so control-token text in them is broken (`neutralize_special_tokens`; the common
+    syntaxes when the list is not known): only message content gets the exact split.
+    """
+    chat = [message for message in messages if isinstance(message, ChatMessage)]
+    has_tool_turns = any(message.role == "tool" or message.tool_calls for message in chat)
+    if len(chat) != len(messages) or (not has_tool_turns and constraint is None):
+        return as_turns(messages), None  # role/content dicts (rewards, direct calls) render as they are
+    tools = template_tools(constraint)
+    if (tools or has_tool_turns) and knows_tools():
+        native = with_instruction(chat, prompt_instruction(constraint, native_tools=True))
+        turns = [_neutralize_calls(message.as_dict(), special_token_strings) for message in native]
+        return turns, _neutralize_json(tools, special_token_strings) if tools else None
+    return as_turns(plain_turns(chat, constraint)), None
+
+
+def template_knows_tools(render: Callable[[list[dict[str, Any]], list[dict[str, Any]]], str]) -> bool:
+    """Whether a template renders tools, and writes calls and results the way `stars_guard.tools` reads them.
+
+    Renders a probe conversation (a tool, an assistant call of it, its result) with random names:
+    the template must describe the tool, write the call as a `<tool_call>` block holding
+    `{"name", "arguments"}`, and show the result. Qwen2.5's, Qwen3's and Hermes' templates do;
+    one that ignores tools, or writes calls another way (Llama 3.1's JSON, Mistral's
+    `[TOOL_CALLS]`), gets the text format instead, which the parser reads.
+    """
+    nonce = uuid.uuid4().hex[:10]
+    name, value, result = f"probe_{nonce}", f"value_{nonce}", f"result_{nonce}"
+    tool = {
+        "type": "function",
+        "function": {
+            "name": name,
+            "description": "probe",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+    call = {"type": "function", "id": "call_probe", "function": {"name": name, "arguments": {"q": value}}}
+    turns = [
+        {"role": "user", "content": "probe"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": result, "tool_call_id": "call_probe"},
+    ]
+    try:
+        text = render(turns, [tool])
+    except Exception:  # a template that cannot take these turns at all
+        return False
+    spans = tool_call_spans(text)
+    calls = [
+        parse_call(text[start:end].removeprefix("<tool_call>").removesuffix("</tool_call>"), [name])
+        for start, end in spans
+    ]
+    outside = "".join(text[a:b] for a, b in _gaps(spans, len(text)))
+    written = any(parsed.name == name and parsed.arguments == {"q": value} for parsed in calls)
+    return written and name in outside and result in outside
+
+
+_KNOWS_TOOLS: weakref.WeakKeyDictionary[Any, tuple[str, bool]] = weakref.WeakKeyDictionary()
+
+
+def hf_template_knows_tools(tokenizer: Any) -> bool:
+    """`template_knows_tools` for a Hugging Face tokenizer (cached per tokenizer and template)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or "tool" not in template:
+        return False
+    with _CACHE_LOCK, contextlib.suppress(TypeError):
+        cached = _KNOWS_TOOLS.get(tokenizer)
+        if cached is not None and cached[0] == template:
+            return cached[1]
+    knows = template_knows_tools(lambda turns, tools: hf_render(tokenizer, turns, tools, True))
+    with _CACHE_LOCK, contextlib.suppress(TypeError):
+        _KNOWS_TOOLS[tokenizer] = (template, knows)
+    return knows
+
+
+def _gaps(spans: Sequence[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """The stretches of a text of `length` characters between `spans`."""
+    gaps, cursor = [], 0
+    for start, end in spans:
+        gaps.append((cursor, start))
+        cursor = end
+    gaps.append((cursor, length))
+    return gaps
+
+
+def _neutralize_json(value: Any, special_token_strings: Sequence[str] | None) -> Any:
+    """`value` with every string in it (keys included) neutralised as `neutralize_turns` does content."""
+    if isinstance(value, str):
+        if special_token_strings is None:
+            return neutralize_common_control_tokens(value)
+        return neutralize_special_tokens(value, special_token_strings)
+    if isinstance(value, Mapping):
+        return {
+            _neutralize_json(key, special_token_strings): _neutralize_json(item, special_token_strings)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_neutralize_json(item, special_token_strings) for item in value]
+    return value
+
+
+def _neutralize_calls(turn: dict[str, Any], special_token_strings: Sequence[str] | None) -> dict[str, Any]:
+    if "tool_calls" in turn:
+        turn["tool_calls"] = _neutralize_json(turn["tool_calls"], special_token_strings)
+    if "tool_call_id" in turn:
+        turn["tool_call_id"] = _neutralize_json(turn["tool_call_id"], special_token_strings)
+    return turn
 
 
 # Control tokens in message content -----------------------------------------------------------------
@@ -347,7 +493,11 @@ def plain_text_ids(tokenizer: Any, text: str, *, add_special_tokens: bool = Fals
 
 
 def chat_prompt_ids(
-    tokenizer: Any, messages: Sequence[MessageLike], *, add_generation_prompt: bool = True
+    tokenizer: Any,
+    messages: Sequence[MessageLike],
+    *,
+    constraint: OutputConstraint | None = None,
+    add_generation_prompt: bool = True,
 ) -> list[int]:
     """Token ids of the chat-templated prompt in which message content can never become a control token.
 
@@ -357,19 +507,25 @@ def chat_prompt_ids(
     `add_special_tokens=True` (the plain transcript without one). Where the exact split cannot be
     made (a template that rewrites content, a tokenizer without a fast backend, a split that would
     not reproduce the text), the contents are neutralised instead (`neutralize_special_tokens`).
-    Takes `ChatMessage`s or role/content dicts; `add_generation_prompt=False` renders a finished
+    Takes `ChatMessage`s or role/content dicts; tool turns and the constraint's tools are
+    rendered as `template_input` says; `add_generation_prompt=False` renders a finished
     conversation (e.g. for a reward model).
     """
-    turns = as_turns(messages)
+    controls = control_tokens(tokenizer)
+    turns, tools = template_input(
+        messages,
+        constraint,
+        knows_tools=lambda: hf_template_knows_tools(tokenizer),
+        special_token_strings=tuple(sorted(controls, key=len, reverse=True)),
+    )
     templated = bool(getattr(tokenizer, "chat_template", None))
 
     def render(items: list[dict[str, Any]]) -> str:
-        return render_chat(tokenizer, items, add_generation_prompt=add_generation_prompt)
+        return hf_render(tokenizer, items, tools, add_generation_prompt)
 
     def usual(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=not templated)["input_ids"])
 
-    controls = control_tokens(tokenizer)
     contents = [turn["content"] for turn in turns if isinstance(turn.get("content"), str)]
     if not may_forge(contents, tuple(controls)):
         return usual(render(turns))

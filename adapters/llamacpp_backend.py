@@ -24,10 +24,11 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ class LlamaCppBackend:
         n_threads: int | None = None,
         n_batch: int = 512,
         max_candidates: int = 64,
+        chat_template: str | None = None,
     ) -> None:
+        """`chat_template`: a Jinja chat template to render prompts with instead of the GGUF's own."""
         self._llama_cpp = _llama_cpp()
         if model is None:
             from stars_guard.models import ensure_llamacpp_gguf
@@ -115,7 +118,8 @@ class LlamaCppBackend:
         # Sequence 0: the accepted prefix; 1..K: a round's candidates; K+1: the retained candidate.
         self.max_candidates = max(1, min(max_candidates, int(llama_cpp.llama_max_parallel_sequences()) - 2))
         self.retained_seq = self.max_candidates + 1
-        self._formatter = self._chat_formatter()
+        self._formatter = self._chat_formatter(chat_template)
+        self._knows_tools: bool | None = None
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
         self._bos_id = int(llama_cpp.llama_vocab_bos(self.vocab))
         self._bos_text = self._piece(self._bos_id, special=True).decode("utf-8", "replace")
@@ -130,35 +134,48 @@ class LlamaCppBackend:
     def model_name(self) -> str:
         return self.model_path.stem
 
-    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: Sequence[ChatMessage], constraint: OutputConstraint | None = None) -> list[int]:
         """Token ids of the chat-templated prompt (the GGUF's own template), ready for the assistant's turn.
 
         The template's control tokens are parsed (`special=True`); message content is tokenised
         with `special=False`, so control-token text a user writes stays text. Without such text
-        the ids are those of the whole rendered prompt tokenised with `special=True`.
+        the ids are those of the whole rendered prompt tokenised with `special=True`. Tools go to
+        the template where it knows them, else into the text format (`_chat.template_input`).
         """
-        turns = _chat.as_turns(messages)
-        controls = tuple(self._controls)
+        controls = tuple(sorted(self._controls, key=len, reverse=True))
+        turns, tools = _chat.template_input(
+            messages, constraint, knows_tools=self._template_knows_tools, special_token_strings=controls
+        )
+        render = functools.partial(self._render, tools=tools)
         if _chat.may_forge([str(turn["content"]) for turn in turns], controls):
-            ids = self._split_ids(turns)
+            ids = self._split_ids(turns, render)
             if ids is not None:
                 return ids
             turns = _chat.neutralize_turns(turns, controls)  # the exact split failed: break the strings instead
-        return self._tokenize_rendered(self._render(turns))
+        return self._tokenize_rendered(render(turns))
 
-    def _render(self, turns: list[dict[str, Any]]) -> str:
+    def _render(self, turns: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> str:
         if self._formatter is not None:
-            return str(self._formatter(messages=turns).prompt)
+            return str(self._formatter(messages=turns, tools=tools).prompt)
         return _chat.transcript(turns)
+
+    def _template_knows_tools(self) -> bool:
+        if self._knows_tools is None:
+            self._knows_tools = self._formatter is not None and _chat.template_knows_tools(
+                lambda turns, tools: self._render(turns, tools)
+            )
+        return self._knows_tools
 
     def _tokenize_rendered(self, text: str) -> list[int]:
         """The whole prompt with special-token parsing on, BOS added unless the template wrote it."""
         add_bos = self._add_bos and not (self._bos_text and text.startswith(self._bos_text))
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True))
 
-    def _split_ids(self, turns: list[dict[str, Any]]) -> list[int] | None:
+    def _split_ids(
+        self, turns: list[dict[str, Any]], render: Callable[[list[dict[str, Any]]], str]
+    ) -> list[int] | None:
         """Template control tokens as tokens, everything between with `special=False`; None if untrustworthy."""
-        layout = _chat.layout_chat(self._render, turns)
+        layout = _chat.layout_chat(render, turns)
         if layout is None:
             return None
         if not _chat.touches_content(layout, tuple(self._controls)):  # only content's edges looked like a token
@@ -183,7 +200,7 @@ class LlamaCppBackend:
         return "segments"
 
     def open(self, request: OpenRequest) -> LlamaCppGeneration:
-        prompt_ids = self.encode_chat(request.messages)
+        prompt_ids = self.encode_chat(request.messages, request.constraint)
         if self.context_window and len(prompt_ids) + request.max_new_tokens > self.context_window:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
         matcher = self.grammars.matcher(request.constraint)
@@ -250,8 +267,8 @@ class LlamaCppBackend:
                 )
         return controls
 
-    def _chat_formatter(self) -> Any:
-        template = self.llm.metadata.get("tokenizer.chat_template")
+    def _chat_formatter(self, template: str | None) -> Any:
+        template = template or self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             return None
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter

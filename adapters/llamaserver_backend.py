@@ -40,7 +40,7 @@ from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
-from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, OutputConstraint, plain_json
+from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, OutputConstraint, plain_json, plain_turns
 
 GRAMMAR_CACHE_SIZE = 32  # tool-call grammars kept per backend: a service sees few distinct tool sets
 
@@ -103,7 +103,7 @@ class LlamaServerBackend:
         return self.props.model
 
     def open(self, request: OpenRequest) -> LlamaServerGeneration:
-        prompt_ids = self.prompt_ids(request.messages)
+        prompt_ids = self.prompt_ids(request.messages, request.constraint)
         context = self.props.context
         if context and len(prompt_ids) + request.max_new_tokens > context:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, context)
@@ -167,9 +167,13 @@ class LlamaServerBackend:
             )
         return grammar
 
-    def prompt_ids(self, messages: Sequence[ChatMessage]) -> list[int]:
-        """Token ids of the server-templated prompt; content that looks like a control token stays text."""
-        turns = _chat.as_turns(messages)
+    def prompt_ids(self, messages: Sequence[ChatMessage], constraint: OutputConstraint | None = None) -> list[int]:
+        """Token ids of the server-templated prompt; content that looks like a control token stays text.
+
+        Tools and tool turns are written in the text format (`stars_guard.tools.plain_turns`): the
+        server's template renders tools only with `--jinja`, and its call format is not known here.
+        """
+        turns = _chat.as_turns(plain_turns(messages, constraint))
         if not any(_chat.looks_like_control_token(str(turn.get("content", ""))) for turn in turns):
             return self.tokenize(self.apply_template(turns), parse_special=True)
         layout = _chat.layout_chat(self.apply_template, turns)

@@ -37,7 +37,7 @@ from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
-from stars_guard.tools import OutputConstraint, plain_json
+from stars_guard.tools import OutputConstraint, plain_json, plain_turns
 
 # Whitespace a tool call's arguments may hold between tokens: any (xgrammar's default for JSON in a
 # structural tag) lets a small model drift into newlines until the budget ends, inside the call.
@@ -102,7 +102,7 @@ class OpenAICompletionsBackend:
 
     def open(self, request: OpenRequest) -> OpenAICompletionsGeneration:
         self._discover_model()
-        prompt_ids, prompt_text = self._render(request.messages)
+        prompt_ids, prompt_text = self._render(request.messages, request.constraint)
         if self._max_model_len is not None and len(prompt_ids) + request.max_new_tokens > self._max_model_len:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self._max_model_len)
         structured = self.structured_outputs(request.constraint)
@@ -191,20 +191,24 @@ class OpenAICompletionsBackend:
                 limit = first.get("max_model_len")
                 self._max_model_len = int(limit) if isinstance(limit, int) else None
 
-    def _render(self, messages: Sequence[ChatMessage]) -> tuple[list[int], str]:
+    def _render(
+        self, messages: Sequence[ChatMessage], constraint: OutputConstraint | None = None
+    ) -> tuple[list[int], str]:
         """Prompt token ids and text: from the local tokenizer, else from the server's `/tokenize`.
 
         Control-token text in message content never becomes a control token: the ids tokenise
         content as text, and the text (which the server tokenises with special parsing) has such
         strings neutralised. The server-rendered path neutralises the common control syntaxes.
+        Tools go to a local template that knows them; the server's template gets them as text
+        (`stars_guard.tools.plain_turns`).
         """
         if self.tokenizer is not None:
-            ids = _chat.chat_prompt_ids(self.tokenizer, messages)
-            text = _chat.render_chat(self.tokenizer, messages, neutralize=True)
+            ids = _chat.chat_prompt_ids(self.tokenizer, messages, constraint=constraint)
+            text = _chat.render_chat(self.tokenizer, messages, constraint=constraint, neutralize=True)
             bos = getattr(self.tokenizer, "bos_token", None)
             return ids, _text.strip_leading_bos(text, bos, self._server_adds_bos)
         payload: dict[str, Any] = {
-            "messages": _chat.neutralize_turns(_chat.as_turns(messages)),
+            "messages": _chat.neutralize_turns(_chat.as_turns(plain_turns(messages, constraint))),
             "add_generation_prompt": True,
             "add_special_tokens": False,
         }

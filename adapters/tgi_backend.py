@@ -29,6 +29,7 @@ from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, OpenRequest
+from stars_guard.tools import OutputConstraint, plain_turns
 
 
 class TGIBackend:
@@ -60,7 +61,7 @@ class TGIBackend:
 
     def open(self, request: OpenRequest) -> TGIGeneration:
         info = self._load_info()
-        prompt_text, prompt_tokens = self._render(request.messages)
+        prompt_text, prompt_tokens = self._render(request.messages, request.constraint)
         limit = info.get("max_total_tokens")
         if isinstance(limit, int) and prompt_tokens + request.max_new_tokens > limit:
             raise ContextWindowExceededError(prompt_tokens, request.max_new_tokens, limit)
@@ -91,14 +92,15 @@ class TGIBackend:
                 self._info = data if isinstance(data, dict) else {}
             return self._info
 
-    def _render(self, messages: Sequence[ChatMessage]) -> tuple[str, int]:
+    def _render(self, messages: Sequence[ChatMessage], constraint: OutputConstraint | None = None) -> tuple[str, int]:
         """Templated prompt text, as TGI should receive it, and its token count.
 
         TGI tokenises `inputs` with special-token parsing on, so control-token text in message
         content is neutralised first (exactly with a local tokenizer, else the common syntaxes).
+        Tools go to a local template that knows them; TGI's own template gets them as text.
         """
         if self.tokenizer is not None:
-            text = _chat.render_chat(self.tokenizer, messages, neutralize=True)
+            text = _chat.render_chat(self.tokenizer, messages, constraint=constraint, neutralize=True)
             count = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
             bos = getattr(self.tokenizer, "bos_token", None)
             return _text.strip_leading_bos(text, bos, _text.adds_bos(self.tokenizer)), count
@@ -106,7 +108,8 @@ class TGIBackend:
         # how it tokenises the result, special tokens added, as /generate will.
         try:
             data = self.client.post(
-                "/chat_tokenize", {"model": "tgi", "messages": _chat.neutralize_turns(_chat.as_turns(messages))}
+                "/chat_tokenize",
+                {"model": "tgi", "messages": _chat.neutralize_turns(_chat.as_turns(plain_turns(messages, constraint)))},
             ).data
         except StarsGuardError as exc:
             raise BackendError(

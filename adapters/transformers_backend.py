@@ -108,12 +108,13 @@ class TransformersBackend:
     def model_name(self) -> str:
         return self._model_name
 
-    def encode_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def encode_chat(self, messages: Sequence[ChatMessage], constraint: OutputConstraint | None = None) -> list[int]:
         """Token ids of the chat-templated prompt, ready for the assistant's turn.
 
         Control-token text a user writes stays text: only the template makes control tokens.
+        Tools go to the template where it knows them, else into the text format (`_chat.template_input`).
         """
-        return chat_prompt_ids(self.tokenizer, messages)
+        return chat_prompt_ids(self.tokenizer, messages, constraint=constraint)
 
     def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
         """Every segment is drafted under the grammar (a matcher forked per candidate, masked per token)."""
@@ -128,7 +129,7 @@ class TransformersBackend:
 
     def _prompt_ids(self, request: OpenRequest) -> list[int]:
         """The rendered prompt, or `ContextWindowExceededError` when it and the answer cannot fit."""
-        prompt_ids = self.encode_chat(request.messages)
+        prompt_ids = self.encode_chat(request.messages, request.constraint)
         if self.context_window is not None and len(prompt_ids) + request.max_new_tokens > self.context_window:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
         return prompt_ids

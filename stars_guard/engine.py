@@ -35,7 +35,14 @@ from stars_guard.protocols import (
 )
 from stars_guard.stats import RefusalReason, STARSStats
 from stars_guard.stops import StopScanner
-from stars_guard.tools import OutputConstraint, open_call_start, streamable_end, strip_tool_calls, tool_call_spans
+from stars_guard.tools import (
+    OutputConstraint,
+    open_call_start,
+    plain_turns,
+    streamable_end,
+    strip_tool_calls,
+    tool_call_spans,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +117,8 @@ class _Run:
         self.config = config
         self.turns = turns
         self.stops = stops
-        self.conversation = tuple(turns)  # what the reward judges an answer in: every turn
+        # What the reward judges an answer in: every turn, tool calls and results in the text format.
+        self.conversation = tuple(plain_turns(turns, constraint))
         self.safety_floor = resolve_safety_floor(config, reward)
         self.stats = STARSStats()
         self.text = ""

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from stars_guard.errors import InvalidMessagesError
 
-Role = Literal["system", "user", "assistant"]
-ROLES: tuple[str, ...] = ("system", "user", "assistant")
-# The role names callers use (OpenAI's `developer`, LangChain's `human`/`ai`) for the engine's three.
+Role = Literal["system", "user", "assistant", "tool"]
+ROLES: tuple[str, ...] = ("system", "user", "assistant", "tool")
+# The role names callers use (OpenAI's `developer`, LangChain's `human`/`ai`) for the engine's roles.
+# A tool's result has no alias: only callers that bound tools (the LangChain layer) write one.
 ROLE_ALIASES: dict[str, Role] = {
     "system": "system",
     "developer": "system",
@@ -22,14 +23,43 @@ ROLE_ALIASES: dict[str, Role] = {
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call an assistant turn made: the tool, its JSON arguments, the id its result answers."""
+
+    name: str
+    arguments: Mapping[str, Any]
+    id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class ChatMessage:
-    """One turn of a conversation."""
+    """One turn of a conversation.
+
+    An assistant turn may carry the `tool_calls` it made; a `tool` turn is one call's result
+    (`tool_call_id` names the call). How they reach the model depends on its chat template:
+    natively where the template knows tools, else in the text format of `stars_guard.tools`.
+    """
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
 
-    def as_dict(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+    def as_dict(self) -> dict[str, Any]:
+        """The turn as chat templates take it (tool calls in the OpenAI / Hugging Face shape)."""
+        turn: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            turn["tool_calls"] = [
+                {
+                    "type": "function",
+                    "id": call.id,
+                    "function": {"name": call.name, "arguments": dict(call.arguments)},
+                }
+                for call in self.tool_calls
+            ]
+        if self.tool_call_id:
+            turn["tool_call_id"] = self.tool_call_id
+        return turn
 
 
 def normalize_messages(
@@ -37,8 +67,9 @@ def normalize_messages(
 ) -> list[ChatMessage]:
     """Accept a prompt string or role/content turns; reject what no backend could answer.
 
-    Rules: at least one turn, roles from `ROLES`, string content, no empty user turn, and the
-    conversation ends with a user turn (the engine writes the next assistant turn).
+    Rules: at least one turn, roles from `ROLES`, string content, no empty user turn, tool calls
+    on assistant turns only, and the conversation ends with a user turn or a tool's result (the
+    engine writes the next assistant turn).
     """
     if isinstance(messages, str):
         messages = [ChatMessage("user", messages)]
@@ -47,10 +78,10 @@ def normalize_messages(
         turns.append(_coerce(raw, position))
     if not turns:
         raise InvalidMessagesError("no messages: pass a prompt string or at least one user message")
-    if turns[-1].role != "user":
+    if turns[-1].role not in ("user", "tool"):
         raise InvalidMessagesError(
-            f"the last message must come from the user, got role {turns[-1].role!r}: "
-            "the engine writes the next assistant turn"
+            f"the last message must come from the user (or be a tool's result), got role "
+            f"{turns[-1].role!r}: the engine writes the next assistant turn"
         )
     return turns
 
@@ -73,7 +104,16 @@ def _coerce(raw: ChatMessage | Mapping[str, object], position: int) -> ChatMessa
     if role == "user" and not content.strip():
         raise InvalidMessagesError(f"message {position} is an empty user message: write a request")
     check_text(content, f"message {position} content")
-    return ChatMessage(role, content)  # type: ignore[arg-type]
+    if not isinstance(raw, ChatMessage):
+        tool_call_id = raw.get("tool_call_id")
+        return ChatMessage(role, content, tool_call_id=tool_call_id if isinstance(tool_call_id, str) else "")  # type: ignore[arg-type]
+    if raw.tool_calls and role != "assistant":
+        raise InvalidMessagesError(
+            f"message {position} is a {role} turn with tool calls; only assistant turns make calls"
+        )
+    for call in raw.tool_calls:
+        check_text(call.name, f"message {position} tool call name")
+    return raw
 
 
 def check_text(text: str, what: str) -> None:
@@ -118,5 +158,5 @@ def render_transcript(conversation: Sequence[ChatMessage]) -> str:
     """
     if len(conversation) == 1 and conversation[0].role == "user":
         return conversation[0].content
-    names = {"system": "System", "user": "User", "assistant": "Assistant"}
+    names = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
     return "\n\n".join(f"{names[message.role]}: {message.content}" for message in conversation)

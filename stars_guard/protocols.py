@@ -190,7 +190,11 @@ class OpenRequest:
     """What `Backend.open` needs to start one answer: the conversation and its sampling parameters.
 
     One value rather than five keywords, so wrappers pass it on whole and batched prefill
-    (`BatchOpener.open_batch`) takes a list of the same thing.
+    (`BatchOpener.open_batch`) takes a list of the same thing. `messages` may hold tool turns
+    (assistant `tool_calls`, `tool` results) and `constraint` the bound tools: a backend renders
+    them with its chat template where that knows tools, else writes them as text with
+    `stars_guard.tools.plain_turns(messages, constraint)`, which also adds the instruction the
+    constraint needs.
     """
 
     messages: Sequence[ChatMessage]

@@ -4,15 +4,17 @@ Pure and framework-free. The LangChain layer converts tools and messages into th
 engine uses `tool_call_spans` to know which part of an answer is a tool call (`guard_tool_calls`);
 backends with a grammar (`stars_guard.adapters._grammar`) draft under an `OutputConstraint`.
 
-The tool-call format (docs/agents.md), used when a model's chat template has no tool support
-(SmolLM2's has none): a call is one block in the answer,
+The tool-call format (docs/agents.md): a call is one block in the answer,
 
     <tool_call>
     {"name": "get_weather", "arguments": {"city": "Paris"}}
     </tool_call>
 
-with the tools described in the system turn and each tool's result fed back as a user turn
-wrapped in `<tool_response>` tags (the layout Qwen2.5 and Hermes models are trained on).
+the layout Qwen2.5, Qwen3 and Hermes models are trained on. A chat template that knows tools
+and writes calls this way (`adapters._chat.template_knows_tools` checks) renders the tools and the
+tool turns itself; for any other template (SmolLM2's has no tool support) `plain_turns` writes
+them as text: the tools described in the system turn, earlier calls as blocks in assistant turns,
+and each run of results as one user turn of `<tool_response>` blocks.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from stars_guard.messages import ChatMessage
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -112,7 +116,7 @@ def tools_instruction(constraint: OutputConstraint) -> str:
         f'{CALL_PREFIX}{{"name": <tool name>, "arguments": <JSON object>}}{CALL_SUFFIX}',
         "The result comes back in " + TOOL_RESPONSE_OPEN + " tags. The tools:",
     ]
-    lines += [json.dumps(tool.as_dict(), ensure_ascii=False) for tool in constraint.tools]
+    lines += [json.dumps(plain_json(tool.as_dict()), ensure_ascii=False) for tool in constraint.tools]
     if constraint.required:
         lines.append("Answer with a tool call only.")
     else:
@@ -120,9 +124,64 @@ def tools_instruction(constraint: OutputConstraint) -> str:
     return "\n".join(lines)
 
 
+def prompt_instruction(constraint: OutputConstraint | None, *, native_tools: bool = False) -> str | None:
+    """The system-turn text a constraint needs: the tools (unless the template renders them), or the schema."""
+    if constraint is None:
+        return None
+    if constraint.kind == "json_schema":
+        assert constraint.schema is not None
+        return schema_instruction(constraint.schema)
+    return None if native_tools else tools_instruction(constraint)
+
+
+def plain_turns(messages: Sequence[ChatMessage], constraint: OutputConstraint | None) -> list[ChatMessage]:
+    """The conversation in the text format, for a chat template without tool support.
+
+    Calls join their assistant turn as `<tool_call>` blocks after its text; each run of tool
+    results becomes one user turn of `<tool_response>` blocks; the constraint's instruction joins
+    the first system turn (or becomes one). A conversation without tools comes back unchanged.
+    Rewards read this form too, whatever the backend's template.
+    """
+    turns: list[ChatMessage] = []
+    results: list[str] = []
+    for message in messages:
+        if message.role == "tool":
+            results.append(render_tool_result(message.content))
+            continue
+        if results:
+            turns.append(ChatMessage("user", "\n".join(results)))
+            results = []
+        if message.tool_calls:
+            calls = [render_tool_call(call.name, call.arguments) for call in message.tool_calls]
+            message = ChatMessage("assistant", "\n".join(part for part in (message.content, *calls) if part))
+        turns.append(message)
+    if results:
+        turns.append(ChatMessage("user", "\n".join(results)))
+    return with_instruction(turns, prompt_instruction(constraint))
+
+
+def with_instruction(turns: Sequence[ChatMessage], instruction: str | None) -> list[ChatMessage]:
+    """`turns` with `instruction` joined to the first system turn, or as a new first system turn."""
+    if not instruction:
+        return list(turns)
+    if turns and turns[0].role == "system":
+        first = turns[0].content
+        return [ChatMessage("system", f"{first}\n\n{instruction}" if first else instruction), *turns[1:]]
+    return [ChatMessage("system", instruction), *turns]
+
+
+def template_tools(constraint: OutputConstraint | None) -> list[dict[str, Any]] | None:
+    """The bound tools as chat templates take them (OpenAI function definitions); None without tools."""
+    if constraint is None or constraint.kind != "tool_calls":
+        return None
+    return [{"type": "function", "function": plain_json(tool.as_dict())} for tool in constraint.tools]
+
+
 def schema_instruction(schema: Mapping[str, Any]) -> str:
     """The system-turn text for a structured answer: one JSON value matching `schema`."""
-    return "Answer with one JSON value only, matching this JSON schema:\n" + json.dumps(schema, ensure_ascii=False)
+    return "Answer with one JSON value only, matching this JSON schema:\n" + json.dumps(
+        plain_json(schema), ensure_ascii=False
+    )
 
 
 def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:

@@ -60,9 +60,7 @@ from stars_guard.tools import (
     ParsedCall,
     TextPiece,
     ToolCallSplitter,
-    schema_instruction,
     tool_constraint,
-    tools_instruction,
 )
 
 __all__ = ["STARSChatModel", "to_chat_messages"]
@@ -436,8 +434,8 @@ class STARSChatModel(BaseChatModel):
         config = self._config_for(kwargs)
         seed = config.seed if config.seed is not None else secrets.randbelow(_SEED_LIMIT)
         config = config.with_overrides(seed=seed)
-        constraint, instruction = _answer_shape(output)
-        turns = to_chat_messages(messages, instruction)
+        constraint = _answer_shape(output)
+        turns = to_chat_messages(messages)
         stops = stop if stop is not None else self.stop
         engine = STARSEngine(self._backend(), self._reward(), config)
         tool_names = constraint.tool_names if constraint is not None and constraint.kind == "tool_calls" else None
@@ -493,20 +491,19 @@ class STARSChatModel(BaseChatModel):
         return structured_output(self, schema, method, include_raw)
 
 
-def _answer_shape(output: dict[str, Any]) -> tuple[OutputConstraint | None, str | None]:
-    """The constraint and the system-turn instruction for what `bind_tools` / structured output bound."""
+def _answer_shape(output: dict[str, Any]) -> OutputConstraint | None:
+    """The constraint for what `bind_tools` / structured output bound (the backend renders its instruction)."""
     schema = output.get("response_format")
     if schema is not None:
         if output.get("tools"):
             raise ValueError("bind either tools or a response format (with_structured_output), not both")
-        return OutputConstraint("json_schema", schema=schema), schema_instruction(schema)
+        return OutputConstraint("json_schema", schema=schema)
     tools = tool_specs(output.get("tools") or [])
     # A forced answer is one call unless parallel calls are asked for: a small model given room for
     # more keeps calling the same tool until the token budget.
-    constraint = tool_constraint(
+    return tool_constraint(
         tools, output.get("tool_choice"), parallel_tool_calls=output.get("parallel_tool_calls") is True
     )
-    return constraint, None if constraint is None else tools_instruction(constraint)
 
 
 def _first_set(*values: Any) -> Any:

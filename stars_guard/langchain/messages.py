@@ -1,8 +1,8 @@
 """LangChain messages as engine turns, tool turns included.
 
-Tool calls and results are rendered in the documented text format (`stars_guard.tools`): an
-assistant turn's calls as `<tool_call>` blocks after its text, and each run of `ToolMessage`s as
-one user turn of `<tool_response>` blocks, so the model and the reward read the whole exchange.
+An AI message's calls become the turn's `tool_calls` and each `ToolMessage` a `tool` turn; the
+backend renders them with the model's chat template where it knows tools, else in the text format
+of `stars_guard.tools` (`plain_turns`), so the model and the reward read the whole exchange.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from langchain_core.messages import ChatMessage as LCChatMessage
 
 from stars_guard.errors import InvalidMessagesError
-from stars_guard.messages import ROLE_ALIASES, ChatMessage, normalize_messages
-from stars_guard.tools import render_tool_call, render_tool_result
+from stars_guard.messages import ROLE_ALIASES, ChatMessage, ToolCall, normalize_messages
 
 # Earlier answers' reasoning is not part of what was said; providers drop it from history too.
 # Tool-call blocks (LangChain's, Anthropic's tool_use) are rendered from the message's calls instead.
@@ -24,39 +23,28 @@ _SKIPPED_AI_BLOCKS = frozenset(
 )
 
 
-def to_chat_messages(messages: Sequence[BaseMessage], instruction: str | None = None) -> list[ChatMessage]:
+def to_chat_messages(messages: Sequence[BaseMessage]) -> list[ChatMessage]:
     """LangChain messages as engine turns; text content only, `name` fields ignored.
 
-    `instruction` (the bound tools, a JSON schema to answer in) joins the first system turn, or
-    becomes one. Function messages and other roles are refused rather than dropped: silently
-    losing a turn would change what the answer responds to.
+    Function messages and other roles are refused rather than dropped: silently losing a turn
+    would change what the answer responds to.
     """
-    turns: list[ChatMessage] = []
-    tool_results: list[str] = []
-    for position, message in enumerate(messages):
-        if isinstance(message, ToolMessage):
-            tool_results.append(render_tool_result(_text_of(message, position)))
-            continue
-        if tool_results:
-            turns.append(ChatMessage("user", "\n".join(tool_results)))
-            tool_results = []
-        turns.append(_turn(message, position))
-    if tool_results:
-        turns.append(ChatMessage("user", "\n".join(tool_results)))
-    if instruction:
-        turns = _with_instruction(turns, instruction)
-    return normalize_messages(turns)
+    return normalize_messages([_turn(message, position) for position, message in enumerate(messages)])
 
 
 def _turn(message: BaseMessage, position: int) -> ChatMessage:
+    if isinstance(message, ToolMessage):
+        return ChatMessage("tool", _text_of(message, position), tool_call_id=str(message.tool_call_id or ""))
     if isinstance(message, HumanMessage):
         return ChatMessage("user", _text_of(message, position))
     if isinstance(message, AIMessage):
-        calls = [render_tool_call(call["name"], call["args"]) for call in message.tool_calls]
+        calls = [ToolCall(call["name"], call["args"], call.get("id") or "") for call in message.tool_calls]
         if not calls:  # a provider's own call blocks (Anthropic's tool_use) where tool_calls is empty
-            calls = [render_tool_call(block["name"], block.get("input") or {}) for block in _tool_use_blocks(message)]
-        text = _text_of(message, position)
-        return ChatMessage("assistant", "\n".join(part for part in (text, *calls) if part))
+            calls = [
+                ToolCall(block["name"], block.get("input") or {}, str(block.get("id") or ""))
+                for block in _tool_use_blocks(message)
+            ]
+        return ChatMessage("assistant", _text_of(message, position), tool_calls=tuple(calls))
     if isinstance(message, SystemMessage):
         return ChatMessage("system", _text_of(message, position))
     if isinstance(message, LCChatMessage) and message.role.lower() in ROLE_ALIASES:
@@ -75,13 +63,6 @@ def _tool_use_blocks(message: AIMessage) -> list[Mapping[str, Any]]:
         for block in message.content
         if isinstance(block, Mapping) and block.get("type") == "tool_use" and isinstance(block.get("name"), str)
     ]
-
-
-def _with_instruction(turns: list[ChatMessage], instruction: str) -> list[ChatMessage]:
-    if turns and turns[0].role == "system":
-        first = turns[0].content
-        return [ChatMessage("system", f"{first}\n\n{instruction}" if first else instruction), *turns[1:]]
-    return [ChatMessage("system", instruction), *turns]
 
 
 def _text_of(message: BaseMessage, position: int) -> str:

@@ -37,10 +37,8 @@ from stars_guard.tools import (
     OutputConstraint,
     ToolSpec,
     render_tool_call,
-    schema_instruction,
     split_answer,
     tool_constraint,
-    tools_instruction,
 )
 from tests.doubles.rewards import ScriptedReward
 
@@ -135,11 +133,13 @@ def run(backend: Backend, constraint: OutputConstraint, messages: list[dict[str,
 
 
 def json_messages(schema: Mapping[str, Any], ask: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": schema_instruction(schema)}, {"role": "user", "content": ask}]
+    """The request alone: the backend adds the schema's instruction from the constraint."""
+    return [{"role": "user", "content": ask}]
 
 
 def tool_messages(constraint: OutputConstraint, ask: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": tools_instruction(constraint)}, {"role": "user", "content": ask}]
+    """The request alone: the backend describes the tools from the constraint."""
+    return [{"role": "user", "content": ask}]
 
 
 def assert_exact(result: STARSResult, generation: Recorded, eos_forwarded: bool) -> None:

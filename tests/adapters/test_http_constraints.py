@@ -31,7 +31,7 @@ from stars_guard.events import STARSResult
 from stars_guard.messages import normalize_messages
 from stars_guard.models import default_lm_dir
 from stars_guard.protocols import Backend, BackendWrapper, Candidate, Generation, GenerationWrapper, OpenRequest
-from stars_guard.tools import OutputConstraint, ToolSpec, schema_instruction, split_answer, tools_instruction
+from stars_guard.tools import OutputConstraint, ToolSpec, split_answer
 from tests.doubles.rewards import KeywordReward
 from tests.loopback import ThreadedServer
 
@@ -370,19 +370,13 @@ def run(backend: Backend, constraint: OutputConstraint, messages: list[dict[str,
 
 
 def check_json_answer(backend: Backend) -> None:
-    messages = [
-        {"role": "system", "content": schema_instruction(PERSON)},
-        {"role": "user", "content": "Describe Ann, who is 31 years old."},
-    ]
+    messages = [{"role": "user", "content": "Describe Ann, who is 31 years old."}]  # the constraint adds the schema
     result = run(backend, JSON_ANSWER, messages)
     jsonschema.validate(json.loads(result.text), PERSON)
 
 
 def check_forced_call(backend: Backend) -> None:
-    messages = [
-        {"role": "system", "content": tools_instruction(FORCED_CALL)},
-        {"role": "user", "content": "What is the weather like in Paris?"},
-    ]
+    messages = [{"role": "user", "content": "What is the weather like in Paris?"}]  # the constraint adds the tools
     result = run(backend, FORCED_CALL, messages)
     plain, calls, dropped = split_answer(result.text, FORCED_CALL.tool_names)
     assert plain.strip() == "" and dropped == 0, result.text

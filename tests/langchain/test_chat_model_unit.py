@@ -27,9 +27,10 @@ from pydantic import ValidationError
 from stars_guard.errors import InvalidMessagesError
 from stars_guard.langchain.callbacks import STARS_SEGMENT_EVENT, RejectionStatsHandler
 from stars_guard.langchain.chat_model import STARSChatModel, to_chat_messages
-from stars_guard.messages import ChatMessage
+from stars_guard.messages import ChatMessage, ToolCall
 from stars_guard.stats import STATS_KEYS
 from stars_guard.telemetry.aggregator import DECISION_KEYS
+from stars_guard.tools import OutputConstraint, ToolSpec, plain_turns, tools_instruction
 from tests.doubles import CONFIG, EOS, ROUNDS, KeywordReward
 from tests.doubles import SeededBackend as ScriptedBackend
 
@@ -87,7 +88,7 @@ def test_messages_become_engine_turns() -> None:
     ]
 
 
-def test_tool_turns_are_rendered_in_the_tool_call_format() -> None:
+def test_tool_turns_become_structured_turns_and_render_in_the_text_format() -> None:
     call = {"name": "add", "args": {"a": 1}, "id": "c1"}
     turns = to_chat_messages(
         [
@@ -95,11 +96,20 @@ def test_tool_turns_are_rendered_in_the_tool_call_format() -> None:
             AIMessage("Adding.", tool_calls=[call, {**call, "id": "c2", "args": {"a": 2}}]),
             ToolMessage("3", tool_call_id="c1"),
             ToolMessage("4", tool_call_id="c2"),
-        ],
-        instruction="TOOLS",
+        ]
     )
     assert turns == [
-        ChatMessage("system", "TOOLS"),
+        ChatMessage("user", "1+2?"),
+        ChatMessage(
+            "assistant", "Adding.", tool_calls=(ToolCall("add", {"a": 1}, "c1"), ToolCall("add", {"a": 2}, "c2"))
+        ),
+        ChatMessage("tool", "3", tool_call_id="c1"),
+        ChatMessage("tool", "4", tool_call_id="c2"),
+    ]
+    # For a template without tool support (and for the reward) the backend writes them as text.
+    adding = OutputConstraint("tool_calls", tools=(ToolSpec("add"),))
+    assert plain_turns(turns, adding) == [
+        ChatMessage("system", tools_instruction(adding)),
         ChatMessage("user", "1+2?"),
         ChatMessage(
             "assistant",
@@ -108,8 +118,9 @@ def test_tool_turns_are_rendered_in_the_tool_call_format() -> None:
         ),
         ChatMessage("user", "<tool_response>\n3\n</tool_response>\n<tool_response>\n4\n</tool_response>"),
     ]
-    with_system = to_chat_messages([SystemMessage("be brief"), HumanMessage("hi")], instruction="TOOLS")
-    assert with_system[0] == ChatMessage("system", "be brief\n\nTOOLS")
+    with_system = plain_turns(to_chat_messages([SystemMessage("be brief"), HumanMessage("hi")]), adding)
+    assert with_system[0] == ChatMessage("system", "be brief\n\n" + tools_instruction(adding))
+    assert plain_turns(with_system[1:], None) == [ChatMessage("user", "hi")]  # nothing to add without tools
 
 
 @pytest.mark.parametrize(

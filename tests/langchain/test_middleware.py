@@ -49,7 +49,7 @@ def agent_script(call_body: str):
     """First turn: the call (K candidates per round, all the same); after the tool's result: a reply."""
 
     def script(request: OpenRequest) -> list[list[str]]:
-        if "<tool_response>" in request.messages[-1].content:
+        if request.messages[-1].role == "tool":
             return [[piece] * 4 for piece in pieces("Done: the email is sent.")]
         call = render_tool_call("send_email", {"to": "bob@example.com", "body": call_body})
         return [[piece] * 4 for piece in pieces(call)]
@@ -77,7 +77,8 @@ def test_the_agent_calls_the_tool_through_stars_and_answers_from_its_result():
     assert SENT == [{"to": "bob@example.com", "body": "lunch at noon?"}]
     tools_bound = backend.opened[0]["constraint"]
     assert tools_bound.tool_names == ("send_email",) and not tools_bound.required  # the agent's 'auto'
-    assert "<tool_response>\nsent\n</tool_response>" in backend.opened[1]["messages"][-1].content
+    result_turn = backend.opened[1]["messages"][-1]
+    assert (result_turn.role, result_turn.content) == ("tool", "sent")
 
 
 def test_a_vetoed_call_is_never_executed_nor_streamed():

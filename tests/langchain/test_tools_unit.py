@@ -17,7 +17,7 @@ from typing_extensions import TypedDict
 
 from stars_guard import STARSConfig
 from stars_guard.langchain.chat_model import STARSChatModel
-from stars_guard.tools import render_tool_call
+from stars_guard.tools import plain_turns, render_tool_call
 from tests.doubles import KeywordReward, ScriptedBackend
 
 CONFIG = STARSConfig(threshold_mode="absolute", reward_threshold=0.5, alpha=1.0, segment_size=16)
@@ -61,7 +61,7 @@ def test_a_forced_call_comes_back_as_a_tool_call_with_an_id():
     assert message.tool_calls[0]["id"].startswith("call_")
     constraint = backend.opened[0]["constraint"]
     assert constraint.required and constraint.tool_names == ("get_weather",)
-    system = backend.opened[0]["messages"][0]
+    (system, _) = plain_turns(backend.opened[0]["messages"], constraint)  # what a template without tools gets
     assert system.role == "system" and '"name": "get_weather"' in system.content
 
 
