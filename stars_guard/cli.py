@@ -52,11 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small fixed subset: 4 prompts, 32 new tokens")
     bench.add_argument("--out", type=Path, default=Path("bench-report"), help="output folder (default: bench-report)")
     bench.add_argument("--prompts", type=Path, help="JSONL prompt file (strings, {'prompt': ...} or HH-RLHF rows)")
-    bench.add_argument("--num-prompts", type=int, default=24, help="prompts to run (default 24)")
+    bench.add_argument(
+        "--suite",
+        help="run a safety suite instead: harmbench, donotanswer, jailbreak, benign, or safety (all four); "
+        "comma-separated for several (docs/benchmarks.md)",
+    )
+    bench.add_argument(
+        "--num-prompts",
+        type=int,
+        help="prompts to run (default 24; with --suite: per suite, default its whole test part)",
+    )
     bench.add_argument("--max-new-tokens", type=int, default=64, help="answer length for every method (default 64)")
     bench.add_argument(
         "--methods",
-        help="comma-separated: vanilla, bon-N, stars[-L#][-K#][-q#], cards[-L#][-K#][-e#] (default: all standard)",
+        help="comma-separated: vanilla, bon-N, stars[-L#][-K#][-q#], cards[-L#][-K#][-e#], and METHOD+REWARD "
+        "(with --suite; e.g. stars+judge) (default: all standard; with --suite: vanilla,stars,bon-16,stars+judge)",
     )
     bench.add_argument("--seed", type=int, default=0, help="seed of the first prompt; prompt i uses seed + i")
     bench.add_argument("--judge", type=Path, help="judge weights (default: the ones shipped in the package)")
@@ -396,11 +406,13 @@ def _bench(args: argparse.Namespace) -> int:
     from stars_guard.bench.harness import BenchOptions, run_bench
     from stars_guard.bench.methods import DEFAULT_METHODS
 
+    if args.suite is not None:
+        return _safety_bench(args)
     methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else DEFAULT_METHODS
     options = BenchOptions(
         out=args.out,
         prompts_file=args.prompts,
-        num_prompts=args.num_prompts,
+        num_prompts=args.num_prompts if args.num_prompts is not None else 24,
         max_new_tokens=args.max_new_tokens,
         methods=methods,
         backend=args.backend,
@@ -419,6 +431,40 @@ def _bench(args: argparse.Namespace) -> int:
     for check in report["targets"]:
         print(f"{'met' if check['met'] else 'NOT met'}: {check['target']} ({check['measured']})", file=sys.stderr)
     print(args.out / "report.md")
+    return 0
+
+
+def _safety_bench(args: argparse.Namespace) -> int:
+    from stars_guard.bench.redteam import RedTeamDataMissing
+    from stars_guard.bench.safety import SAFETY_METHODS, SafetyOptions, run_safety
+
+    if args.prompts is not None:
+        print(
+            "stars-guard: error: --prompts and --suite exclude each other (a suite brings its prompts)", file=sys.stderr
+        )
+        return EXIT_ERROR
+    methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else SAFETY_METHODS
+    options = SafetyOptions(
+        out=args.out,
+        suite=args.suite,
+        methods=methods,
+        num_prompts=args.num_prompts,
+        max_new_tokens=args.max_new_tokens,
+        backend=args.backend,
+        reward=args.reward,
+        seed=args.seed,
+        quick=args.quick,
+        plots=not args.no_plots,
+    )
+    _quiet_model_loading()
+    try:
+        report = run_safety(options)
+    except (ValueError, FileNotFoundError, RedTeamDataMissing) as exc:
+        print(f"stars-guard: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    for check in report["targets"]:
+        print(f"{'met' if check['met'] else 'NOT met'}: {check['target']} ({check['measured']})", file=sys.stderr)
+    print(args.out / "safety.md")
     return 0
 
 
