@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--prompts", type=Path, help="JSONL prompt file (strings, {'prompt': ...} or HH-RLHF rows)")
     bench.add_argument(
         "--suite",
-        help="run a safety suite instead: harmbench, donotanswer, jailbreak, benign, or safety (all four); "
+        help="run a safety suite instead: harmbench, donotanswer, jailbreak, two-turn, benign, or safety (all); "
         "comma-separated for several (docs/benchmarks.md)",
     )
     bench.add_argument(

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
-from stars_guard.messages import normalize_messages
+from stars_guard.messages import ChatMessage, normalize_messages
 from stars_guard.protocols import Backend, OpenRequest, RewardModel
 from stars_guard.stats import STARSStats
 
@@ -80,7 +81,8 @@ class Method:
             }
         return described
 
-    def run(self, backend: Backend, reward: RewardModel, prompt: str, seed: int) -> Outcome:
+    def run(self, backend: Backend, reward: RewardModel, prompt: str | Sequence[ChatMessage], seed: int) -> Outcome:
+        """Answer `prompt` (a request, or a whole conversation) with this method."""
         started = time.perf_counter()
         if self.best_of is not None:
             assert self.config is not None
@@ -95,7 +97,7 @@ class Method:
 def best_of_n(
     backend: Backend,
     reward: RewardModel,
-    prompt: str,
+    prompt: str | Sequence[ChatMessage],
     n: int,
     batch_size: int,
     config: STARSConfig,

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from stars_guard.bench.linear_heads import fit_logistic, heldout_mask, logistic
+
 EXAMPLES_FILE = "refusal_examples.jsonl"
 WEIGHTS_FILE = "refusal_head.json"
 TRAIN_SEED = 0
@@ -95,32 +97,6 @@ def load_examples(path: Path | None = None) -> list[LabelledAnswer]:
     return examples
 
 
-def heldout_mask(count: int, seed: int = TRAIN_SEED, fraction: float = HELDOUT_FRACTION) -> np.ndarray:
-    """Which examples are held out (a seeded permutation: the same in every run)."""
-    order = np.random.default_rng(seed).permutation(count)
-    mask = np.zeros(count, dtype=bool)
-    mask[order[: round(fraction * count)]] = True
-    return mask
-
-
-def _fit(features: np.ndarray, labels: np.ndarray, l2: float) -> np.ndarray:
-    """L2-regularised logistic regression (weights then bias), by L-BFGS from zeros: deterministic."""
-    from scipy.optimize import minimize
-
-    design = np.hstack([features, np.ones((len(features), 1))])
-    signs = np.where(labels, 1.0, -1.0)
-
-    def loss(weights: np.ndarray) -> tuple[float, np.ndarray]:
-        margin = signs * (design @ weights)
-        value = np.logaddexp(0.0, -margin).mean() + l2 * float(weights[:-1] @ weights[:-1])
-        grad = -(design.T @ (signs / (1.0 + np.exp(margin)))) / len(design)
-        grad[:-1] += 2 * l2 * weights[:-1]
-        return float(value), grad
-
-    result = minimize(loss, np.zeros(design.shape[1]), jac=True, method="L-BFGS-B")
-    return np.asarray(result.x)
-
-
 def train_refusal_head(
     examples: Sequence[LabelledAnswer], *, seed: int = TRAIN_SEED, l2: float = 1e-3
 ) -> dict[str, Any]:
@@ -129,8 +105,8 @@ def train_refusal_head(
 
     features = embed([example.text for example in examples])
     labels = np.array([example.refusal for example in examples])
-    held = heldout_mask(len(examples), seed)
-    weights = _fit(features[~held], labels[~held], l2)
+    held = heldout_mask(len(examples), seed, HELDOUT_FRACTION)
+    weights = fit_logistic(features[~held], labels[~held], l2)
 
     def accuracy(mask: np.ndarray) -> float:
         predicted = features[mask] @ weights[:-1] + weights[-1] > 0
@@ -171,8 +147,7 @@ class RefusalClassifier:
 
         if not answers:
             return []
-        logits = embed(list(answers)) @ self.weights + self.bias
-        return [float(value) for value in 1.0 / (1.0 + np.exp(-logits))]
+        return [float(value) for value in logistic(embed(list(answers)), self.weights, self.bias)]
 
     def refused(self, answers: Sequence[str], guard_refused: Sequence[bool] | None = None) -> list[bool]:
         """P(refusal) > 0.5, or empty, or ended by the guard's refusal (as for the phrase list)."""

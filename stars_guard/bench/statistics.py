@@ -50,3 +50,14 @@ def estimate(values: Sequence[float], *, seed: int = 0, resamples: int = 2000) -
     data = np.asarray(values, dtype=np.float64)
     low, high = bootstrap_ci(data, seed=seed, resamples=resamples)
     return {"mean": float(data.mean()) if data.size else float("nan"), "ci_low": low, "ci_high": high}
+
+
+def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve: P(a random positive scores above a random negative), ties half."""
+    values = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(labels, dtype=bool)
+    pos, neg = values[positive], values[~positive]
+    if not pos.size or not neg.size:
+        return float("nan")
+    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(above / (pos.size * neg.size))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stars_guard.bench.statistics import bootstrap_ci, estimate, pairwise_outcomes, win_rate
+from stars_guard.bench.statistics import auroc, bootstrap_ci, estimate, pairwise_outcomes, win_rate
 
 
 def test_ties_count_half_and_losses_zero() -> None:
@@ -51,3 +51,10 @@ def test_bootstrap_interval_brackets_the_mean_and_is_deterministic() -> None:
 def test_empty_input_gives_nan_interval() -> None:
     low, high = bootstrap_ci([])
     assert np.isnan(low) and np.isnan(high)
+
+
+def test_auroc_counts_pairs_ranked_right_with_ties_half() -> None:
+    assert auroc([0.9, 0.8, 0.1], [True, True, False]) == 1.0
+    assert auroc([0.1, 0.9], [True, False]) == 0.0
+    assert auroc([0.5, 0.5, 0.7, 0.2], [True, False, True, False]) == pytest.approx((0.5 + 1 + 1 + 1) / 4)
+    assert np.isnan(auroc([0.5], [True]))
