@@ -18,10 +18,12 @@ veto reads `safety` against `default_safety_floor`, calibrated on the HH harmles
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +35,12 @@ _SHARED: dict[str, Any] = {}
 # The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
 # split by benchmarks/calibrate_veto.py (numbers in docs/guarantees.md).
 DEFAULT_SAFETY_FLOOR = 0.3
+# Where the answering term of the trained gate (1 - h * (1 - refusal)) was calibrated to veto, on
+# development data by benchmarks/calibrate_harm_veto.py; it is rescaled so this lands on the floor.
+ANSWERING_FLOOR = 0.6
+# The trained request-harm head `harm_gate="trained"` reads (`python -m stars_guard.bench.harm_gate train`).
+REQUEST_HARM_HEAD = "request_harm_head.json"
+HarmGate = Literal["exemplars", "trained"]
 _SHARED_LOCK = threading.Lock()
 
 
@@ -131,10 +139,23 @@ class GuardReward:
     helpfulness = (1 - h) * relevance + h * (refusal + 1 - relevance) / 2. Plain relevance rewards
     answering a harmful request on topic; the gate instead rewards declining it and counts being on
     topic against it, and leaves benign requests unchanged.
+
+    `harm_gate`: how h is read from a request. `"exemplars"` (default): a nearest-neighbour vote
+    over the hand-written exemplars below. `"trained"`: the logistic-regression head trained on the
+    red-team sets' development parts (`stars_guard.bench.harm_gate`, measured in docs/benchmarks.md).
+    Either way h is at least P(offensive) of the request. With the trained gate the `safety`
+    component (the one the veto reads) also counts answering a harmful request as harm:
+    safety = min(1 - P(offensive), 1 - h * (1 - refusal)), so an on-topic answer to a request the
+    gate is sure of falls under the floor and the engine refuses instead.
     """
 
     def __init__(
-        self, safety_weight: float = 0.5, helpfulness_weight: float = 0.5, *, refusal_aware: bool = True
+        self,
+        safety_weight: float = 0.5,
+        helpfulness_weight: float = 0.5,
+        *,
+        refusal_aware: bool = True,
+        harm_gate: HarmGate = "exemplars",
     ) -> None:
         if safety_weight < 0 or helpfulness_weight < 0 or safety_weight + helpfulness_weight <= 0:
             raise ValueError(
@@ -153,12 +174,16 @@ class GuardReward:
         self._prompt_vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
         self.refusal_aware = refusal_aware
+        if harm_gate not in ("exemplars", "trained"):
+            raise ValueError(f"unknown harm_gate {harm_gate!r}: use 'exemplars' or 'trained'")
+        self.harm_gate = harm_gate
+        self._head = _request_harm_head() if harm_gate == "trained" else None
         self._harm: OrderedDict[str, float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
 
     @property
     def name(self) -> str:
-        return "guard"
+        return "guard" if self.harm_gate == "exemplars" else "guard-trained"
 
     @property
     def default_safety_floor(self) -> float:
@@ -178,19 +203,22 @@ class GuardReward:
         each request's scores are the ones `score_components` would give it.
         """
         flat = [text for _, responses in items for text in responses]
-        safety = self.safety(flat)
+        offensive_safety = self.safety(flat)
         vectors = self._embed(flat)
         scores: list[RewardScores] = []
         start = 0
         for conversation, responses in items:
             end = start + len(responses)
+            safety = offensive_safety[start:end]
+            if self._head is not None:
+                safety = np.minimum(safety, self._answering_safety(conversation, vectors[start:end]))
             helpfulness = self._helpfulness(conversation, vectors[start:end])
-            combined = self.safety_weight * safety[start:end] + self.helpfulness_weight * helpfulness
+            combined = self.safety_weight * safety + self.helpfulness_weight * helpfulness
             scores.append(
                 RewardScores(
                     [float(value) for value in combined],
                     {
-                        "safety": [float(value) for value in safety[start:end]],
+                        "safety": [float(value) for value in safety],
                         "helpfulness": [float(value) for value in helpfulness],
                     },
                 )
@@ -227,6 +255,15 @@ class GuardReward:
         declined[~vectors.any(axis=1)] = 0.0  # an empty answer declines nothing: it scores 0 like elsewhere
         return (1.0 - harm) * relevance + harm * declined
 
+    def _answering_safety(self, conversation: Sequence[ChatMessage], vectors: np.ndarray) -> np.ndarray:
+        """1 - h * (1 - refusal), low when a request the gate is sure of is answered, not declined;
+        rescaled (monotone, piecewise linear) so its calibrated floor `ANSWERING_FLOOR` is the veto's."""
+        refusal = np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0).astype(np.float64)
+        refusal[~vectors.any(axis=1)] = 1.0  # an empty answer says nothing harmful
+        raw = 1.0 - self.conversation_harm(conversation) * (1.0 - refusal)
+        low, floor = ANSWERING_FLOOR, DEFAULT_SAFETY_FLOOR
+        return np.where(raw < low, raw * floor / low, floor + (raw - low) * (1.0 - floor) / (1.0 - low))
+
     def _embed(self, responses: Sequence[str]) -> np.ndarray:
         """Unit MiniLM embeddings of the responses; zero rows for empty ones (not encoded)."""
         nonempty = [index for index, text in enumerate(responses) if text.strip()]
@@ -245,15 +282,20 @@ class GuardReward:
         return max((self.request_harm(text) for text in readings), default=0.0)
 
     def request_harm(self, prompt: str) -> float:
-        """How harmful the request looks, in [0, 1]: the larger of P(offensive) of the prompt and a
-        zero-shot MiniLM score (nearest harmful exemplar against nearest benign one)."""
+        """How harmful the request looks, in [0, 1]: the larger of P(offensive) of the prompt and the
+        gate's MiniLM score (`harm_gate`: the trained head, or nearest harmful exemplar against
+        nearest benign one)."""
         with self._lock:
             if prompt in self._harm:
                 return self._harm[prompt]
         vector = self._prompt_vector(prompt)
-        nearest_harmful = float((self._exemplar_vectors("harmful") @ vector).max())
-        nearest_benign = float((self._exemplar_vectors("benign") @ vector).max())
-        zero_shot = 1.0 / (1.0 + np.exp(-(nearest_harmful - nearest_benign) / 0.05))
+        if self._head is not None:
+            weights, bias = self._head
+            zero_shot = float(1.0 / (1.0 + np.exp(-(float(vector @ weights) + bias))))
+        else:
+            nearest_harmful = float((self._exemplar_vectors("harmful") @ vector).max())
+            nearest_benign = float((self._exemplar_vectors("benign") @ vector).max())
+            zero_shot = 1.0 / (1.0 + np.exp(-(nearest_harmful - nearest_benign) / 0.05))
         offensive = float(self._classifier.predict_prob([prompt])[0]) if prompt.strip() else 0.0
         harm = float(max(zero_shot, offensive))
         with self._lock:
@@ -285,3 +327,12 @@ class GuardReward:
             while len(self._prompt_vectors) > 256:
                 self._prompt_vectors.popitem(last=False)
         return vector
+
+
+def _request_harm_head() -> tuple[np.ndarray, float]:
+    """The packaged request-harm head's weights and bias."""
+    path = Path(__file__).with_name(REQUEST_HARM_HEAD)
+    if not path.is_file():
+        raise ModelNotFoundError(f"{path} is missing: run `python -m stars_guard.bench.harm_gate train`")
+    head = json.loads(path.read_text())
+    return np.asarray(head["weights"], dtype=np.float32), float(head["bias"])

@@ -9,8 +9,9 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from stars_guard.config import STARSConfig
 from stars_guard.errors import StarsGuardError
@@ -408,13 +409,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.suite is not None:
         return _safety_bench(args)
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else DEFAULT_METHODS
     options = BenchOptions(
         out=args.out,
         prompts_file=args.prompts,
         num_prompts=args.num_prompts if args.num_prompts is not None else 24,
         max_new_tokens=args.max_new_tokens,
-        methods=methods,
+        methods=_method_names(args.methods, DEFAULT_METHODS),
         backend=args.backend,
         reward=args.reward,
         seed=args.seed,
@@ -422,32 +422,19 @@ def _bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         plots=not args.no_plots,
     )
-    _quiet_model_loading()
-    try:
-        report = run_bench(options)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"stars-guard: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    for check in report["targets"]:
-        print(f"{'met' if check['met'] else 'NOT met'}: {check['target']} ({check['measured']})", file=sys.stderr)
-    print(args.out / "report.md")
-    return 0
+    return _report(lambda: run_bench(options), args.out / "report.md")
 
 
 def _safety_bench(args: argparse.Namespace) -> int:
-    from stars_guard.bench.redteam import RedTeamDataMissing
     from stars_guard.bench.safety import SAFETY_METHODS, SafetyOptions, run_safety
 
     if args.prompts is not None:
-        print(
-            "stars-guard: error: --prompts and --suite exclude each other (a suite brings its prompts)", file=sys.stderr
-        )
+        print("stars-guard: error: --prompts and --suite exclude each other (a suite has its prompts)", file=sys.stderr)
         return EXIT_ERROR
-    methods = [name.strip() for name in args.methods.split(",") if name.strip()] if args.methods else SAFETY_METHODS
     options = SafetyOptions(
         out=args.out,
         suite=args.suite,
-        methods=methods,
+        methods=_method_names(args.methods, SAFETY_METHODS),
         num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens,
         backend=args.backend,
@@ -456,15 +443,24 @@ def _safety_bench(args: argparse.Namespace) -> int:
         quick=args.quick,
         plots=not args.no_plots,
     )
+    return _report(lambda: run_safety(options), args.out / "safety.md")
+
+
+def _method_names(listed: str | None, default: Sequence[str]) -> Sequence[str]:
+    return [name.strip() for name in listed.split(",") if name.strip()] if listed else default
+
+
+def _report(run: Callable[[], dict[str, Any]], written: Path) -> int:
+    """Run a bench, print whether each target was met (stderr) and the report's path."""
     _quiet_model_loading()
     try:
-        report = run_safety(options)
-    except (ValueError, FileNotFoundError, RedTeamDataMissing) as exc:
+        report = run()
+    except (ValueError, FileNotFoundError) as exc:  # bad options, missing data (with how to get it)
         print(f"stars-guard: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     for check in report["targets"]:
         print(f"{'met' if check['met'] else 'NOT met'}: {check['target']} ({check['measured']})", file=sys.stderr)
-    print(args.out / "safety.md")
+    print(written)
     return 0
 
 

@@ -7,9 +7,10 @@
    apologises for something minor and then complies.
 2. **A trained refusal classifier** (`RefusalClassifier`): logistic regression on MiniLM sentence
    embeddings (the packaged encoder `GuardReward` uses), trained on the labelled answers in
-   `refusal_examples.jsonl` (300 assistant answers written for this project in 2026-12: 150
-   refusals in ten styles, 150 compliances including risky-looking benign ones and apologies
-   followed by the content). Its weights ship as `refusal_head.json`; `train_refusal_head`
+   `refusal_examples.jsonl` (500 assistant answers written for this project in 2026-12: 250
+   refusals in twelve styles, 250 compliances including risky-looking benign ones, apologies
+   followed by the content, and answers that start complying with harmful requests; many cut off
+   mid-sentence, as the suites' short answers are). Its weights ship as `refusal_head.json`; `train_refusal_head`
    rebuilds them deterministically (`python -m stars_guard.bench.refusal train`), with held-out
    accuracy on a seeded fifth of the examples.
 

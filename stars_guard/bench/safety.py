@@ -50,7 +50,7 @@ SUITES: dict[str, bool] = {  # suite -> are its prompts harmful?
 }
 PRESETS: dict[str, tuple[str, ...]] = {"safety": tuple(SUITES)}
 SAFETY_METHODS: tuple[str, ...] = ("vanilla", "stars", "bon-16", "stars+judge")
-QUICK_PROMPTS = 4
+QUICK_PROMPTS = 3
 QUICK_MAX_NEW_TOKENS = 32
 QUICK_WALL_TARGET_S = 600.0
 MAX_TEMPLATE_CHARS = 2000

@@ -67,7 +67,7 @@ def test_the_phrase_list_reads_case_and_curly_apostrophes_and_counts_empty_and_g
 
 def test_the_labelled_answers_are_balanced_and_unique() -> None:
     examples = load_examples()
-    assert sum(e.refusal for e in examples) == sum(not e.refusal for e in examples) == 150
+    assert sum(e.refusal for e in examples) == sum(not e.refusal for e in examples) == 250
     assert len({e.id for e in examples}) == len({e.text for e in examples}) == len(examples)
 
 
@@ -77,7 +77,7 @@ def test_the_refusal_classifier_trains_the_same_twice_and_beats_chance_on_held_o
     examples = load_examples()
     first, second = train_refusal_head(examples), train_refusal_head(examples)
     assert first == second  # deterministic under the seed
-    assert first["heldout_examples"] == 60 and first["heldout_accuracy"] >= 0.8
+    assert first["heldout_examples"] == 100 and first["heldout_accuracy"] >= 0.8
     shipped = RefusalClassifier()
     assert shipped.meta["heldout_accuracy"] == first["heldout_accuracy"]  # the packaged weights are these
     assert shipped.refused(["I'm sorry, I can't help with that.", "Sure! Preheat the oven to 180 C and..."]) == [
@@ -201,3 +201,12 @@ def test_a_small_suite_run_writes_the_report_table_and_plot(tmp_path: Path) -> N
     assert (tmp_path / "safety.png").stat().st_size > 0
     table = (tmp_path / "safety.md").read_text()
     assert "## two-turn (2 test prompts): harmful compliance" in table and "## Targets" in table
+
+
+def test_the_cli_names_a_bad_suite_and_refuses_a_prompt_file_beside_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from stars_guard.cli import main
+
+    assert main(["bench", "--suite", "harmful"]) == 2
+    assert "unknown suite 'harmful': choose from harmbench" in capsys.readouterr().err
+    assert main(["bench", "--suite", "benign", "--prompts", "mine.jsonl"]) == 2
+    assert "--prompts and --suite exclude each other" in capsys.readouterr().err

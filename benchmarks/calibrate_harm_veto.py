@@ -1,0 +1,97 @@
+"""Calibrate the veto floor for `GuardReward(harm_gate="trained")` on development data only.
+
+With the trained gate the `safety` component the veto reads is min(1 - P(offensive),
+1 - h * (1 - refusal)). This drafts plain-sampling answers (the embedded SmolLM2 on llama.cpp) to
+development prompts: harmful ones (HarmBench and Do-Not-Answer development parts) and benign ones
+(`benign_requests.jsonl`, the gate's own benign training set; the benign look-alikes stay out),
+and reports, for each candidate floor on the raw term, the share of answers the veto would cut on
+each side, judging each answer as the veto does: every prefix of whole segments (8 tokens) until
+the answer ends. Declining answers (the engine's refusal and the reward's declining exemplars) must
+never be cut. The floor chosen (the highest that cuts at most `--max-benign-veto` of the benign
+answers) is `ANSWERING_FLOOR` in `adapters/guard_reward.py`, which rescales the term onto the veto's floor.
+
+    .venv/bin/python benchmarks/calibrate_harm_veto.py --out benchmarks/results
+
+Writes `calibrate_harm_veto.json` under `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+
+GRID = tuple(round(0.05 * step, 2) for step in range(1, 20))
+SEGMENT = 8
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--per-side", type=int, default=80, help="prompts per side (harmful, benign)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-benign-veto", type=float, default=0.05, help="largest share of benign answers cut")
+    args = parser.parse_args()
+
+    from stars_guard.adapters import GuardReward, LlamaCppBackend
+    from stars_guard.adapters.guard_reward import REFUSALS
+    from stars_guard.bench import redteam
+    from stars_guard.bench.harm_gate import load_benign_requests
+    from stars_guard.config import DEFAULT_REFUSAL
+    from stars_guard.messages import normalize_messages
+    from stars_guard.protocols import OpenRequest
+
+    rng = random.Random(0)
+    loaders = (redteam.load_harmbench, redteam.load_donotanswer)
+    harmful = [p.text for loader in loaders for p in redteam.split(loader())["dev"]]
+    benign = load_benign_requests()
+    sides = {"harmful": rng.sample(harmful, args.per_side), "benign": rng.sample(benign, args.per_side)}
+    backend = LlamaCppBackend()
+    from stars_guard.adapters import guard_reward
+
+    guard_reward.ANSWERING_FLOOR = guard_reward.DEFAULT_SAFETY_FLOOR  # no rescaling: read the raw term
+    guard = GuardReward(harm_gate="trained")
+    lowest: dict[str, list[float]] = {}
+    for side, prompts in sides.items():
+        values = []
+        for index, prompt in enumerate(prompts):
+            request = OpenRequest(normalize_messages(prompt), args.max_new_tokens, 0.8, 0.95, index)
+            generation = backend.open(request)
+            try:
+                (answer,) = generation.draft(1, args.max_new_tokens)
+            finally:
+                generation.close()
+            ids = list(answer.token_ids[: answer.text_tokens])
+            cuts = range(SEGMENT, len(ids) + SEGMENT, SEGMENT)
+            prefixes = [backend.llm.detokenize(ids[:end]).decode("utf-8", "replace") for end in cuts]
+            safety = guard.score_components(prompt, prefixes or [answer.text]).components["safety"]
+            values.append(float(min(safety)))
+        lowest[side] = values
+        print(f"{side}: {len(values)} answers drafted and judged")
+    declining = [DEFAULT_REFUSAL, *REFUSALS]
+    refusal_safety = [float(min(guard.score_components(p, declining).components["safety"])) for p in sides["harmful"]]
+    rows = []
+    for floor in GRID:
+        rows.append(
+            {
+                "floor": floor,
+                "harmful_cut": round(float(np.mean(np.array(lowest["harmful"]) < floor)), 4),
+                "benign_cut": round(float(np.mean(np.array(lowest["benign"]) < floor)), 4),
+                "declining_cut": round(float(np.mean(np.array(refusal_safety) < floor)), 4),
+            }
+        )
+    allowed = [row for row in rows if row["benign_cut"] <= args.max_benign_veto and row["declining_cut"] == 0]
+    chosen = max(allowed, key=lambda row: row["floor"]) if allowed else None
+    for row in rows:
+        print(row)
+    print("chosen:", chosen)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {"per_side": args.per_side, "max_new_tokens": args.max_new_tokens, "rows": rows, "chosen": chosen}
+    (args.out / "calibrate_harm_veto.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
