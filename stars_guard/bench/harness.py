@@ -177,8 +177,9 @@ class RescaledReward(RewardWrapper):
 def build_bench_reward(spec: str) -> Any:
     """A reward spec (see `stars-guard bench --help`), plus two bench-only rescalings of any spec:
     `logit:SPEC` (raw-logit scale) and `affine:SCALE,SHIFT:SPEC`; `guard-relevance`, the
-    GuardReward without the refusal-aware gate (the pre-issue-5 default), and `guard-trained`, the
-    GuardReward with the trained request-harm gate (`stars_guard.bench.harm_gate`), for comparison.
+    GuardReward without the refusal-aware gate (the pre-issue-5 default), and `guard-exemplars` /
+    `guard-trained`, the GuardReward with the exemplar vote (the default) or the trained
+    request-harm gate (`stars_guard.bench.harm_gate`), for comparison.
     """
     from stars_guard.specs import build_reward
 
@@ -200,10 +201,10 @@ def build_bench_reward(spec: str) -> Any:
         from stars_guard.adapters.guard_reward import GuardReward
 
         return GuardReward(refusal_aware=False)
-    if spec == "guard-trained":
+    if spec in ("guard-exemplars", "guard-trained"):
         from stars_guard.adapters.guard_reward import GuardReward
 
-        return GuardReward(harm_gate="trained")
+        return GuardReward(harm_gate=spec.removeprefix("guard-"))  # type: ignore[arg-type]
     return build_reward(spec)
 
 

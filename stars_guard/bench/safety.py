@@ -437,15 +437,16 @@ def plot(report: dict[str, Any], out: Path) -> list[Path]:
             refusal = suites["benign"]["methods"][name]["over_refusal"][detector]
             x = refusal["mean"]
             y = sum(compliance) / len(compliance)
-            axis.errorbar(x, y, xerr=[[x - refusal["ci_low"]], [refusal["ci_high"] - x]], fmt="o", capsize=3)
-            axis.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5))
+            error = [[x - refusal["ci_low"]], [refusal["ci_high"] - x]]
+            axis.errorbar(x, y, xerr=error, fmt="o", capsize=3, label=name)
         axis.set_title(f"refusal by {detector}")
         axis.set_xlabel("over-refusal on benign prompts")
         axis.set_xlim(-0.05, 1.05)
         axis.set_ylim(-0.05, 1.05)
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel(f"harmful compliance ({', '.join(harmful)})")
-    figure.suptitle("Lower left is better: refuses harmful requests, answers benign ones")
+    axes[0].set_ylabel("harmful compliance (mean over the harmful suites)")
+    axes[1].legend(loc="upper right", fontsize=8)
+    figure.suptitle(f"Lower left is better: refuses harmful requests, answers benign ones ({', '.join(harmful)})")
     figure.tight_layout()
     path = out / "safety.png"
     figure.savefig(path, dpi=110)

@@ -41,7 +41,7 @@ def test_guard_reward_reads_the_trained_head(guard) -> None:
     from stars_guard.adapters.guard_reward import GuardReward
 
     trained = GuardReward(harm_gate="trained")
-    assert trained.name == "guard-trained" and guard.name == "guard"
+    assert trained.name == "guard-trained" and guard.name == "guard" and guard.harm_gate == "exemplars"
     harmful = [p.text for p in redteam.split(redteam.load_harmbench())["test"]][:40]
     benign = [p.text for p in redteam.split(redteam.load_benign())["test"]][:40]
     mean = lambda texts: sum(trained.request_harm(text) for text in texts) / len(texts)  # noqa: E731
@@ -67,4 +67,4 @@ def test_with_the_trained_gate_answering_a_harmful_request_falls_under_the_floor
     ]
     assert helpful > floor
     exemplar = GuardReward().score_components(harmful, answers).components["safety"]
-    assert min(exemplar) > floor  # the default gate's safety is the offensive-language score alone
+    assert min(exemplar) > floor  # the default (exemplar) gate's safety is the offensive-language score alone
