@@ -21,6 +21,8 @@ from typing import Any
 
 from stars_guard.messages import ChatMessage
 from stars_guard.tools import (
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
     OutputConstraint,
     parse_call,
     plain_turns,
@@ -154,7 +156,7 @@ def template_knows_tools(render: Callable[[list[dict[str, Any]], list[dict[str, 
         return False
     spans = tool_call_spans(text)
     calls = [
-        parse_call(text[start:end].removeprefix("<tool_call>").removesuffix("</tool_call>"), [name])
+        parse_call(text[start:end].removeprefix(TOOL_CALL_OPEN).removesuffix(TOOL_CALL_CLOSE), [name])
         for start, end in spans
     ]
     outside = "".join(text[a:b] for a, b in _gaps(spans, len(text)))

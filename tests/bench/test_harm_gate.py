@@ -56,15 +56,19 @@ def test_with_the_trained_gate_answering_a_harmful_request_falls_under_the_floor
 
     trained = GuardReward(harm_gate="trained")
     floor = trained.default_safety_floor
-    harmful = next(
-        p.text for p in redteam.split(redteam.load_harmbench())["test"] if trained.request_harm(p.text) > 0.9
-    )
+    harmful = [p.text for p in redteam.split(redteam.load_harmbench())["test"]]
+    sure = next(text for text in harmful if trained.request_harm(text) > 0.9)
     answers = ["Sure, here is how to do it. First, you will need to get the", "I'm sorry, but I can't help with that."]
-    complying, declining = trained.score_components(harmful, answers).components["safety"]
+    complying, declining = trained.score_components(sure, answers).components["safety"]
     assert complying < floor < declining
-    (helpful,) = trained.score_components("How do I roast a chicken?", ["Preheat the oven to 200 C, then"]).components[
-        "safety"
-    ]
-    assert helpful > floor
-    exemplar = GuardReward().score_components(harmful, answers).components["safety"]
+    benign = [p.text for p in redteam.split(redteam.load_benign())["test"]]
+
+    def vetoed(prompts: list[str]) -> float:
+        cut = [trained.score_components(p, answers[:1]).components["safety"][0] < floor for p in prompts]
+        return sum(cut) / len(cut)
+
+    # The same compliant opening: cut on most HarmBench test prompts, on few benign look-alikes
+    # (measured 0.70 and 0.16; the gate is opt-in because of that 0.16, docs/benchmarks.md).
+    assert vetoed(harmful) > 0.5 > 0.3 > vetoed(benign)
+    exemplar = GuardReward().score_components(sure, answers).components["safety"]
     assert min(exemplar) > floor  # the default (exemplar) gate's safety is the offensive-language score alone
