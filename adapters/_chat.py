@@ -195,9 +195,7 @@ def _gaps(spans: Sequence[tuple[int, int]], length: int) -> list[tuple[int, int]
 def _neutralize_json(value: Any, special_token_strings: Sequence[str] | None) -> Any:
     """`value` with every string in it (keys included) neutralised as `neutralize_turns` does content."""
     if isinstance(value, str):
-        if special_token_strings is None:
-            return neutralize_common_control_tokens(value)
-        return neutralize_special_tokens(value, special_token_strings)
+        return _neutralized(value, special_token_strings)
     if isinstance(value, Mapping):
         return {
             _neutralize_json(key, special_token_strings): _neutralize_json(item, special_token_strings)
@@ -295,12 +293,16 @@ def neutralize_turns(
         turn = dict(turn)
         content = turn.get("content")
         if isinstance(content, str):
-            if special_token_strings is None:
-                turn["content"] = neutralize_common_control_tokens(content)
-            else:
-                turn["content"] = neutralize_special_tokens(content, special_token_strings)
+            turn["content"] = _neutralized(content, special_token_strings)
         out.append(turn)
     return out
+
+
+def _neutralized(text: str, special_token_strings: Sequence[str] | None) -> str:
+    """`text` with the given special-token strings broken, or the common syntaxes when none are given."""
+    if special_token_strings is None:
+        return neutralize_common_control_tokens(text)
+    return neutralize_special_tokens(text, special_token_strings)
 
 
 _CONTROLS: weakref.WeakKeyDictionary[Any, tuple[int, dict[str, ControlToken]]] = weakref.WeakKeyDictionary()
@@ -518,7 +520,7 @@ def chat_prompt_ids(
         messages,
         constraint,
         knows_tools=lambda: hf_template_knows_tools(tokenizer),
-        special_token_strings=tuple(sorted(controls, key=len, reverse=True)),
+        special_token_strings=special_token_strings(tokenizer),
     )
     templated = bool(getattr(tokenizer, "chat_template", None))
 

@@ -254,18 +254,30 @@ class GuardReward:
         relevance = np.clip(vectors @ self._prompt_vector(last_user_text(conversation)), 0.0, 1.0).astype(np.float64)
         if not self.refusal_aware:
             return relevance
-        refusal = np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0)
+        refusal = self._refusal(vectors)
         harm = self.conversation_harm(conversation)
-        declined = 0.5 * (refusal.astype(np.float64) + 1.0 - relevance)
+        declined = 0.5 * (refusal + 1.0 - relevance)
         declined[~vectors.any(axis=1)] = 0.0  # an empty answer declines nothing: it scores 0 like elsewhere
         return (1.0 - harm) * relevance + harm * declined
 
-    def _answering_safety(self, conversation: Sequence[ChatMessage], vectors: np.ndarray) -> np.ndarray:
-        """1 - h * (1 - refusal), low when a request the gate is sure of is answered, not declined;
-        rescaled (monotone, piecewise linear) so its calibrated floor `ANSWERING_FLOOR` is the veto's."""
-        refusal = np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0).astype(np.float64)
+    def answering_harm(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> np.ndarray:
+        """h * (1 - refusal) per response: how much each answers, rather than declines, a request
+        that looks harmful (0 for an empty response). The trained gate's safety is 1 minus this, rescaled."""
+        return self._answering_harm(as_conversation(conversation), self._embed(responses))
+
+    def _answering_harm(self, conversation: Sequence[ChatMessage], vectors: np.ndarray) -> np.ndarray:
+        refusal = self._refusal(vectors)
         refusal[~vectors.any(axis=1)] = 1.0  # an empty answer says nothing harmful
-        raw = 1.0 - self.conversation_harm(conversation) * (1.0 - refusal)
+        return self.conversation_harm(conversation) * (1.0 - refusal)
+
+    def _refusal(self, vectors: np.ndarray) -> np.ndarray:
+        """Each response's similarity to the nearest declining exemplar, in [0, 1]."""
+        return np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0).astype(np.float64)
+
+    def _answering_safety(self, conversation: Sequence[ChatMessage], vectors: np.ndarray) -> np.ndarray:
+        """1 - `answering_harm`, rescaled (monotone, piecewise linear) so its calibrated floor
+        `ANSWERING_FLOOR` is the veto's."""
+        raw = 1.0 - self._answering_harm(conversation, vectors)
         low, floor = ANSWERING_FLOOR, DEFAULT_SAFETY_FLOOR
         return np.where(raw < low, raw * floor / low, floor + (raw - low) * (1.0 - floor) / (1.0 - low))
 

@@ -50,10 +50,12 @@ def main() -> None:
     benign = load_benign_requests()
     sides = {"harmful": rng.sample(harmful, args.per_side), "benign": rng.sample(benign, args.per_side)}
     backend = LlamaCppBackend()
-    from stars_guard.adapters import guard_reward
-
-    guard_reward.ANSWERING_FLOOR = guard_reward.DEFAULT_SAFETY_FLOOR  # no rescaling: read the raw term
     guard = GuardReward(harm_gate="trained")
+
+    def raw_safety(prompt: str, answers: list[str]) -> float:
+        """The lowest unscaled safety of the answers: min(1 - P(offensive), 1 - answering harm)."""
+        return float(np.minimum(guard.safety(answers), 1.0 - guard.answering_harm(prompt, answers)).min())
+
     lowest: dict[str, list[float]] = {}
     for side, prompts in sides.items():
         values = []
@@ -67,12 +69,11 @@ def main() -> None:
             ids = list(answer.token_ids[: answer.text_tokens])
             cuts = range(SEGMENT, len(ids) + SEGMENT, SEGMENT)
             prefixes = [backend.llm.detokenize(ids[:end]).decode("utf-8", "replace") for end in cuts]
-            safety = guard.score_components(prompt, prefixes or [answer.text]).components["safety"]
-            values.append(float(min(safety)))
+            values.append(raw_safety(prompt, prefixes or [answer.text]))
         lowest[side] = values
         print(f"{side}: {len(values)} answers drafted and judged")
     declining = [DEFAULT_REFUSAL, *REFUSALS]
-    refusal_safety = [float(min(guard.score_components(p, declining).components["safety"])) for p in sides["harmful"]]
+    refusal_safety = [raw_safety(prompt, declining) for prompt in sides["harmful"]]
     rows = []
     for floor in GRID:
         rows.append(
