@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -113,6 +114,9 @@ def _coerce(raw: ChatMessage | Mapping[str, object], position: int) -> ChatMessa
         )
     for call in raw.tool_calls:
         check_text(call.name, f"message {position} tool call name")
+        check_text(
+            json.dumps(call.arguments, ensure_ascii=False, default=str), f"message {position} tool call arguments"
+        )
     return raw
 
 

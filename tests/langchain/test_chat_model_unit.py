@@ -123,6 +123,12 @@ def test_tool_turns_become_structured_turns_and_render_in_the_text_format() -> N
     assert plain_turns(with_system[1:], None) == [ChatMessage("user", "hi")]  # nothing to add without tools
 
 
+def test_a_lone_surrogate_in_a_tool_calls_arguments_is_refused_up_front() -> None:
+    call = {"name": "add", "args": {"a": "\ud800"}, "id": "c1"}
+    with pytest.raises(InvalidMessagesError, match="message 1 tool call arguments is not valid Unicode"):
+        to_chat_messages([HumanMessage("1+2?"), AIMessage("", tool_calls=[call]), ToolMessage("3", tool_call_id="c1")])
+
+
 @pytest.mark.parametrize(
     ("messages", "match"),
     [
