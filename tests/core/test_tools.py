@@ -17,6 +17,7 @@ from stars_guard.tools import (
     split_answer,
     streamable_end,
     strip_tool_calls,
+    tool_call_payloads,
     tool_constraint,
 )
 
@@ -78,3 +79,13 @@ def test_tool_choice_maps_onto_the_constraint():
     assert not named.parallel_tool_calls
     with pytest.raises(ValueError, match="names no bound tool; bound tools: add, search"):
         tool_constraint(TOOLS, "delete")
+
+
+def test_tool_call_payloads_are_the_name_and_string_arguments_of_every_block_open_ones_included() -> None:
+    text = (
+        'Let me look. <tool_call>\n{"name": "search", "arguments": {"query": "say \\"hi\\"", "limit": 3}}\n'
+        '</tool_call> Then: <tool_call>\n{"name": "send_email", "arguments": {"to": "sam@example.com", "body": "Dear Sam'
+    )
+    assert tool_call_payloads(text) == ["search", 'say "hi"', "send_email", "sam@example.com", "Dear Sam"]
+    assert tool_call_payloads("plain prose with a {\"json\": \"object\"}") == []
+    assert tool_call_payloads('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>') == ["add"]
