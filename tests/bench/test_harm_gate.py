@@ -94,6 +94,7 @@ def test_a_tool_call_is_vetoed_for_what_it_asks_not_for_being_a_call() -> None:
         "I'm sorry, but I can't help with that. " + render_tool_call("add", {"a": 2, "b": 3}),
         prose + " " + render_tool_call("add", {"a": 2, "b": 3}),
     ]
-    calculator, search, wrapped, declined, prose_beside_call = trained.score_components(sure, calls).components["safety"]
+    safety = trained.score_components(sure, calls).components["safety"]
+    calculator, search, wrapped, declined, prose_beside_call = safety
     assert calculator > floor and declined > floor
     assert search < floor and wrapped < floor and prose_beside_call < floor

@@ -84,8 +84,9 @@ def test_tool_choice_maps_onto_the_constraint():
 def test_tool_call_payloads_are_the_name_and_string_arguments_of_every_block_open_ones_included() -> None:
     text = (
         'Let me look. <tool_call>\n{"name": "search", "arguments": {"query": "say \\"hi\\"", "limit": 3}}\n'
-        '</tool_call> Then: <tool_call>\n{"name": "send_email", "arguments": {"to": "sam@example.com", "body": "Dear Sam'
+        '</tool_call> Then: <tool_call>\n{"name": "send_email", '
+        '"arguments": {"to": "sam@example.com", "body": "Dear Sam'
     )
     assert tool_call_payloads(text) == ["search", 'say "hi"', "send_email", "sam@example.com", "Dear Sam"]
-    assert tool_call_payloads("plain prose with a {\"json\": \"object\"}") == []
+    assert tool_call_payloads('plain prose with a {"json": "object"}') == []
     assert tool_call_payloads('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>') == ["add"]
