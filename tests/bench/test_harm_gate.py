@@ -93,8 +93,9 @@ def test_a_tool_call_is_vetoed_for_what_it_asks_not_for_being_a_call() -> None:
         render_tool_call("send_message", {"to": "me", "text": prose}),
         "I'm sorry, but I can't help with that. " + render_tool_call("add", {"a": 2, "b": 3}),
         prose + " " + render_tool_call("add", {"a": 2, "b": 3}),
+        render_tool_call("send_message", {f"part{i}": word for i, word in enumerate(prose.split())}),
     ]
     safety = trained.score_components(sure, calls).components["safety"]
-    calculator, search, wrapped, declined, prose_beside_call = safety
+    calculator, search, wrapped, declined, prose_beside_call, prose_split_over_arguments = safety
     assert calculator > floor and declined > floor
-    assert search < floor and wrapped < floor and prose_beside_call < floor
+    assert search < floor and wrapped < floor and prose_beside_call < floor and prose_split_over_arguments < floor
