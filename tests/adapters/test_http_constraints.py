@@ -24,6 +24,7 @@ from starlette.routing import Route
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.adapters import _text
 from stars_guard.adapters._grammar import call_begin
+from stars_guard.adapters._http import Timeouts
 from stars_guard.adapters.llamaserver_backend import LlamaServerBackend, _calls_grammar, _rename_rule
 from stars_guard.adapters.openai_backend import OpenAICompletionsBackend
 from stars_guard.errors import ConfigError
@@ -394,7 +395,8 @@ def real_llama_server(llama_server: Any) -> Iterator[LlamaServerBackend]:
 
 @pytest.fixture(scope="module")
 def real_vllm(vllm_server: Any) -> Iterator[OpenAICompletionsBackend]:
-    backend = OpenAICompletionsBackend(vllm_server.url, tokenizer=default_lm_dir())
+    # Reads may wait long: vLLM's CPU build shares the machine's 2 cores with the test run.
+    backend = OpenAICompletionsBackend(vllm_server.url, tokenizer=default_lm_dir(), timeouts=Timeouts(read_s=180.0))
     yield backend
     backend.close()
 

@@ -39,6 +39,9 @@ ENDLESS_STRING = (
     "budget, so the value never closes; test_structured_output_with_bounded_strings and "
     "test_unicode_tool_call_with_a_bounded_name pass"
 )
+# Which answers run on depends on the reward's choices: with the trained harm gate as the default
+# the Pydantic joke's setup never closes, while the plain JSON-mode answer now does.
+ENDLESS_STRING_XFAIL = pytest.mark.xfail(reason=ENDLESS_STRING, strict=True)
 
 
 class TestSTARSChatModelUnit(ChatModelUnitTests):
@@ -93,9 +96,17 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
     def test_agent_loop_with_the_call_forced(self, model: STARSChatModel) -> None:
         super().test_agent_loop(ForcedCall.forcing(model))
 
-    @pytest.mark.xfail(reason=ENDLESS_STRING, strict=True)
-    def test_json_mode(self, model: BaseChatModel) -> None:
-        super().test_json_mode(model)
+    @pytest.mark.parametrize(
+        "schema_type", [pytest.param("pydantic", marks=ENDLESS_STRING_XFAIL), "typeddict", "json_schema"]
+    )
+    def test_structured_output(self, model: BaseChatModel, schema_type: Any) -> None:
+        super().test_structured_output(model, schema_type)
+
+    @pytest.mark.parametrize(
+        "schema_type", [pytest.param("pydantic", marks=ENDLESS_STRING_XFAIL), "typeddict", "json_schema"]
+    )
+    async def test_structured_output_async(self, model: BaseChatModel, schema_type: Any) -> None:
+        await super().test_structured_output_async(model, schema_type)
 
     @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
     def test_structured_output_with_bounded_strings(self, model: STARSChatModel, method: str) -> None:
@@ -103,7 +114,7 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
         joke = roomy.with_structured_output(BoundedJoke, method=method).invoke("Tell me a joke about cats.")
         assert isinstance(joke, BoundedJoke) and joke.setup and joke.punchline
 
-    @pytest.mark.xfail(reason=ENDLESS_STRING, strict=True)
+    @ENDLESS_STRING_XFAIL
     def test_unicode_tool_call_integration(
         self, model: BaseChatModel, *, tool_choice: str | None = None, force_tool_call: bool = True
     ) -> None:
