@@ -96,17 +96,9 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
     def test_agent_loop_with_the_call_forced(self, model: STARSChatModel) -> None:
         super().test_agent_loop(ForcedCall.forcing(model))
 
-    @pytest.mark.parametrize(
-        "schema_type", [pytest.param("pydantic", marks=ENDLESS_STRING_XFAIL), "typeddict", "json_schema"]
-    )
-    def test_structured_output(self, model: BaseChatModel, schema_type: Any) -> None:
-        super().test_structured_output(model, schema_type)
-
-    @pytest.mark.parametrize(
-        "schema_type", [pytest.param("pydantic", marks=ENDLESS_STRING_XFAIL), "typeddict", "json_schema"]
-    )
-    async def test_structured_output_async(self, model: BaseChatModel, schema_type: Any) -> None:
-        await super().test_structured_output_async(model, schema_type)
+    # test_structured_output and its async twin are not overridden (the suite allows an override
+    # only with a whole-test xfail): their "pydantic" case alone is marked ENDLESS_STRING_XFAIL by
+    # pytest_collection_modifyitems in tests/langchain/conftest.py.
 
     @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
     def test_structured_output_with_bounded_strings(self, model: STARSChatModel, method: str) -> None:
