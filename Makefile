@@ -13,10 +13,13 @@ venv: $(STAMP)
 
 # torch comes first and alone, with pip, so the CPU build on local disk is used
 # (a dependency resolver asking for plain "torch" would fetch a multi-GB CUDA build).
+# llama-cpp-python is built portable (AVX2, not -march=native: ggml's AMX kernels crashed on a CPU
+# that has AMX), without pip's wheel cache, which would hand back a native build made earlier.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --quiet --no-cache-dir "llama-cpp-python[server]==0.3.36"
 	$(PIP) install --quiet -e ".[local,langchain,agents,telemetry,http,server,llamacpp,examples,bench,dev]"
 	touch $(STAMP)
 

