@@ -50,7 +50,8 @@ def test_batched_answers_match_their_solo_runs(backend, guard):
     identical = sum(a.text == b.text for a, b in zip(solo, batched, strict=True))
     assert identical >= len(prompts) // 2, [(a.text, b.text) for a, b in zip(solo, batched, strict=True)]
     for prompt, alone, together in zip(prompts, solo, batched, strict=True):
-        assert together.stats.tokens_emitted > 0
+        # HH prompts include harmful requests: one the guard vetoes alone is vetoed in a batch too.
+        assert together.stats.tokens_emitted > 0 or (together.stats.refused and alone.stats.refused)
         if alone.text != together.text:
             assert _mean_logprob(backend, prompt, together.text) >= _mean_logprob(backend, prompt, alone.text) - 1.0
         # Exact continuation holds in a batch too: every sampled token was forwarded once.
