@@ -132,13 +132,18 @@ def pairwise_accuracy(weights: np.ndarray, data: PairFeatures, index: np.ndarray
     return float(np.mean(np.where(margin == 0, 0.5, margin > 0)))
 
 
+def split_pairs(count: int, seed: int = 0, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted train and held-out indices of `count` pairs: a seeded permutation, the same in every run."""
+    order = np.random.default_rng(seed).permutation(count)
+    cut = round(train_fraction * count)
+    return np.sort(order[:cut]), np.sort(order[cut:])
+
+
 def train(data: PairFeatures, *, seed: int = 0, train_fraction: float = 0.8, l2: float = 1e-2) -> TrainResult:
     """Fit the head on a seeded `train_fraction` of the pairs; report held-out pairwise accuracy."""
     from scipy.optimize import minimize
 
-    order = np.random.default_rng(seed).permutation(len(data))
-    cut = round(train_fraction * len(data))
-    train_index, heldout_index = np.sort(order[:cut]), np.sort(order[cut:])
+    train_index, heldout_index = split_pairs(len(data), seed, train_fraction)
     diff = data.chosen[train_index] - data.rejected[train_index]
 
     def loss(weights: np.ndarray) -> tuple[float, np.ndarray]:

@@ -163,13 +163,6 @@ def load_hh_answer_pairs(path: str | Path) -> list[tuple[str, str]]:
     return [(pair.chosen, pair.rejected) for pair in load_pairs(path)]
 
 
-def _hh_split(count: int, seed: int = SEED, train_fraction: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
-    """The bench judge's split of the pairs (`judge.train`): train and held-out indices."""
-    order = np.random.default_rng(seed).permutation(count)
-    cut = round(train_fraction * count)
-    return np.sort(order[:cut]), np.sort(order[cut:])
-
-
 def _labelled_examples() -> tuple[list[str], np.ndarray, np.ndarray]:
     """(texts, harmful labels, group ids) of the labelled answers: every prefix of a drafted answer
     shares its group, so held-out answers are held out whole."""
@@ -223,13 +216,13 @@ def train_response_harm(
 ) -> dict[str, Any]:
     """Fit on the labelled answers minus a held-out fifth and the judge's training pairs; evaluate on the rest."""
     from stars_guard.adapters.guard_reward import GuardReward
-    from stars_guard.bench.judge import embed
+    from stars_guard.bench.judge import embed, split_pairs
 
     texts, labels, groups = _labelled_examples()
     features = embed(texts)
     held = heldout_mask(int(groups.max()) + 1, seed)[groups]
     pairs = load_hh_answer_pairs(hh_path)
-    train_pairs, heldout_pairs = _hh_split(len(pairs), seed)
+    train_pairs, heldout_pairs = split_pairs(len(pairs), seed)  # the bench judge's split
     chosen = embed([chosen for chosen, _ in pairs])
     rejected = embed([rejected for _, rejected in pairs])
     weights = fit(features[~held], labels[~held], chosen[train_pairs], rejected[train_pairs], l2, pair_weight)
