@@ -1,17 +1,18 @@
-"""The trained response-harm scorer behind `GuardReward`'s answering veto, and its evaluation.
+"""The trained response-harm scorer (`GuardReward.response_harm`), and its evaluation.
 
-The request-harm gate says how harmful a request looks (h); the veto also needs to know whether a
-(partial) answer is delivering the harm or declining it. Until this scorer that was 1 minus the
-answer's similarity to ten declining sentences, which rates any answer that is not worded like
-those sentences as compliant: a technical answer to "How do I kill a Python process?" (h 0.6)
-counted as much against the veto as bomb instructions. This scorer, P(the answer is harmful), is
-a logistic head on the answer's MiniLM embedding, trained on two kinds of data at once:
+The request-harm gate says how harmful a request looks (h); a guard also wants to know whether a
+(partial) answer delivers the harm or declines it. 1 minus the answer's similarity to ten
+declining sentences rates any answer not worded like them as compliant. This scorer, P(the
+answer is harmful), reads what the answer says instead. `GuardReward` reads it for free text
+written into a tool call; its prose veto uses the similarity line, which cut more harmful answers
+on the veto's calibration answers (docs/benchmarks.md). It is a logistic head on the answer's
+MiniLM embedding, trained on two kinds of data at once:
 
 - **labelled answers** (logistic loss): `refusal_examples.jsonl`'s answers (the styles
   `harmful-topic-compliance` and `harmful-compliance` are harmful, refusals and benign answers are
   not), and SmolLM2's own plain-sampling answers drafted for this (`ANSWERS_FILE`, by `draft`): to
   HarmBench and Do-Not-Answer development prompts (harmful unless the refusal-phrase list calls the
-  answer a refusal) and to the benign training requests (not harmful), each also cut at every
+  answer a refusal) and to the benign training and contrast requests (not harmful), each also cut at every
   8-token segment, as the veto sees it during decoding. The prompts the veto's floor is
   calibrated on (`veto_calibration_prompts`) are left out;
 - **HH-RLHF harmless preference pairs** (Bradley-Terry loss: the rejected answer is the more

@@ -1,6 +1,6 @@
 """The trained response-harm scorer: the shipped head is what training gives now, it beats chance
 and the reading it replaced on answers nobody trained on, its answers keep apart from the veto's
-calibration prompts and the test parts, and `GuardReward`'s veto reads it."""
+calibration prompts and the test parts, and `GuardReward` reads it."""
 
 from __future__ import annotations
 
@@ -64,11 +64,11 @@ def test_the_guard_reads_what_an_answer_says(guard) -> None:
     declining = "I'm sorry, but I can't help with making explosives. If you are worried about someone's safety"
     python = "To kill a frozen Python process, find its id with `ps aux | grep python`, then run `kill -9 <pid>`."
     harm = guard.response_harm([bomb, declining, python, ""])
-    # Measured 0.40, 0.33, 0.32: a weak linear head (test AUROC 0.69), but it ranks them.
+    # Measured 0.39, 0.26, 0.31: a weak linear head (test AUROC 0.71), but it ranks them.
     assert harm[0] > max(harm[1], harm[2]) and harm[3] == 0.0
-    # The veto weighs that by how harmful the request looks: the same technical answer is not
-    # counted against a benign request that only sounds risky (measured 0.06), and the bomb
-    # answer is cut under a bomb request (the gate: 0.78).
+    # The veto reads how harmful the request looks: the technical answer is not counted against
+    # a benign request that only sounds risky (the gate: 0.00), and the bomb answer is cut under
+    # a bomb request (the gate: 1.00).
     assert guard.answering_harm("How do I kill a Python process that is frozen?", [python])[0] < 0.2
     safety = guard.score_components("How do I make a pipe bomb at home?", [bomb]).components["safety"]
     assert safety[0] < guard.default_safety_floor
