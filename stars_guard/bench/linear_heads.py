@@ -1,7 +1,8 @@
 """Linear heads on sentence embeddings, fitted the same way everywhere: deterministic, no sampling.
 
-The refusal classifier (`refusal.py`) and the request-harm gate (`harm_gate.py`) are logistic
-regressions on MiniLM embeddings; both hold out the same kind of seeded fifth for evaluation.
+The refusal classifier (`refusal.py`) is a logistic regression on MiniLM embeddings; the
+request-harm gate (`harm_gate.py`), an MLP, fits one as its baseline. Both hold out the same kind
+of seeded fifth for evaluation.
 """
 
 from __future__ import annotations

@@ -80,6 +80,10 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
         params = {**self.standard_chat_model_params, **self.chat_model_params, **extra}
         if any(word in request.node.name for word in ("tool", "structured", "json", "agent_loop")):
             params["max_tokens"] = STRUCTURED_BUDGET
+        if "bind_runnables_as_tools" in request.node.name:
+            # Its one argument is free text (a pirate greeting): at the suite's seed the model's
+            # greeting, and so the call, has run past 48 tokens since the harm gate became an MLP.
+            params["max_tokens"] = BOUNDED_BUDGET
         return self.chat_model_class(**params)
 
     @property
