@@ -3,9 +3,9 @@
 The request-harm gate says how harmful a request looks (h); a guard also wants to know whether a
 (partial) answer delivers the harm or declines it. 1 minus the answer's similarity to ten
 declining sentences rates any answer not worded like them as compliant. This scorer, P(the
-answer is harmful), reads what the answer says instead. `GuardReward` reads it for free text
-written into a tool call; its prose veto uses the similarity line, which cut more harmful answers
-on the veto's calibration answers (docs/benchmarks.md). It is a logistic head on the answer's
+answer is harmful), reads what the answer says instead; `GuardReward.response_harm` serves it.
+The answering veto does not read it: a similarity line cut more harmful answers on the veto's
+calibration answers (docs/benchmarks.md). It is a logistic head on the answer's
 MiniLM embedding, trained on two kinds of data at once:
 
 - **labelled answers** (logistic loss): `refusal_examples.jsonl`'s answers (the styles
