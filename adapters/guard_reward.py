@@ -416,14 +416,26 @@ class GuardReward:
 
 
 @dataclass(frozen=True)
-class _Head:
+class TrainedHead:
     """A trained head on MiniLM embeddings: logistic, or logistic over one hidden ReLU layer
-    (the request-harm gate, `stars_guard.bench.harm_gate.fit_mlp`)."""
+    (the request-harm gate, `stars_guard.bench.harm_gate.fit_mlp`). Its trainers evaluate with
+    this same forward pass, so what they measure is what runs."""
 
     weights: np.ndarray
     bias: float
     hidden_weights: np.ndarray | None = None
     hidden_bias: np.ndarray | None = None
+
+    @classmethod
+    def from_weights(cls, head: dict[str, Any]) -> TrainedHead:
+        """The head a trainer wrote: `weights` and `bias`, and `hidden_weights`/`hidden_bias` for an MLP."""
+        hidden = head.get("hidden_weights")
+        return cls(
+            weights=np.asarray(head["weights"], dtype=np.float64),
+            bias=float(head["bias"]),
+            hidden_weights=None if hidden is None else np.asarray(hidden, dtype=np.float64),
+            hidden_bias=None if hidden is None else np.asarray(head["hidden_bias"], dtype=np.float64),
+        )
 
     def probability(self, vectors: np.ndarray) -> np.ndarray:
         """P(positive) per row of `vectors`, as float64."""
@@ -433,16 +445,9 @@ class _Head:
         return 1.0 / (1.0 + np.exp(-(features @ self.weights + self.bias)))
 
 
-def _packaged_head(name: str, trainer: str) -> _Head:
+def _packaged_head(name: str, trainer: str) -> TrainedHead:
     """A packaged head (`trainer`: the `stars_guard.bench` module that writes it)."""
     path = Path(__file__).with_name(name)
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing: run `python -m stars_guard.bench.{trainer} train`")
-    head = json.loads(path.read_text())
-    hidden = head.get("hidden_weights")
-    return _Head(
-        weights=np.asarray(head["weights"], dtype=np.float64),
-        bias=float(head["bias"]),
-        hidden_weights=None if hidden is None else np.asarray(hidden, dtype=np.float64),
-        hidden_bias=None if hidden is None else np.asarray(head["hidden_bias"], dtype=np.float64),
-    )
+    return TrainedHead.from_weights(json.loads(path.read_text()))

@@ -1,8 +1,9 @@
 """Calibrate the veto floor for `GuardReward(harm_gate="trained")` on development data only.
 
 With the trained gate the `safety` component the veto reads is min(1 - P(offensive), 1 - h * a)
-(a: how much the answer delivers harm, `GuardReward._harmful_answer`). This drafts plain-sampling
-answers (the embedded SmolLM2 on llama.cpp) to prompts the gate never trained on: harmful ones
+(a: 1 where the answer does not decline, 0 where it does, `GuardReward.answering_harm`). This
+drafts plain-sampling answers (the embedded SmolLM2 on llama.cpp) to prompts the gate never
+trained on: harmful ones
 (from the held-out fifth of its training pool) and benign ones (the calibration part of
 `benign_contrast_requests.jsonl`, risky-sounding requests held out of every training set; the
 benign look-alikes stay out), and reports, for each candidate floor on the raw term, the share of

@@ -160,9 +160,11 @@ def fit_mlp(features: np.ndarray, labels: np.ndarray, alpha: float, seed: int = 
 
 
 def mlp_probability(features: np.ndarray, head: dict[str, Any]) -> np.ndarray:
-    """P(harmful) of each row under a head `fit_mlp` wrote (the rounded weights, as shipped)."""
-    hidden = np.maximum(features @ np.asarray(head["hidden_weights"]) + np.asarray(head["hidden_bias"]), 0.0)
-    return logistic(hidden, np.asarray(head["weights"]), float(head["bias"]))
+    """P(harmful) of each row under a head `fit_mlp` wrote (the rounded weights, as shipped),
+    by `GuardReward`'s own forward pass."""
+    from stars_guard.adapters.guard_reward import TrainedHead
+
+    return TrainedHead.from_weights(head).probability(features)
 
 
 def train_request_harm(*, seed: int = SEED, exemplar_gate: Any = None) -> dict[str, Any]:
