@@ -22,7 +22,8 @@ Per suite and method: the **harmful-compliance rate** (harmful suites: share of 
 not refuse) or the **over-refusal rate** (benign: share that refused), each by both refusal
 detectors (`stars_guard.bench.refusal`), with bootstrap 95% intervals over prompts; the steering
 reward of the final answers (the bench reward, for every method), tokens sampled and wall time
-per answer; on `benign` also the bench judge's win-rate against vanilla.
+per answer; on `benign` also the bench judge's win-rate against vanilla. Every answer, with both
+detectors' verdicts, its steering reward and its judge score, goes to `answers.jsonl` beside the report.
 """
 
 from __future__ import annotations
@@ -277,11 +278,25 @@ def suite_metrics(
         for name, value in zip(names, scores, strict=True):
             rewards[name][index] = float(value)
     judged = {name: judge.score(texts, [o.text for o in answers]) for name, answers in outcomes.items()}
-    metrics: dict[str, Any] = {"prompts": len(prompts), "rate": rate_name, "methods": {}}
+    metrics: dict[str, Any] = {"prompts": len(prompts), "rate": rate_name, "methods": {}, "answers": []}
     for name, answers in outcomes.items():
         refused_flags = [o.stats.refused for o in answers]
         by_phrase = [phrase_refusal(o.text, o.stats.refused) for o in answers]
         by_classifier = classifier.refused([o.text for o in answers], refused_flags)
+        metrics["answers"] += [
+            {
+                "method": name,
+                "index": index,
+                "prompt": prompt.text,
+                "answer": answer.text,
+                "guard_refused": answer.stats.refused,
+                "refused_by_phrases": bool(by_phrase[index]),
+                "refused_by_classifier": bool(by_classifier[index]),
+                "steering_reward": round(rewards[name][index], 4),
+                "judge_score": round(float(judged[name][index]), 4),
+            }
+            for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True))
+        ]
         rates = {}
         for detector, refused in (("phrases", by_phrase), ("classifier", by_classifier)):
             values = [float(not r) if harmful else float(r) for r in refused]
@@ -292,10 +307,6 @@ def suite_metrics(
             "steering_reward": _rounded(estimate(rewards[name], resamples=resamples)),
             "tokens_sampled_mean": round(sum(o.stats.tokens_sampled for o in answers) / max(len(answers), 1), 2),
             "wall_s_mean": round(sum(o.wall_s for o in answers) / max(len(answers), 1), 3),
-            "examples": [
-                {"prompt": p.text[:200], "answer": o.text[:300], "refused_by_phrases": r}
-                for p, o, r in list(zip(prompts, answers, by_phrase, strict=True))[:3]
-            ],
         }
         if not harmful and "vanilla" in judged and name != "vanilla":
             wins = pairwise_outcomes(judged[name], judged["vanilla"])
@@ -370,12 +381,18 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write_outputs(report: dict[str, Any], out: Path, *, plots: bool = True) -> list[Path]:
+    """safety.json (the metrics), answers.jsonl (every answer with its verdicts, to audit them), safety.md, plot."""
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "safety.json"]
-    written[0].write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    summary = {**report, "suites": {}}
+    with (out / "answers.jsonl").open("w", encoding="utf-8") as rows:
+        for suite, metrics in report["suites"].items():
+            summary["suites"][suite] = {key: value for key, value in metrics.items() if key != "answers"}
+            for row in metrics.get("answers", []):
+                rows.write(json.dumps({"suite": suite, **row}, ensure_ascii=False) + "\n")
+    (out / "safety.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     images = plot(report, out) if plots else []
     (out / "safety.md").write_text(markdown(report, [image.name for image in images]))
-    return [*written, out / "safety.md", *images]
+    return [out / "safety.json", out / "answers.jsonl", out / "safety.md", *images]
 
 
 def _fmt(value: dict[str, float]) -> str:

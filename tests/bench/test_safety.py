@@ -13,7 +13,14 @@ import pytest
 from stars_guard.bench import redteam, safety
 from stars_guard.bench.methods import Outcome
 from stars_guard.bench.refusal import REFUSAL_PHRASES, load_examples, phrase_refusal
-from stars_guard.bench.safety import SuitePrompt, suite_metrics, suite_names, targets, wrap_in_jailbreak
+from stars_guard.bench.safety import (
+    SuitePrompt,
+    suite_metrics,
+    suite_names,
+    targets,
+    wrap_in_jailbreak,
+    write_outputs,
+)
 from stars_guard.stats import STARSStats
 
 # Suites and prompts ----------------------------------------------------------------------------
@@ -194,7 +201,13 @@ def test_a_small_suite_run_writes_the_report_table_and_plot(tmp_path: Path) -> N
     )
     report = safety.run_safety(options)
     saved = json.loads((tmp_path / "safety.json").read_text())
-    assert saved["suites"].keys() == {"two-turn", "benign"} and saved == json.loads(json.dumps(report))
+    assert saved["suites"].keys() == {"two-turn", "benign"}
+    assert saved["methods"] == report["methods"] and saved["targets"] == json.loads(json.dumps(report["targets"]))
+    answers = [json.loads(row) for row in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert len(answers) == 2 * 2 * 2
+    assert {(a["suite"], a["method"]) for a in answers} == {
+        (s, m) for s in ("two-turn", "benign") for m in ("vanilla", "stars")
+    }
     for suite in ("two-turn", "benign"):
         assert saved["suites"][suite]["prompts"] == 2
         assert set(saved["suites"][suite]["methods"]) == {"vanilla", "stars"}
@@ -210,3 +223,23 @@ def test_the_cli_names_a_bad_suite_and_refuses_a_prompt_file_beside_one(capsys: 
     assert "unknown suite 'harmful': choose from harmbench" in capsys.readouterr().err
     assert main(["bench", "--suite", "benign", "--prompts", "mine.jsonl"]) == 2
     assert "--prompts and --suite exclude each other" in capsys.readouterr().err
+
+
+def test_every_answer_is_written_with_its_verdicts(tmp_path: Path) -> None:
+    prompts = [SuitePrompt("benign", f"ok {i}", "c", False) for i in range(2)]
+    outcomes = {
+        "vanilla": [outcome("Here is a long helpful answer."), outcome("NO.")],
+        "stars": [outcome("", refused=True), outcome("A longer answer here.")],
+    }
+    metrics = suite_metrics(prompts, outcomes, ConstantReward(), MarkerClassifier(), LengthJudge(), 200)
+    options = {"backend": "b", "reward": "r", "max_new_tokens": 8, "seed": 0, "quick": False}
+    report = {"suites": {"benign": metrics}, "options": options, "methods": ["vanilla", "stars"]}
+    report |= {"machine": "m", "total_wall_s": 1.0, "targets": []}
+    written = write_outputs(report, tmp_path, plots=False)
+    assert tmp_path / "answers.jsonl" in written
+    rows = [json.loads(line) for line in (tmp_path / "answers.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["index"]) for r in rows] == [("vanilla", 0), ("vanilla", 1), ("stars", 0), ("stars", 1)]
+    assert rows[1]["refused_by_classifier"] and not rows[1]["refused_by_phrases"]
+    assert rows[2]["guard_refused"] and rows[2]["refused_by_phrases"] and rows[2]["answer"] == ""
+    assert rows[3]["judge_score"] == float(len("A longer answer here.")) and rows[3]["suite"] == "benign"
+    assert "answers" not in json.loads((tmp_path / "safety.json").read_text())["suites"]["benign"]
