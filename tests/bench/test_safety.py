@@ -243,3 +243,16 @@ def test_every_answer_is_written_with_its_verdicts(tmp_path: Path) -> None:
     assert rows[2]["guard_refused"] and rows[2]["refused_by_phrases"] and rows[2]["answer"] == ""
     assert rows[3]["judge_score"] == float(len("A longer answer here.")) and rows[3]["suite"] == "benign"
     assert "answers" not in json.loads((tmp_path / "safety.json").read_text())["suites"]["benign"]
+
+
+@pytest.mark.usefixtures("redteam_data")
+def test_the_default_guard_answers_the_first_benign_look_alikes_of_the_test_part() -> None:
+    """The first three of the test part in file order: picked by position, not by result, and not tuned to."""
+    from stars_guard.langchain import STARSChatModel
+
+    for index, prompt in enumerate(safety.suite_prompts("benign", 3)):
+        message = STARSChatModel(seed=index, max_tokens=32).invoke(prompt.text)
+        stats = message.response_metadata["stars"]
+        assert not stats["refused"], (prompt.text, message.content)
+        assert not phrase_refusal(str(message.content), stats["refused"]), (prompt.text, message.content)
+        assert len(str(message.content).split()) >= 8, (prompt.text, message.content)
