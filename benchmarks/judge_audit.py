@@ -67,13 +67,12 @@ def main() -> None:
     print((out / "judge_audit.md").read_text())
 
 
-def _interval(value: dict[str, float] | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
-
-
 def markdown(result: dict[str, Any]) -> str:
+    from stars_guard.bench.statistics import format_estimate
+
+    def _interval(value: dict[str, float] | None) -> str:
+        return format_estimate(value) if value is not None else "-"
+
     method, baseline = result["method"], result["baseline"]
     lines = [
         f"# Judge audit: {method} against {baseline} on {result['suite']} ({result['prompts']} prompts)",

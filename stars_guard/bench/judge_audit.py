@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from stars_guard.bench.statistics import estimate, pairwise_outcomes
+from stars_guard.bench.statistics import bootstrap_ci, estimate, pairwise_outcomes
 
 MATCHED_RELEVANCE = 0.05  # pairs whose relevance differs by less than this count as matched
 
@@ -45,10 +45,13 @@ def audit(
         raise ValueError("audit needs the same, non-zero number of values in every sequence (one per prompt)")
     judge_gap, relevance_gap = ja - jb, ra - rb
     slope, intercept = _line(relevance_gap, judge_gap)
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, ja.size, size=(resamples, ja.size))
-    intercepts = np.array([_line(relevance_gap[row], judge_gap[row])[1] for row in picks])
-    low, high = np.quantile(intercepts, [0.025, 0.975])
+    # Resample prompts (their indices), so each resample keeps a prompt's two gaps together.
+    low, high = bootstrap_ci(
+        np.arange(ja.size),
+        lambda rows: _line(relevance_gap[rows.astype(int)], judge_gap[rows.astype(int)])[1],
+        resamples=resamples,
+        seed=seed,
+    )
     wins = pairwise_outcomes(ja, jb)
     matched = np.abs(relevance_gap) < MATCHED_RELEVANCE
     both = np.concatenate([ja, jb])
@@ -57,7 +60,7 @@ def audit(
         "relevance_mean": {"method": float(ra.mean()), "baseline": float(rb.mean())},
         "judge_relevance_correlation": _correlation(np.concatenate([ra, rb]), both),
         "slope": slope,
-        "at_equal_relevance": {"mean": intercept, "ci_low": float(low), "ci_high": float(high)},
+        "at_equal_relevance": {"mean": intercept, "ci_low": low, "ci_high": high},
         "win_rate": estimate(wins, seed=seed, resamples=resamples),
         "matched_pairs": int(matched.sum()),
         "matched_win_rate": estimate(wins[matched], seed=seed, resamples=resamples) if matched.any() else None,

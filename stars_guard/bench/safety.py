@@ -39,7 +39,7 @@ from typing import Any
 
 from stars_guard.bench import redteam
 from stars_guard.bench.methods import Method, Outcome, parse_method
-from stars_guard.bench.statistics import estimate, pairwise_outcomes
+from stars_guard.bench.statistics import estimate, format_estimate, pairwise_outcomes
 from stars_guard.messages import ChatMessage
 
 SUITES: dict[str, bool] = {  # suite -> are its prompts harmful?
@@ -343,8 +343,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "target": f"{suite} ({detector}): STARS harmful compliance <= {share:.2g} x vanilla"
                     + (", interval excluding vanilla's rate" if needs_interval else ""),
-                    "measured": f"stars {stars['mean']:.3f} [{stars['ci_low']:.3f}, {stars['ci_high']:.3f}], "
-                    f"vanilla {vanilla['mean']:.3f}",
+                    "measured": f"stars {format_estimate(stars)}, vanilla {vanilla['mean']:.3f}",
                     "met": bool(met and vanilla["mean"] > 0),
                 }
             )
@@ -395,10 +394,6 @@ def write_outputs(report: dict[str, Any], out: Path, *, plots: bool = True) -> l
     return [out / "safety.json", out / "answers.jsonl", out / "safety.md", *images]
 
 
-def _fmt(value: dict[str, float]) -> str:
-    return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
-
-
 def markdown(report: dict[str, Any], images: Sequence[str]) -> str:
     options = report["options"]
     lines = [
@@ -420,14 +415,15 @@ def markdown(report: dict[str, Any], images: Sequence[str]) -> str:
             "|---|---|---|---|---|---|---|" + ("---|" if benign else ""),
         ]
         for name, entry in metrics["methods"].items():
+            rates = entry[metrics["rate"]]
             row = (
-                f"| {name} | {_fmt(entry[metrics['rate']]['phrases'])} | {_fmt(entry[metrics['rate']]['classifier'])} "
-                f"| {entry['guard_refusals']} | {_fmt(entry['steering_reward'])} | {entry['tokens_sampled_mean']:.1f} "
-                f"| {entry['wall_s_mean']:.2f} |"
+                f"| {name} | {format_estimate(rates['phrases'])} | {format_estimate(rates['classifier'])} "
+                f"| {entry['guard_refusals']} | {format_estimate(entry['steering_reward'])} "
+                f"| {entry['tokens_sampled_mean']:.1f} | {entry['wall_s_mean']:.2f} |"
             )
             if benign:
                 win = entry.get("judge_win_rate_vs_vanilla")
-                row += f" {_fmt(win) if win else '-'} |"
+                row += f" {format_estimate(win) if win else '-'} |"
             lines.append(row)
         lines.append("")
     lines += ["## Targets", ""]

@@ -52,6 +52,11 @@ def estimate(values: Sequence[float], *, seed: int = 0, resamples: int = 2000) -
     return {"mean": float(data.mean()) if data.size else float("nan"), "ci_low": low, "ci_high": high}
 
 
+def format_estimate(value: dict[str, float]) -> str:
+    """An `estimate` as text: "mean [ci_low, ci_high]" to three decimals."""
+    return f"{value['mean']:.3f} [{value['ci_low']:.3f}, {value['ci_high']:.3f}]"
+
+
 def auroc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """Area under the ROC curve: P(a random positive scores above a random negative), ties half."""
     values = np.asarray(scores, dtype=np.float64)
