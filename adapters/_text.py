@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from stars_guard.capabilities import GenerationCapabilities
 from stars_guard.errors import ModelNotFoundError
 from stars_guard.protocols import Candidate
 
@@ -158,6 +159,8 @@ class StatelessGeneration:
     a later commit needs. Counts drafting calls and retries and enforces the commit rule
     (`DraftLedger`); a subclass drafts one round (`_draft_round`) and extends its prompt (`_accept`).
     """
+
+    capabilities = GenerationCapabilities(reports_retries=True)
 
     def __init__(self) -> None:
         self._ledger = DraftLedger()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from stars_guard.capabilities import RewardCapabilities
 from stars_guard.messages import ChatMessage, as_conversation
 from stars_guard.protocols import RewardModel, RewardScores, score_conversation
 
@@ -50,11 +51,14 @@ class CompositeReward:
         return "composite(" + " + ".join(parts) + veto + ")"
 
     @property
-    def default_safety_floor(self) -> float:
-        """With a veto, the engine's `safety_floor='auto'` is `veto_floor` on the veto scorer's scores."""
-        if self.veto_floor is None:
-            raise AttributeError("default_safety_floor: this CompositeReward has no veto")
-        return self.veto_floor
+    def capabilities(self) -> RewardCapabilities:
+        """Each scorer's scores as a component by name; with a veto, its scores as `safety` and
+        `veto_floor` as the floor `safety_floor='auto'` uses. Without one: no floor, so 'auto'
+        means no veto (say so explicitly rather than by a missing attribute)."""
+        names = tuple(scorer.name for scorer, _ in self.scorers)
+        if self.veto is None:
+            return RewardCapabilities(components=names)
+        return RewardCapabilities(components=(*names, "safety"), safety_floor=self.veto_floor)
 
     def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
         return list(self.score_components(conversation, responses).reward)

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, last_user_text, user_turns
 from stars_guard.protocols import RewardScores
@@ -207,9 +208,30 @@ class GuardReward:
         return "guard" if self.harm_gate == "trained" else "guard-exemplars"
 
     @property
-    def default_safety_floor(self) -> float:
-        """The veto floor on the `safety` component that `safety_floor='auto'` uses."""
-        return DEFAULT_SAFETY_FLOOR
+    def capabilities(self) -> RewardCapabilities:
+        """Components `safety`, `helpfulness` and (trained gate) `answering`; the calibrated floor on
+        `safety` is what `safety_floor='auto'` uses, and `answering` is vetoed at its own calibrated
+        floor, which `safety_floor` never moves. Batched scoring (`score_many`) for lockstep serving."""
+        if self._head is None:
+            return RewardCapabilities(
+                components=("safety", "helpfulness"), safety_floor=DEFAULT_SAFETY_FLOOR, batched_scoring=True
+            )
+        return RewardCapabilities(
+            components=("safety", "helpfulness", "answering"),
+            safety_floor=DEFAULT_SAFETY_FLOOR,
+            vetoes={"answering": ANSWERING_FLOOR},
+            batched_scoring=True,
+        )
+
+    def vetoed(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[bool]:
+        """Which responses the engine's veto stops at the calibrated floors (`safety_floor='auto'`):
+        `safety` under its floor, or a component of `capabilities.vetoes` under its own."""
+        components = self.score_components(conversation, responses).components
+        capabilities = self.capabilities
+        floors = {"safety": DEFAULT_SAFETY_FLOOR, **dict(capabilities.vetoes)}
+        return [
+            any(components[name][index] < floor for name, floor in floors.items()) for index in range(len(responses))
+        ]
 
     def score(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[float]:
         return list(self.score_components(conversation, responses).reward)
@@ -231,20 +253,16 @@ class GuardReward:
         for conversation, responses in items:
             end = start + len(responses)
             safety = offensive_safety[start:end]
+            components = {"safety": [float(value) for value in safety]}
+            steering_safety = safety
             if self._head is not None:
-                answering = self._answering_harm(conversation, responses, vectors[start:end])
-                safety = np.minimum(safety, self._answering_safety(answering))
+                answering = 1.0 - self._answering_harm(conversation, responses, vectors[start:end])
+                components["answering"] = [float(value) for value in answering]
+                steering_safety = np.minimum(safety, self._answering_steer(answering))
             helpfulness = self._helpfulness(conversation, vectors[start:end])
-            combined = self.safety_weight * safety + self.helpfulness_weight * helpfulness
-            scores.append(
-                RewardScores(
-                    [float(value) for value in combined],
-                    {
-                        "safety": [float(value) for value in safety],
-                        "helpfulness": [float(value) for value in helpfulness],
-                    },
-                )
-            )
+            components["helpfulness"] = [float(value) for value in helpfulness]
+            combined = self.safety_weight * steering_safety + self.helpfulness_weight * helpfulness
+            scores.append(RewardScores([float(value) for value in combined], components))
             start = end
         return scores
 
@@ -343,12 +361,13 @@ class GuardReward:
         return np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0).astype(np.float64)
 
     @staticmethod
-    def _answering_safety(answering: np.ndarray) -> np.ndarray:
-        """The veto's reading of `answering_harm`: 1 where 1 - answering harm clears its calibrated
-        floor `ANSWERING_FLOOR` (steering is left to the refusal-aware helpfulness, which already
-        weighs it), and under the veto's floor, scaled, where it does not."""
-        raw = 1.0 - answering
-        return np.where(raw < ANSWERING_FLOOR, raw * DEFAULT_SAFETY_FLOOR / ANSWERING_FLOOR, 1.0)
+    def _answering_steer(answering: np.ndarray) -> np.ndarray:
+        """What the `answering` component (1 - answering harm) adds to the steering reward's safety
+        part: nothing where it clears its calibrated floor `ANSWERING_FLOOR` (steering is left to the
+        refusal-aware helpfulness, which already weighs it), and the low safety of a vetoed answer,
+        scaled under `DEFAULT_SAFETY_FLOOR`, where it does not. It only ranks candidates: the veto
+        itself reads the `answering` component against `ANSWERING_FLOOR` (`capabilities.vetoes`)."""
+        return np.where(answering < ANSWERING_FLOOR, answering * DEFAULT_SAFETY_FLOOR / ANSWERING_FLOOR, 1.0)
 
     def _embed(self, responses: Sequence[str]) -> np.ndarray:
         """Unit MiniLM embeddings of the responses; zero rows for empty ones (not encoded)."""

@@ -38,9 +38,10 @@ import numpy as np
 from stars_guard.adapters import _chat
 from stars_guard.adapters._grammar import ConstraintGrammars, ConstraintMatcher, LazyGrammars, NumpyMasker, fork_rows
 from stars_guard.adapters._numpy_sampling import complete_utf8, entropy, incomplete_utf8_tail, sample
+from stars_guard.capabilities import BackendCapabilities, GenerationCapabilities
 from stars_guard.errors import BackendError, ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
+from stars_guard.protocols import Candidate, OpenRequest
 from stars_guard.tools import OutputConstraint
 
 _MODELS: dict[str, Any] = {}
@@ -195,9 +196,8 @@ class LlamaCppBackend:
             ids.insert(0, self._bos_id)
         return ids
 
-    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
-        """Every segment is drafted under the grammar (a matcher forked per candidate, masked per token)."""
-        return "segments"
+    # Every segment is drafted under the grammar (a matcher forked per candidate, masked per token).
+    capabilities = BackendCapabilities(constraints="segments")
 
     def open(self, request: OpenRequest) -> LlamaCppGeneration:
         prompt_ids = self.encode_chat(request.messages, request.constraint)
@@ -427,7 +427,7 @@ class LlamaCppGeneration:
         """Prompt and accepted response ids, exactly as the model saw them."""
         return self.prompt_ids + self.response_ids
 
-    supports_entropy_segments = True
+    capabilities = GenerationCapabilities(entropy_segments=True)  # next-token logits are at hand
 
     def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
         """K candidates decoded together from the shared prefix (see the module docstring).

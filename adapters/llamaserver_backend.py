@@ -14,7 +14,7 @@ parsing off wherever it looks like a control token, so it can never forge a turn
 properties (`/props`: slots, context per slot, model, build) are read once.
 
 Under an `OutputConstraint` the server's own grammar sampling holds it. Its grammar starts at a
-request's first token, so it holds only over a whole answer (`constraint_support` says "whole"):
+request's first token, so it holds only over a whole answer (its capabilities say "whole"):
 a JSON schema goes as `json_schema`, a forced tool call as a GBNF `grammar` around the call's JSON.
 That JSON's grammar is the server's own conversion of the call's schema (the rules it would run for
 `json_schema`, echoed in `generation_settings.grammar`), asked once per constraint: llama.cpp's
@@ -36,10 +36,11 @@ from typing import Any
 from stars_guard.adapters import _chat, _text
 from stars_guard.adapters._grammar import CALL_SEPARATOR, arguments_schema, constraint_key
 from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.capabilities import BackendCapabilities
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
+from stars_guard.protocols import Candidate, OpenRequest
 from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, OutputConstraint, plain_json, plain_turns
 
 GRAMMAR_CACHE_SIZE = 32  # tool-call grammars kept per backend: a service sees few distinct tool sets
@@ -112,18 +113,15 @@ class LlamaServerBackend:
             self, prompt_ids, request.temperature, request.top_p, request.seed, structured=structured
         )
 
-    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
-        """'whole' for a JSON schema and forced tool calls; 'none' for 'auto' calls (free text around
-        them, which a grammar from the first token cannot leave open: the engine drafts those free)."""
-        if constraint.kind == "tool_calls" and not constraint.required:
-            return "none"
-        return "whole"
+    # 'whole' for a JSON schema and forced tool calls; 'none' for 'auto' calls (free text around them,
+    # which a grammar from the first token cannot leave open: the engine drafts those free).
+    capabilities = BackendCapabilities(constraints="whole")
 
     def structured_params(self, constraint: OutputConstraint | None) -> dict[str, Any]:
         """The `/completion` fields that make the server hold `constraint` over a whole answer."""
         if constraint is None:
             return {}
-        if self.constraint_support(constraint) == "none":
+        if self.capabilities.constraint_support(constraint) == "none":
             raise ConfigError(
                 "llama-server cannot hold tool calls under tool_choice='auto' (free text around the calls): "
                 "draft without the constraint and read the calls from the answer"

@@ -16,7 +16,7 @@ Failures follow `stars_guard.adapters._http`: retries with backoff, then `Backen
 
 On vLLM (its `/v1/models` says `owned_by: vllm`) an `OutputConstraint` is held by the server's
 `structured_outputs`: `json` for a JSON schema, a `structural_tag` for forced tool calls. Its grammar
-starts at a request's first token, so it holds only over a whole answer (`constraint_support` says
+starts at a request's first token, so it holds only over a whole answer (its capabilities say
 "whole"); other servers, and tool calls under 'auto', get "none".
 """
 
@@ -33,10 +33,11 @@ from typing import Any
 from stars_guard.adapters import _chat, _text
 from stars_guard.adapters._grammar import CALL_END, CALL_SEPARATOR, arguments_schema, call_begin
 from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.capabilities import BackendCapabilities
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, ConstraintSupport, OpenRequest
+from stars_guard.protocols import Candidate, OpenRequest
 from stars_guard.tools import OutputConstraint, plain_json, plain_turns
 
 # Whitespace a tool call's arguments may hold between tokens: any (xgrammar's default for JSON in a
@@ -130,18 +131,18 @@ class OpenAICompletionsBackend:
         self._discover_model()
         return self._owned_by == "vllm"
 
-    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
+    @property
+    def capabilities(self) -> BackendCapabilities:
         """'whole' on vLLM for a JSON schema and forced tool calls; 'none' for 'auto' calls (free text
-        around them: the engine drafts those free) and on servers without `structured_outputs`."""
-        if constraint.kind == "tool_calls" and not constraint.required:
-            return "none"
-        return "whole" if self.takes_structured_outputs else "none"
+        around them: the engine drafts those free) and on servers without `structured_outputs`.
+        Asks the server what it is on first use (`takes_structured_outputs`)."""
+        return BackendCapabilities(constraints="whole" if self.takes_structured_outputs else "none")
 
     def structured_outputs(self, constraint: OutputConstraint | None) -> dict[str, Any] | None:
         """vLLM's `structured_outputs` that hold `constraint` over a whole answer; None without one."""
         if constraint is None:
             return None
-        if self.constraint_support(constraint) == "none":
+        if self.capabilities.constraint_support(constraint) == "none":
             raise ConfigError(
                 f"the completions server at {self.base_url} cannot hold this {constraint.kind} constraint "
                 "(vLLM's structured_outputs hold a JSON schema or forced tool calls; not 'auto' tool calls)"

@@ -25,9 +25,10 @@ import torch
 from stars_guard.adapters._chat import chat_prompt_ids
 from stars_guard.adapters._grammar import ConstraintGrammars, ConstraintMatcher, LazyGrammars, TorchMasker, fork_rows
 from stars_guard.adapters._text import candidate_from_ids, eos_ids
+from stars_guard.capabilities import BackendCapabilities, GenerationCapabilities
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
 from stars_guard.messages import ChatMessage
-from stars_guard.protocols import Candidate, ConstraintSupport, DraftRequest, OpenRequest
+from stars_guard.protocols import Candidate, DraftRequest, OpenRequest
 from stars_guard.tools import OutputConstraint
 
 _LOADED: dict[tuple[str, str, str], tuple[Any, Any]] = {}
@@ -116,9 +117,9 @@ class TransformersBackend:
         """
         return chat_prompt_ids(self.tokenizer, messages, constraint=constraint)
 
-    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
-        """Every segment is drafted under the grammar (a matcher forked per candidate, masked per token)."""
-        return "segments"
+    # Every segment is drafted under the grammar (a matcher forked per candidate, masked per token);
+    # concurrent requests draft and prefill together in lockstep serving.
+    capabilities = BackendCapabilities(batch_drafting=True, batch_opening=True, constraints="segments")
 
     def open(self, request: OpenRequest) -> TransformersGeneration:
         prompt_ids = self._prompt_ids(request)
@@ -272,7 +273,7 @@ class TransformersGeneration:
         """Logits for the token after the accepted prefix (from the cache: no recomputation)."""
         return self._next_logits
 
-    supports_entropy_segments = True
+    capabilities = GenerationCapabilities(entropy_segments=True)  # next-token logits are at hand
 
     def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
         """K candidates decoded in lockstep from the shared prefix cache.

@@ -318,9 +318,6 @@ def _interrupt_flag() -> Iterator[threading.Event]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from stars_guard.protocols import BatchRewardModel
-    from stars_guard.serving.batching import BatchingReward
-    from stars_guard.serving.lockstep import LockstepBackend, supports_lockstep
     from stars_guard.specs import build_backend, build_reward
 
     try:
@@ -351,12 +348,6 @@ def _serve(args: argparse.Namespace) -> int:
     _quiet_model_loading()
     backend = build_backend(args.backend)
     reward = build_reward(args.reward)
-    if args.lockstep and supports_lockstep(backend):
-        # Concurrent requests draft in shared batched rounds, and score each round's candidates together.
-        backend = LockstepBackend(backend)
-        if isinstance(reward, BatchRewardModel):  # an in-process scorer: batch it on the model thread
-            reward = BatchingReward(reward, runner=backend.run_on_scheduler)
-        # Remote scorers (tei:, vllm-classify:) keep one concurrent call per request: no I/O on that thread.
     url = f"http://{args.host}:{args.port}"
     announce = [
         f"stars-guard serve: {backend.model_name} guarded by {reward.name} on {url}/v1 "
@@ -372,6 +363,7 @@ def _serve(args: argparse.Namespace) -> int:
         request_timeout_s=args.request_timeout,
         max_body_bytes=args.max_body_bytes,
         override_policy=policy,
+        lockstep=args.lockstep,  # create_app sets it up where the backend can batch drafts
     )
     serve(
         backend,

@@ -224,11 +224,11 @@ class STARSConfig(BaseModel):
             raise ConfigError(format_validation_error(exc)) from None
 
     def with_overrides(self, **overrides: Any) -> STARSConfig:
-        """A validated copy with `overrides` applied; `None` values leave a field unchanged."""
-        updates = {key: value for key, value in overrides.items() if value is not None}
-        if not updates:
+        """A validated copy with `overrides` applied, every one of them: `None` is a value (no time
+        budget, no veto, a random seed), never "leave unchanged". Leave a field out to keep it."""
+        if not overrides:
             return self
-        return type(self).build(**{**self.model_dump(), **updates})
+        return type(self).build(**{**self.model_dump(), **overrides})
 
 
 def format_validation_error(exc: ValidationError) -> str:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stars_guard.capabilities import generation_capabilities
 from stars_guard.engine import checked_scores, resolve_safety_floor
 from stars_guard.errors import StarsGuardError
 from stars_guard.messages import normalize_messages
-from stars_guard.protocols import Backend, Generation, OpenRequest, RetryReporter, RewardModel, score_conversation
+from stars_guard.protocols import Backend, Generation, OpenRequest, RewardModel, backend_retries, score_conversation
 
 PROBE = "Give me one tip for keeping houseplants alive."
 
@@ -112,8 +113,8 @@ def diagnose(
             f"round 2 computed {fresh} token positions for {candidates} candidates on a "
             f"{generation.prompt_tokens}-token prompt ({verdict})",
         )
-    if isinstance(generation, RetryReporter):
-        report.add("retries", True, f"{generation.backend_retries} backend retries")
+    if generation_capabilities(generation).reports_retries:
+        report.add("retries", True, f"{backend_retries(generation)} backend retries")
 
     reward = _step(report, "reward", lambda: (build_reward or specs.build_reward)(reward_spec))
     if reward is None:

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stars_guard.capabilities import generation_capabilities, reward_capabilities
 from stars_guard.config import STARSConfig
 from stars_guard.deadline import deadline_scope, is_deadline_error
 from stars_guard.errors import ConfigError, RewardError
@@ -23,14 +24,13 @@ from stars_guard.messages import ChatMessage, normalize_messages
 from stars_guard.policy import AcceptanceRule, ThresholdSchedule
 from stars_guard.protocols import (
     Backend,
-    CalibratedVeto,
     Candidate,
-    EntropyDrafter,
     Generation,
     OpenRequest,
-    RetryReporter,
     RewardModel,
+    backend_retries,
     constraint_support,
+    draft_segment,
     score_conversation,
 )
 from stars_guard.stats import RefusalReason, STARSStats
@@ -58,6 +58,7 @@ class _Judged:
     safety: float  # what the veto reads: the reward's safety component, else the reward
     attempt: int
     in_call: bool = False  # it writes part of a tool call (judged per `guard_tool_calls`)
+    under_own_floor: bool = False  # one of the reward's own vetoes (`RewardCapabilities.vetoes`) fired
 
 
 class _OutOfTime(Exception):
@@ -92,7 +93,7 @@ class STARSEngine:
         `overrides` are `STARSConfig` fields for this call only (validated); `stop` lists strings
         that end the answer (the stop string itself is not emitted). `constraint` says what the
         answer must look like (tool calls, a JSON schema: `stars_guard.tools`); the backend drafts
-        under it where it can (`ConstrainedDrafter`).
+        under it where its capabilities say it can (`BackendCapabilities.constraints`).
         """
         config = self.config.with_overrides(**overrides)
         turns = normalize_messages(messages)
@@ -120,6 +121,9 @@ class _Run:
         # What the reward judges an answer in: every turn, tool calls and results in the text format.
         self.conversation = tuple(plain_turns(turns, constraint))
         self.safety_floor = resolve_safety_floor(config, reward)
+        # The reward's own vetoes, each at its calibrated floor: `safety_floor` never moves them,
+        # and only turning the veto off (None) turns them off.
+        self.own_vetoes = dict(reward_capabilities(reward).vetoes) if config.safety_floor is not None else {}
         self.stats = STARSStats()
         self.text = ""
         self.streamed = 0  # characters of self.text already emitted
@@ -155,7 +159,7 @@ class _Run:
                 )
             )
         try:
-            if config.segmentation == "entropy" and not isinstance(generation, EntropyDrafter):
+            if config.segmentation == "entropy" and not generation_capabilities(generation).entropy_segments:
                 raise ConfigError(
                     f"segmentation='entropy' needs next-token logits, which backend {self.backend.model_name!r} "
                     "does not expose: use a local backend (local, hf:...) or segmentation='fixed'"
@@ -298,9 +302,8 @@ class _Run:
     def _draft(self, generation: Generation, count: int, budget: int) -> list[Candidate]:
         try:
             with deadline_scope(self.deadline):
-                if self.config.segmentation == "entropy" and isinstance(generation, EntropyDrafter):  # checked on open
-                    return generation.draft(count, budget, entropy_cut=self.config.entropy_threshold)
-                return generation.draft(count, budget)
+                cut = self.config.entropy_threshold if self.config.segmentation == "entropy" else None
+                return draft_segment(generation, count, budget, cut)  # entropy cuts checked on open
         except Exception as exc:
             if is_deadline_error(exc):
                 raise _OutOfTime from exc
@@ -336,11 +339,11 @@ class _Run:
         scores = self._rewards(responses)
         if scores is None:
             return None
-        rewards, safeties = scores
+        rewards, safeties, under_own = scores
         return [
-            _Judged(candidate, text, trim_to, tokens, finished, reward, safety, attempts_so_far + index + 1, calls)
-            for index, ((candidate, text, trim_to, tokens, finished), reward, safety, calls) in enumerate(
-                zip(cut, rewards, safeties, in_call, strict=True)
+            _Judged(candidate, text, trim_to, tokens, finished, reward, safety, attempts_so_far + index + 1, calls, own)
+            for index, ((candidate, text, trim_to, tokens, finished), reward, safety, calls, own) in enumerate(
+                zip(cut, rewards, safeties, in_call, under_own, strict=True)
             )
         ]
 
@@ -396,8 +399,9 @@ class _Run:
         self.streamed = len(self.text)
         yield TextEmitted(segment_index, refusal)
 
-    def _rewards(self, responses: list[str]) -> tuple[list[float], list[float]] | None:
-        """One reward call, validated, with the configured failure policy: (rewards, safety scores).
+    def _rewards(self, responses: list[str]) -> tuple[list[float], list[float], list[bool]] | None:
+        """One reward call, validated, with the configured failure policy: (rewards, safety scores,
+        whether one of the reward's own vetoes fired).
 
         Every score enters the engine here. A scorer that raises, answers the wrong number of
         scores, or answers anything but a finite real number (NaN, inf, a string) has failed:
@@ -410,16 +414,24 @@ class _Run:
                 scores = score_conversation(self.reward, self.conversation, responses)
             rewards = checked_scores(self.reward.name, "reward", scores.reward, len(responses))
             safety = scores.safety
-            if safety is None:
-                return rewards, rewards
-            return rewards, checked_scores(self.reward.name, "safety", safety, len(responses))
+            safeties = rewards if safety is None else checked_scores(self.reward.name, "safety", safety, len(responses))
+            under_own = [False] * len(responses)
+            for name, floor in self.own_vetoes.items():
+                values = scores.components.get(name)
+                if values is None:  # a veto the reward declared but did not report: fail, never pass unread
+                    raise RewardError(
+                        f"reward model {self.reward.name!r} declares a veto on {name!r} but did not report it"
+                    )
+                checked = checked_scores(self.reward.name, name, values, len(responses))
+                under_own = [hit or value < floor for hit, value in zip(under_own, checked, strict=True)]
+            return rewards, safeties, under_own
         except Exception as exc:
             if is_deadline_error(exc):  # out of time, not a failed scorer: never a reason to fail open
                 raise _OutOfTime from exc
             self.stats.reward_errors += 1
             if self.config.on_reward_error == "fail_open":
                 unscored = [math.nan] * len(responses)
-                return unscored, unscored
+                return unscored, unscored, [False] * len(responses)
             if self.config.reward_error_action == "refuse":
                 return None
             if isinstance(exc, RewardError):
@@ -439,7 +451,10 @@ class _Run:
         return scores[0][0]
 
     def _vetoed(self, item: _Judged) -> bool:
-        """Under the safety floor: never emitted. An unscored (fail-open) candidate cannot be vetoed."""
+        """Under the safety floor, or under one of the reward's own veto floors: never emitted.
+        An unscored (fail-open) candidate cannot be vetoed."""
+        if item.under_own_floor:
+            return True
         return self.safety_floor is not None and not math.isnan(item.safety) and item.safety < self.safety_floor
 
     def _out_of_time(self) -> bool:
@@ -448,17 +463,18 @@ class _Run:
     def _sync_backend_counters(self, generation: Generation) -> None:
         self.stats.llm_calls = generation.llm_calls
         self.stats.llm_forward_tokens = generation.llm_forward_tokens
-        self.stats.backend_retries = int(generation.backend_retries) if isinstance(generation, RetryReporter) else 0
+        self.stats.backend_retries = backend_retries(generation)
 
 
 def resolve_safety_floor(config: STARSConfig, reward: RewardModel) -> float | None:
     """The veto floor in force: the configured number, the reward's calibrated floor for 'auto'
-    (none for a reward that ships none), or None when the veto is off."""
+    (none for a reward that ships none), or None when the veto is off.
+
+    The calibrated floor is read from the reward's declared capabilities, which every wrapper
+    passes on (`stars_guard.capabilities`): never discovered by attribute lookup."""
     if config.safety_floor != "auto":
         return config.safety_floor
-    if isinstance(reward, CalibratedVeto):
-        return float(reward.default_safety_floor)
-    return None
+    return reward_capabilities(reward).safety_floor
 
 
 def checked_scores(scorer: str, what: str, values: Sequence[Any], expected: int) -> list[float]:

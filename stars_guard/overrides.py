@@ -72,6 +72,8 @@ class OverridePolicy:
         if name in ("max_new_tokens", "time_budget_s"):
             if name == "time_budget_s" and base_value is None:
                 return None
+            if value is None:  # no limit at all: the opposite of lowering it
+                return f"got None; a request may only lower it (at most {base_value!r})"
             try:
                 if value <= base_value:
                     return None
@@ -85,12 +87,12 @@ class OverridePolicy:
     ) -> STARSConfig:
         """`base` with `overrides` applied, validated; `LockedOverrideError` for anything not allowed.
 
-        `None` values leave a field unchanged (as in `STARSConfig.with_overrides`). `names` maps a
+        Every given value is applied, `None` included (as in `STARSConfig.with_overrides`). `names` maps a
         field to how the caller spelled it (`stars.temperature`, `max_tokens`) for the message.
         Locked fields are reported before invalid values, so a probe learns only that it is locked;
         unknown field names fail as invalid config (`ConfigError`).
         """
-        updates = {key: value for key, value in overrides.items() if value is not None}
+        updates = dict(overrides)
         try:
             candidate: STARSConfig | None = base.with_overrides(**updates)
             invalid: ConfigError | None = None

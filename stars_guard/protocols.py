@@ -5,19 +5,29 @@ implement these. Backends with token-level control (transformers, llama.cpp) and
 HTTP backends present the same surface: open a generation, draft K candidate segments,
 commit the accepted one, close.
 
-What only some adapters can do is a small protocol of its own, checked with `isinstance`:
-`EntropyDrafter` and `RetryReporter` (generations), `BatchDrafter`, `BatchOpener` and
-`ConstrainedDrafter` (backends),
-`ComponentRewardModel`, `BatchRewardModel` and `CalibratedVeto` (rewards). Wrappers subclass
-`GenerationWrapper`, `BackendWrapper` or `RewardWrapper`.
+What only some adapters can do is declared, not discovered: each backend, generation and reward
+has a frozen `capabilities` value (`stars_guard.capabilities`), and the engine reads its fields.
+The small protocols below (`EntropyDrafter`, `BatchDrafter`, ...) only type the extra methods a
+declared capability promises; nothing checks them with `isinstance`. Wrappers subclass
+`GenerationWrapper`, `BackendWrapper` or `RewardWrapper`, which pass each call and the inner
+object's capabilities on explicitly: none forwards attributes with `__getattr__`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, cast, runtime_checkable
 
+from stars_guard.capabilities import (
+    BackendCapabilities,
+    ConstraintSupport,
+    GenerationCapabilities,
+    RewardCapabilities,
+    backend_capabilities,
+    generation_capabilities,
+    reward_capabilities,
+)
 from stars_guard.messages import ChatMessage, as_conversation
 from stars_guard.tools import OutputConstraint
 
@@ -65,7 +75,8 @@ class Candidate:
 class Generation(Protocol):
     """One answer being written: the accepted prefix and the means to extend it.
 
-    Optional extras: `EntropyDrafter` (entropy cuts) and `RetryReporter` (HTTP retries).
+    Optional extras, declared in `capabilities` (`GenerationCapabilities`): entropy cuts
+    (`EntropyDrafter`) and retry counts (`RetryReporter`).
     """
 
     @property
@@ -105,25 +116,23 @@ class Generation(Protocol):
         ...
 
 
-@runtime_checkable
 class EntropyDrafter(Protocol):
     """A generation that can also end a candidate where its next-token entropy reaches a cut.
 
     The CARDS rule behind `segmentation="entropy"` needs next-token logits: the local backends
-    (transformers, llama.cpp) have them, the HTTP ones do not. `supports_entropy_segments = True`
-    is the marker (`draft` alone would match every generation).
+    (transformers, llama.cpp) have them, the HTTP ones do not. Declared with
+    `GenerationCapabilities(entropy_segments=True)`.
     """
-
-    supports_entropy_segments: bool
 
     def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
         """`Generation.draft`; with `entropy_cut` (nats) a candidate also ends before an unsure token."""
         ...
 
 
-@runtime_checkable
 class RetryReporter(Protocol):
-    """A generation whose backend retries failed calls (HTTP): the count reaches the statistics."""
+    """A generation whose backend retries failed calls (HTTP): the count reaches the statistics.
+
+    Declared with `GenerationCapabilities(reports_retries=True)`."""
 
     @property
     def backend_retries(self) -> int:
@@ -134,18 +143,18 @@ class RetryReporter(Protocol):
 class GenerationWrapper:
     """Base for a `Generation` that wraps another and changes only some calls (timing, scheduling).
 
-    Everything not overridden goes to `inner` (extras such as `token_ids` included). The optional
-    capabilities are passed on explicitly, so `isinstance` sees them on every Python version
-    (from 3.12 it no longer looks through `__getattr__`): the wrapper is an `EntropyDrafter` when
-    `inner` is one, and always a `RetryReporter` (0 retries for an inner that reports none).
+    Every call of the protocol goes to `inner`, and so do its capabilities, passed on explicitly:
+    nothing else is forwarded (no `__getattr__`), so what the engine sees of a wrapped generation
+    is exactly what the wrapper declares, on every Python version. Code that needs an extra of the
+    inner generation (its `token_ids`, say) reads `wrapper.inner`.
     """
-
-    supports_entropy_segments: bool  # set per instance, only when `inner` has the capability
 
     def __init__(self, inner: Generation) -> None:
         self.inner = inner
-        if isinstance(inner, EntropyDrafter):
-            self.supports_entropy_segments = True
+
+    @property
+    def capabilities(self) -> GenerationCapabilities:
+        return generation_capabilities(self.inner)
 
     @property
     def prompt_tokens(self) -> int:
@@ -161,14 +170,11 @@ class GenerationWrapper:
 
     @property
     def backend_retries(self) -> int:
-        return self.inner.backend_retries if isinstance(self.inner, RetryReporter) else 0
+        """The inner generation's retries; 0 for one that reports none."""
+        return backend_retries(self.inner)
 
     def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
-        if entropy_cut is None:
-            return self.inner.draft(num_candidates, max_tokens)
-        if not isinstance(self.inner, EntropyDrafter):
-            raise TypeError(f"{type(self.inner).__name__} cannot cut segments by entropy (not an EntropyDrafter)")
-        return self.inner.draft(num_candidates, max_tokens, entropy_cut=entropy_cut)
+        return draft_segment(self.inner, num_candidates, max_tokens, entropy_cut)
 
     def retain(self, candidate: Candidate) -> None:
         self.inner.retain(candidate)
@@ -179,10 +185,26 @@ class GenerationWrapper:
     def close(self) -> None:
         self.inner.close()
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (e.g. during unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+
+def draft_segment(
+    generation: Generation, num_candidates: int, max_tokens: int, entropy_cut: float | None = None
+) -> list[Candidate]:
+    """`generation.draft`, with `entropy_cut` only for a generation that declares entropy cuts."""
+    if entropy_cut is None:
+        return generation.draft(num_candidates, max_tokens)
+    if not generation_capabilities(generation).entropy_segments:
+        raise TypeError(
+            f"{type(generation).__name__} cannot cut segments by entropy "
+            "(its capabilities do not declare entropy_segments)"
+        )
+    return cast(EntropyDrafter, generation).draft(num_candidates, max_tokens, entropy_cut=entropy_cut)
+
+
+def backend_retries(generation: Generation) -> int:
+    """Retries `generation`'s backend made so far; 0 for one that does not declare it reports them."""
+    if not generation_capabilities(generation).reports_retries:
+        return 0
+    return int(cast(RetryReporter, generation).backend_retries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,44 +239,27 @@ class Backend(Protocol):
         ...
 
 
-ConstraintSupport = Literal["segments", "whole", "none"]
-"""How a backend enforces an `OutputConstraint`: on every segment (a grammar matcher kept across
-segments, in process), only on whole answers (an HTTP server's structured-output parameter starts
-its grammar at each request's first token, so the engine drafts the whole answer per candidate),
-or not at all."""
-
-
-@runtime_checkable
-class ConstrainedDrafter(Protocol):
-    """A backend that drafts under an `OutputConstraint`, so every candidate fits it.
-
-    In-process backends mask each token with a grammar matcher that K candidates fork from; HTTP
-    backends pass the constraint to the server's structured-output parameters where it can hold.
-    """
-
-    def constraint_support(self, constraint: OutputConstraint) -> ConstraintSupport:
-        """How `open` with this constraint enforces it (see `ConstraintSupport`)."""
-        ...
-
-
 def constraint_support(backend: Backend, constraint: OutputConstraint) -> ConstraintSupport:
-    """`backend`'s support for `constraint` (looked up by name, so wrappers pass it on)."""
-    support = getattr(backend, "constraint_support", None)
-    return support(constraint) if callable(support) else "none"
+    """How `backend` holds `constraint`, from its declared capabilities (`BackendCapabilities`)."""
+    return backend_capabilities(backend).constraint_support(constraint)
 
 
 class BackendWrapper:
     """Base for a `Backend` that wraps another and changes how it opens generations (timing, scheduling).
 
-    Subclasses override `open`. Other attributes (`tokenizer`, `context_window`, ...) come from
-    `inner`, except the batch capabilities: those take and return `inner`'s own generations, not
-    the wrapped ones a subclass hands out, so a wrapper never offers them on `inner`'s behalf.
+    Subclasses override `open`. The wrapper passes on `model_name` and its inner backend's
+    constraint support, explicitly; nothing else is forwarded (no `__getattr__`): code that needs
+    an extra of the inner backend (its tokenizer, say) reads `wrapper.inner`. The batch
+    capabilities are never passed on: they take and return `inner`'s own generations, not the
+    wrapped ones a subclass hands out. A wrapper that batches declares them itself.
     """
-
-    _NOT_PASSED_ON = frozenset({"inner", "draft_batch", "open_batch"})
 
     def __init__(self, inner: Backend) -> None:
         self.inner = inner
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return BackendCapabilities(constraints=backend_capabilities(self.inner).constraints)
 
     @property
     def model_name(self) -> str:
@@ -263,10 +268,25 @@ class BackendWrapper:
     def open(self, request: OpenRequest) -> Generation:
         return self.inner.open(request)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in BackendWrapper._NOT_PASSED_ON:  # "inner": not set yet (e.g. during unpickling)
-            raise AttributeError(name)
-        return getattr(self.inner, name)
+
+_WrapperT = TypeVar("_WrapperT")
+
+
+def unwrapped(wrapped: object) -> object:
+    """The adapter at the bottom of a chain of wrappers (their `inner` links), for its extras."""
+    while isinstance(wrapped, GenerationWrapper | BackendWrapper | RewardWrapper):
+        wrapped = wrapped.inner
+    return wrapped
+
+
+def find_wrapper(wrapped: object, kind: type[_WrapperT]) -> _WrapperT | None:
+    """The first object of type `kind` down a chain of wrappers (their `inner` links), or None."""
+    while True:
+        if isinstance(wrapped, kind):
+            return wrapped
+        if not isinstance(wrapped, GenerationWrapper | BackendWrapper | RewardWrapper):
+            return None
+        wrapped = wrapped.inner
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,12 +299,12 @@ class DraftRequest:
     entropy_cut: float | None = None
 
 
-@runtime_checkable
 class BatchDrafter(Protocol):
     """A backend that can draft for several of its open generations in one batched call.
 
     Lets concurrent requests advance in lockstep (`stars_guard.serving.lockstep.LockstepBackend`): one
-    forward per token for every request's candidates instead of one per request.
+    forward per token for every request's candidates instead of one per request. Declared with
+    `BackendCapabilities(batch_drafting=True)`.
     """
 
     def draft_batch(self, requests: Sequence[DraftRequest]) -> list[list[Candidate]]:
@@ -292,9 +312,10 @@ class BatchDrafter(Protocol):
         ...
 
 
-@runtime_checkable
 class BatchOpener(Protocol):
-    """A backend that can prefill several prompts in one forward (lockstep serving opens with it)."""
+    """A backend that can prefill several prompts in one forward (lockstep serving opens with it).
+
+    Declared with `BackendCapabilities(batch_opening=True)`."""
 
     def open_batch(self, requests: Sequence[OpenRequest]) -> Sequence[Generation | Exception]:
         """One generation per request, in order; an Exception in place of one that could not be opened."""
@@ -308,6 +329,9 @@ class RewardModel(Protocol):
     `conversation` is every turn so far, system included (a harmful request split over turns is
     only visible in all of them); the engine passes a tuple of `ChatMessage`. Adapters also take a
     plain string as one user turn, for direct calls (`stars_guard.messages.as_conversation`).
+    What a reward offers beyond `score` (components, a calibrated veto floor, batched scoring) is
+    declared in its `capabilities` (`RewardCapabilities`); a reward that declares none is scored
+    through `score` alone.
     """
 
     @property
@@ -331,20 +355,21 @@ class RewardScores:
         return self.components.get("safety")
 
 
-@runtime_checkable
 class ComponentRewardModel(RewardModel, Protocol):
-    """A reward that reports named components beside the steering reward."""
+    """A reward that reports named components beside the steering reward.
+
+    Declared with `RewardCapabilities(components=(...))`."""
 
     def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
         """`score`'s rewards plus the components, for the same texts."""
         ...
 
 
-@runtime_checkable
 class BatchRewardModel(RewardModel, Protocol):
     """A reward that scores several requests' responses in one call (one encoder pass).
 
     Lockstep serving scores every request of a round together this way (`BatchingReward`).
+    Declared with `RewardCapabilities(batched_scoring=True)`.
     """
 
     def score_many(self, items: Sequence[tuple[Sequence[ChatMessage], Sequence[str]]]) -> list[RewardScores]:
@@ -352,31 +377,41 @@ class BatchRewardModel(RewardModel, Protocol):
         ...
 
 
-@runtime_checkable
-class CalibratedVeto(Protocol):
-    """A reward that ships the veto floor it was calibrated with (read by `safety_floor='auto'`)."""
-
-    @property
-    def default_safety_floor(self) -> float: ...
-
-
 def score_conversation(
     reward: RewardModel, conversation: Sequence[ChatMessage], responses: Sequence[str]
 ) -> RewardScores:
-    """Score through whichever surface `reward` has: components where it reports them."""
-    if isinstance(reward, ComponentRewardModel):
-        return reward.score_components(conversation, responses)
+    """Score through the surface `reward` declares: components where its capabilities name some."""
+    if reward_capabilities(reward).reports_components:
+        return cast(ComponentRewardModel, reward).score_components(conversation, responses)
     return RewardScores(reward.score(conversation, responses))
+
+
+def score_batch(
+    reward: RewardModel, items: Sequence[tuple[Sequence[ChatMessage], Sequence[str]]]
+) -> list[RewardScores]:
+    """Several requests' responses: one `score_many` call where `reward` declares batched scoring,
+    else one `score_conversation` per request."""
+    if reward_capabilities(reward).batched_scoring:
+        return list(cast(BatchRewardModel, reward).score_many(items))
+    return [score_conversation(reward, conversation, responses) for conversation, responses in items]
 
 
 class RewardWrapper:
     """Base for a reward that wraps another and changes how it is called (timing, batching, checks).
 
-    Subclasses override `score_components`; `score` and the extras of `inner` follow from it.
+    Subclasses override `score_components`; `score` follows from it. The wrapper declares its
+    inner reward's components and calibrated floor as its own (`capabilities`), so the veto holds
+    through any stack of wrappers, and never batched scoring, which a wrapper offers only by
+    implementing `score_many` and declaring it. Nothing else is forwarded (no `__getattr__`).
     """
 
     def __init__(self, inner: RewardModel) -> None:
         self.inner = inner
+
+    @property
+    def capabilities(self) -> RewardCapabilities:
+        inner = reward_capabilities(self.inner)
+        return RewardCapabilities(components=inner.components, safety_floor=inner.safety_floor, vetoes=inner.vetoes)
 
     @property
     def name(self) -> str:
@@ -387,8 +422,3 @@ class RewardWrapper:
 
     def score_components(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> RewardScores:
         return score_conversation(self.inner, as_conversation(conversation), responses)
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "inner":  # not set yet (e.g. during unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.inner, name)

@@ -52,7 +52,7 @@ from stars_guard.langchain.tools import (
 )
 from stars_guard.messages import ChatMessage
 from stars_guard.overrides import OverridePolicy
-from stars_guard.protocols import Backend, RewardModel
+from stars_guard.protocols import Backend, RewardModel, unwrapped
 from stars_guard.telemetry.aggregator import segment_payload
 from stars_guard.tools import (
     CallPiece,
@@ -327,7 +327,7 @@ class STARSChatModel(BaseChatModel):
 
     def get_token_ids(self, text: str) -> list[int]:
         """Token ids from the backend's own tokenizer where it has one (no GPT-2 download)."""
-        tokenizer = getattr(self._backend(), "tokenizer", None)
+        tokenizer = getattr(unwrapped(self._backend()), "tokenizer", None)  # the adapter under any wrappers
         if tokenizer is None:
             return super().get_token_ids(text)
         return list(tokenizer.encode(text, add_special_tokens=False))
@@ -401,9 +401,14 @@ class STARSChatModel(BaseChatModel):
         The fields are the model owner's; only call kwargs pass `override_policy` (when set), each
         judged against the fields' config and named as the caller spelled it.
         """
-        base = self.config.with_overrides(
-            temperature=self.temperature, max_new_tokens=self.max_tokens, time_budget_s=self.timeout, seed=self.seed
-        )
+        fields = {
+            "temperature": self.temperature,
+            "max_new_tokens": self.max_tokens,
+            "time_budget_s": self.timeout,
+            "seed": self.seed,
+        }
+        # An unset model field (None) keeps the config's value; a call kwarg of None is applied.
+        base = self.config.with_overrides(**{key: value for key, value in fields.items() if value is not None})
         overrides: dict[str, Any] = {}
         names: dict[str, str] = {}
         for key, value in kwargs.items():

@@ -33,10 +33,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from stars_guard.capabilities import reward_capabilities
 from stars_guard.config import STARSConfig
 from stars_guard.events import Finished, STARSResult, TextEmitted
-from stars_guard.protocols import Backend, RewardModel
+from stars_guard.protocols import Backend, RewardModel, find_wrapper
+from stars_guard.serving.batching import BatchingReward
 from stars_guard.serving.errors import OpenAIError, error_for
+from stars_guard.serving.lockstep import LockstepBackend, supports_lockstep
 from stars_guard.serving.metrics import register_server_metrics
 from stars_guard.serving.middleware import BearerAuth, BodySizeLimit
 from stars_guard.serving.responses import Chunks, completion_body
@@ -237,8 +240,13 @@ def create_app(
     settings = (settings or ServeSettings()).changed(**changes)
     exporter = PrometheusExporter()
     stats = RejectionStats(observers=[exporter, *settings.observers])
+    if settings.lockstep:
+        backend, reward = with_lockstep(backend, reward)
+    lockstep = find_wrapper(backend, LockstepBackend)
     timed_backend, timed_reward = exporter.instrument(backend, reward)
-    service = ChatService(timed_backend, timed_reward, config, stats, settings)
+    service = ChatService(
+        timed_backend, timed_reward, config, stats, settings, lockstep=None if lockstep is None else lockstep.stats
+    )
     register_server_metrics(exporter, service)
     middleware = [Middleware(BodySizeLimit, limit=settings.max_body_bytes)]
     if settings.api_key:
@@ -263,6 +271,22 @@ def create_app(
     app.state.override_policy = settings.policy
     app.state.settings = settings
     return app
+
+
+def with_lockstep(backend: Backend, reward: RewardModel) -> tuple[Backend, RewardModel]:
+    """`backend` and `reward` set up for lockstep serving where the backend declares batch drafting
+    (and is not already a `LockstepBackend`); unchanged otherwise.
+
+    Concurrent requests draft in shared batched rounds, and an in-process scorer that declares
+    batched scoring scores each round's candidates together on the scheduler thread. Remote
+    scorers (tei:, vllm-classify:) keep one concurrent call per request: no I/O on that thread.
+    """
+    if find_wrapper(backend, LockstepBackend) is not None or not supports_lockstep(backend):
+        return backend, reward
+    lockstep = LockstepBackend(backend)
+    if reward_capabilities(reward).batched_scoring:
+        reward = BatchingReward(reward, runner=lockstep.run_on_scheduler)
+    return lockstep, reward
 
 
 def serve(

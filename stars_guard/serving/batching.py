@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 from stars_guard.errors import ConfigError
 from stars_guard.messages import ChatMessage, Conversation, as_conversation
-from stars_guard.protocols import BatchRewardModel, RewardModel, RewardScores, RewardWrapper, score_conversation
+from stars_guard.protocols import RewardModel, RewardScores, RewardWrapper, score_batch
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -213,6 +213,4 @@ class BatchingReward(RewardWrapper):
         return self._batcher.submit((as_conversation(conversation), list(responses))).result()
 
     def _score_batch(self, items: list[tuple[Conversation, list[str]]]) -> list[RewardScores]:
-        if isinstance(self.inner, BatchRewardModel):
-            return list(self.inner.score_many(items))
-        return [score_conversation(self.inner, conversation, responses) for conversation, responses in items]
+        return score_batch(self.inner, items)

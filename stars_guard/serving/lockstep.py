@@ -2,7 +2,8 @@
 
 STARS drafts fixed-size segments, so requests served at the same time reach their drafting
 rounds at nearly the same moments (the STARS paper's v2 makes this argument). `LockstepBackend`
-wraps a backend that can draft for several of its generations at once (`BatchDrafter`) and
+wraps a backend that can draft for several of its generations at once (its capabilities declare
+`batch_drafting`) and
 sends every model call of every request through one scheduler thread:
 
 - a draft waits until every open generation has asked for its next round, then all waiting
@@ -10,7 +11,7 @@ sends every model call of every request through one scheduler thread:
   back (still scoring, or stalled) holds the others up for at most a few times the usual gap
   between a round and the next draft (a moving average), and never more than `max_wait_s`;
 - prefill (`open`) runs between rounds, all waiting prompts in one batched forward where the
-  backend is a `BatchOpener`, so new requests join the next round together;
+  backend declares `batch_opening`, so new requests join the next round together;
 - `retain`, `commit` and `close` are bookkeeping and run on the caller's thread.
 
 Requests never share sampling state: each generation samples with its own parameters and seed.
@@ -24,8 +25,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from stars_guard.capabilities import backend_capabilities
 from stars_guard.errors import ConfigError
 from stars_guard.protocols import (
     Backend,
@@ -79,8 +81,8 @@ class _Waiting:
 
 
 def supports_lockstep(backend: object) -> bool:
-    """True when `backend` can draft for several generations at once."""
-    return isinstance(backend, BatchDrafter)
+    """True when `backend` declares it can draft for several generations at once."""
+    return backend_capabilities(backend).batch_drafting
 
 
 class LockstepBackend(BackendWrapper):
@@ -95,7 +97,7 @@ class LockstepBackend(BackendWrapper):
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """`clock` (seconds) times the patience rule; a test passes a settable one to decide when it fires."""
-        if not isinstance(inner, BatchDrafter):  # supports_lockstep, written out so type checkers narrow `inner`
+        if not supports_lockstep(inner):
             raise ConfigError(
                 f"backend {inner.model_name!r} cannot draft for several requests at once (no draft_batch): "
                 "lockstep batching needs a local backend such as TransformersBackend"
@@ -105,7 +107,8 @@ class LockstepBackend(BackendWrapper):
         if max_round < 1:
             raise ConfigError(f"max_round must be >= 1 request, got {max_round}")
         super().__init__(inner)
-        self._drafter: BatchDrafter = inner
+        self._drafter = cast(BatchDrafter, inner)
+        self._opens_in_batches = backend_capabilities(inner).batch_opening
         self.max_wait_s = max_wait_s
         self.max_round = max_round
         self.stats = LockstepStats()
@@ -218,8 +221,8 @@ class LockstepBackend(BackendWrapper):
         """Open waiting requests, in one batched prefill where the backend can."""
         requests = [request for request, _ in openings]
         try:
-            if isinstance(self.inner, BatchOpener) and len(requests) > 1:
-                results: list[Any] = list(self.inner.open_batch(requests))
+            if self._opens_in_batches and len(requests) > 1:
+                results: list[Any] = list(cast(BatchOpener, self.inner).open_batch(requests))
             else:
                 results = [_open_one(self.inner, request) for request in requests]
         except BaseException as exc:

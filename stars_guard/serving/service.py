@@ -105,8 +105,12 @@ class ChatService:
         config: STARSConfig,
         stats: RejectionStats,
         settings: ServeSettings,
+        *,
+        lockstep: LockstepStats | None = None,
     ) -> None:
+        """`lockstep`: the scheduler's statistics when the backend runs in lockstep (for `/health`)."""
         self.backend = backend
+        self.lockstep_stats = lockstep
         self.reward = reward
         self.config = config
         self.stats = stats
@@ -163,8 +167,8 @@ class ChatService:
 
     def _lockstep(self) -> dict[str, Any] | None:
         """How concurrent requests shared drafting rounds; None when the backend does not batch them."""
-        stats = getattr(self.backend, "stats", None)
-        if not isinstance(stats, LockstepStats):
+        stats = self.lockstep_stats
+        if stats is None:
             return None
         return {
             "rounds": stats.rounds,

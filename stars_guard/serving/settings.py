@@ -34,6 +34,9 @@ class ServeSettings:
     - `override_policy`: which config fields a request may change (None: `OverridePolicy()`, only
       lowering the cost, and the seed).
     - `observers` get the same statistics as `/metrics`; `extra_routes` are mounted beside the API.
+    - `lockstep`: where the backend declares batch drafting (the local transformers backend),
+      concurrent requests draft in shared batched rounds and each round's candidates are scored
+      together (`stars_guard.serving.lockstep`); other backends serve each request on its own.
     """
 
     api_key: str | None = None
@@ -46,6 +49,7 @@ class ServeSettings:
     open_paths: tuple[str, ...] = OPEN_PATHS
     observers: tuple[StatsObserver, ...] = ()
     extra_routes: tuple[BaseRoute, ...] = ()
+    lockstep: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.open_paths, str):  # tuple("/health") would be a tuple of characters

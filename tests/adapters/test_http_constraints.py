@@ -184,7 +184,7 @@ def test_vllm_gets_structured_outputs_json_for_a_schema_and_nothing_when_unconst
     url, recorder = vllm_like
     backend = OpenAICompletionsBackend(url)
     try:
-        assert backend.constraint_support(JSON_ANSWER) == "whole"
+        assert backend.capabilities.constraint_support(JSON_ANSWER) == "whole"
         frozen = OutputConstraint("json_schema", schema=MappingProxyType({**PERSON, "required": ("name", "age")}))
         start = len(recorder.bodies)
         generation = backend.open(OpenRequest(PROMPT, 64, 0.8, 0.95, 1, constraint=frozen))
@@ -208,7 +208,7 @@ def test_vllm_gets_a_structural_tag_that_accepts_exactly_the_call_format(vllm_li
     url, recorder = vllm_like
     backend = OpenAICompletionsBackend(url)
     try:
-        assert backend.constraint_support(FORCED_CALL) == "whole"
+        assert backend.capabilities.constraint_support(FORCED_CALL) == "whole"
         generation = backend.open(OpenRequest(PROMPT, 64, 0.8, 0.95, 1, constraint=FORCED_CALL))
         generation.draft(1, 64)
         structured = recorder.last()["structured_outputs"]
@@ -254,27 +254,27 @@ def test_other_completions_servers_and_auto_calls_get_none_and_a_forced_call_is_
     with ThreadedServer(fake_vllm(recorder, owned_by="llamacpp")) as server:
         backend = OpenAICompletionsBackend(server.url)
         try:
-            assert backend.constraint_support(JSON_ANSWER) == "none"  # it would drop the field silently
-            assert backend.constraint_support(FORCED_CALL) == "none"
+            assert backend.capabilities.constraint_support(JSON_ANSWER) == "none"  # it would drop the field silently
+            assert backend.capabilities.constraint_support(FORCED_CALL) == "none"
             with pytest.raises(ConfigError, match="cannot draft under a forced tool call"):
                 STARSEngine(backend, KeywordReward(), config()).run(PROMPT, constraint=FORCED_CALL)
-            assert OpenAICompletionsBackend(server.url, structured_outputs=True).constraint_support(JSON_ANSWER) == (
-                "whole"
-            )
+            assert OpenAICompletionsBackend(server.url, structured_outputs=True).capabilities.constraint_support(
+                JSON_ANSWER
+            ) == ("whole")
         finally:
             backend.close()
     assert not any("structured_outputs" in body for body in recorder.bodies)
-    assert OpenAICompletionsBackend("http://127.0.0.1:9", structured_outputs=True).constraint_support(AUTO_CALLS) == (
-        "none"
-    )
-    assert LlamaServerBackend("http://127.0.0.1:9").constraint_support(AUTO_CALLS) == "none"
+    assert OpenAICompletionsBackend("http://127.0.0.1:9", structured_outputs=True).capabilities.constraint_support(
+        AUTO_CALLS
+    ) == ("none")
+    assert LlamaServerBackend("http://127.0.0.1:9").capabilities.constraint_support(AUTO_CALLS) == "none"
 
 
 def test_llama_server_gets_json_schema_for_a_schema(llama_like: tuple[str, Recorder]) -> None:
     url, recorder = llama_like
     backend = LlamaServerBackend(url)
     try:
-        assert backend.constraint_support(JSON_ANSWER) == "whole"
+        assert backend.capabilities.constraint_support(JSON_ANSWER) == "whole"
         generation = backend.open(OpenRequest(PROMPT, 64, 0.8, 0.95, 1, constraint=JSON_ANSWER))
         candidates = generation.draft(2, 64)
         body = recorder.last()
@@ -294,7 +294,7 @@ def test_llama_server_gets_a_grammar_of_call_blocks_around_its_own_json_grammar(
     url, recorder = llama_like
     backend = LlamaServerBackend(url)
     try:
-        assert backend.constraint_support(FORCED_CALL) == "whole"
+        assert backend.capabilities.constraint_support(FORCED_CALL) == "whole"
         before = len(recorder.bodies)
         for _ in range(2):
             generation = backend.open(OpenRequest(PROMPT, 64, 0.8, 0.95, 1, constraint=FORCED_CALL))

@@ -57,10 +57,15 @@ def test_defaults_match_the_documented_ones():
     assert config.round_size(5, final=True) == 6
 
 
-def test_overrides_ignore_none_and_validate():
-    config = STARSConfig(segment_size=8)
-    assert config.with_overrides(seed=None) is config
+def test_overrides_apply_every_value_given_none_included_and_validate():
+    config = STARSConfig(segment_size=8, seed=3, time_budget_s=5.0)
+    assert config.with_overrides() is config
+    assert config.with_overrides(seed=None).seed is None  # None is a value: a random seed
+    assert config.with_overrides(time_budget_s=None).time_budget_s is None  # no budget, not "unchanged"
+    assert config.with_overrides(safety_floor=None).safety_floor is None  # the veto off
     assert config.with_overrides(segment_size=4).segment_size == 4
+    with pytest.raises(ConfigError, match="max_new_tokens"):
+        config.with_overrides(max_new_tokens=None)  # a field that takes no None says so
     with pytest.raises(ConfigError, match="segment_size"):
         config.with_overrides(segment_size=-2)
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from stars_guard import STARSConfig, STARSEngine
+from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import RewardError
 from stars_guard.events import CandidateJudged, TextEmitted
 from stars_guard.messages import ChatMessage, as_conversation
@@ -38,6 +39,7 @@ class ComponentReward:
     """A reward that reports a safety component: steering says 'great', safety says `safety(text)`."""
 
     name = "components"
+    capabilities = RewardCapabilities(components=("safety",))
 
     def __init__(self, safety: dict[str, float], *, floor: float | None = None) -> None:
         self.safety_of = safety
@@ -54,7 +56,7 @@ class ComponentReward:
 
 
 class Calibrated(ComponentReward):
-    default_safety_floor = 0.5
+    capabilities = RewardCapabilities(components=("safety",), safety_floor=0.5)
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, "nan", "0.9", None, True])

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from stars_guard.capabilities import BackendCapabilities
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, OpenRequest
 
@@ -92,7 +93,7 @@ class ScriptedBackend:
 
     `script` is the rounds every request drafts, or a function of the `OpenRequest` that returns
     them. Each draft first waits for `gate` (when given), then sleeps `delay_s`, then calls
-    `on_draft`; `open_error` makes every `open` raise it; `constraint_support` is what it says of
+    `on_draft`; `open_error` makes every `open` raise it; `capabilities.constraints` is what it says of
     an `OutputConstraint` (its script is the grammar). Thread-safe, as the chat service needs.
     """
 
@@ -110,7 +111,7 @@ class ScriptedBackend:
         constraint_support: str = "none",
     ) -> None:
         self.script = script
-        self.support = constraint_support  # what `constraint_support` answers (the grammar is the script's)
+        self.support = constraint_support  # what `capabilities.constraints` says (the grammar is the script's)
         self.then = None if then is None else list(then)
         self.delay_s = delay_s
         self.gate = gate
@@ -144,9 +145,10 @@ class ScriptedBackend:
             self.generations.append(generation)
         return generation
 
-    def constraint_support(self, constraint: object) -> str:
+    @property
+    def capabilities(self) -> BackendCapabilities:
         """As configured: a scripted backend "enforces" a constraint by what its script drafts."""
-        return self.support
+        return BackendCapabilities(constraints=self.support)
 
     def _before_draft(self) -> None:
         if self.gate is not None and not self.gate.wait(timeout=30):

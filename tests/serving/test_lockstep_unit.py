@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from stars_guard import STARSConfig
+from stars_guard.capabilities import BackendCapabilities, RewardCapabilities
 from stars_guard.engine import STARSEngine
 from stars_guard.errors import ConfigError
 from stars_guard.messages import ChatMessage, as_conversation, last_user_text
@@ -50,6 +51,7 @@ class TaggedBatchBackend:
     """A `BatchDrafter` double: records which requests shared each round and on which thread."""
 
     model_name = "tagged"
+    capabilities = BackendCapabilities(batch_drafting=True)
 
     def __init__(self, fail_on_round: int | None = None) -> None:
         self.rounds: list[list[str]] = []
@@ -238,6 +240,7 @@ class RecordingScorer:
     def __init__(self, batched: bool, fail: bool = False) -> None:
         self.calls: list[int] = []  # requests per call
         self.fail = fail
+        self.capabilities = RewardCapabilities(batched_scoring=batched)
         if batched:
             self.score_many = self._score_many
 

@@ -36,7 +36,7 @@ def test_the_default_grants_nothing_beyond_lowering_the_cost():
 def test_anything_else_is_locked_and_the_message_names_each_field_and_the_remedy(overrides):
     with pytest.raises(LockedOverrideError) as raised:
         DEFAULT_POLICY.apply(BASE, overrides)
-    changed = [name for name, value in overrides.items() if value is not None]
+    changed = list(overrides)  # None is a value too: safety_floor=None turns the veto off
     assert raised.value.fields == tuple(changed) == raised.value.params
     message = str(raised.value)
     for name in changed:
@@ -51,10 +51,14 @@ def test_allowed_fields_take_any_value():
     assert (config.temperature, config.max_new_tokens) == (0.0, 4096)
 
 
-def test_equal_values_none_and_coerced_values_are_not_changes():
-    same = {"temperature": 0.8, "threshold_mode": "relative", "segment_candidates": [4, 2], "safety_floor": None}
+def test_equal_and_coerced_values_are_not_changes_but_none_is_a_value():
+    same = {"temperature": 0.8, "threshold_mode": "relative", "segment_candidates": [4, 2], "safety_floor": "auto"}
     assert DEFAULT_POLICY.apply(BASE, same) == BASE
     assert DEFAULT_POLICY.apply(BASE, {"max_attempts": 16.0}) == BASE  # validation coerces 16.0 to 16
+    # None was once dropped silently ("unchanged"); it is a value, judged like any other.
+    with pytest.raises(LockedOverrideError, match="safety_floor"):
+        DEFAULT_POLICY.apply(BASE, {"safety_floor": None})
+    assert DEFAULT_POLICY.apply(BASE, {"seed": None}).seed is None
 
 
 def test_time_budget_may_only_shrink_and_is_free_when_the_base_has_none():
@@ -63,6 +67,8 @@ def test_time_budget_may_only_shrink_and_is_free_when_the_base_has_none():
     assert DEFAULT_POLICY.apply(budgeted, {"time_budget_s": 5.0}).time_budget_s == 5.0
     with pytest.raises(LockedOverrideError, match=r"at most 5\.0"):
         DEFAULT_POLICY.apply(budgeted, {"time_budget_s": 5.5})
+    with pytest.raises(LockedOverrideError, match=r"got None.*at most 5\.0"):  # no budget is no lowering
+        DEFAULT_POLICY.apply(budgeted, {"time_budget_s": None})
 
 
 def test_locked_fields_are_reported_before_invalid_values_unknown_names_are_invalid_config():
