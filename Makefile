@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.stars-guard-installed
 
-.PHONY: setup venv browser models engines demo test unit integration bench lint clean
+.PHONY: setup venv browser models engines demo test unit matrix integration bench lint clean
 
 setup: $(STAMP) models
 
@@ -42,8 +42,15 @@ demo: setup
 
 # One thread per process: the tests run servers beside the models on 2 cores, and oversubscribed
 # torch threads were measured up to 10x slower there than one thread each.
+# Then the interpreter matrix: the tests that need no torch on Python 3.12 and 3.13 (noxfile.py).
 test: setup browser engines
 	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q --durations=15
+	$(MAKE) matrix
+
+# The torch-free tests on every other supported Python found here (pyenv's included), each in its own
+# env under .nox/ (kept between runs); a missing interpreter is reported and skipped.
+matrix: $(STAMP)
+	$(VENV)/bin/nox --no-color
 
 # Without the model cache or any real server: tests/conftest.py marks every test that needs one
 # `integration` (by the fixtures it uses), so this runs on a machine that never ran `models pull`.
@@ -64,9 +71,9 @@ bench: setup engines
 # ruff, then tests/test_layers.py as a script: the import contracts between the layers, and every
 # imported package named in its extra (the same checks run under `make test` and `make unit`).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check stars_guard adapters tests benchmarks examples
-	$(VENV)/bin/ruff format --check stars_guard adapters tests benchmarks examples
+	$(VENV)/bin/ruff check stars_guard adapters tests benchmarks examples noxfile.py
+	$(VENV)/bin/ruff format --check stars_guard adapters tests benchmarks examples noxfile.py
 	$(PY) tests/test_layers.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) .nox build *.egg-info .pytest_cache

@@ -4,12 +4,21 @@ here once and launched as soon as collection shows a test needs them), and the o
 marks tests `integration`.
 
 `make unit` runs `-m "not integration"`: it must need neither the model cache nor a real server.
+
+The interpreter matrix (`noxfile.py`, part of `make test`) runs `-m "not integration and not torch"`
+on Python 3.12 and 3.13 without torch, whose CPU wheel is on these machines for 3.11 only. Test
+modules that import torch, or a package built on it, when they are collected are listed in
+`TORCH_MODULES` and left out where torch is not installed; single tests that need it carry
+`@pytest.mark.torch`. A new module that needs torch and is not listed fails the matrix loudly.
 Rather than trusting every test to carry the marker, the hook below marks each test whose fixtures
 (directly or through other fixtures) load a real model or start a real server. Tests that build a
 real model in their own body cannot be seen that way and carry `pytestmark = pytest.mark.integration`.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +49,34 @@ REAL_FIXTURES = frozenset(
         ("tests.engines", "vllm_classify_server"),  # vLLM's CPU build, pooling (the tests' BERT reward model)
     }
 )
+
+
+# Test modules that import torch (or transformers, sentence-transformers, llama-cpp-python) when collected.
+TORCH_MODULES = frozenset(
+    {
+        "adapters/test_control_tokens.py",
+        "adapters/test_remote_and_composite_rewards.py",
+        "adapters/test_sampling.py",
+        "adapters/test_tool_templates.py",
+        "adapters/test_transformers_backend.py",
+        "adapters/test_transformers_reward.py",
+        "adapters/test_vllm_classify_server.py",
+        "serving/test_lockstep.py",
+    }
+)
+TESTS = Path(__file__).parent
+TORCH_INSTALLED = importlib.util.find_spec("torch") is not None
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Without torch, leave out the modules that cannot even be imported (`TORCH_MODULES`)."""
+    if TORCH_INSTALLED:
+        return None
+    try:
+        relative = collection_path.relative_to(TESTS).as_posix()
+    except ValueError:
+        return None
+    return True if relative in TORCH_MODULES else None
 
 
 def uses_real_fixture(item: pytest.Item) -> bool:

@@ -435,11 +435,13 @@ def unused_requirements() -> list[str]:
     ]
 
 
+@pytest.mark.torch
 def test_every_imported_package_is_named_in_its_modules_extra() -> None:
     missing = undeclared_imports()
     assert not missing, "\n".join(missing)
 
 
+@pytest.mark.torch
 def test_every_runtime_extra_names_only_what_its_modules_use() -> None:
     unused = unused_requirements()
     assert not unused, "\n".join(unused)
@@ -448,6 +450,7 @@ def test_every_runtime_extra_names_only_what_its_modules_use() -> None:
 # Tests: the integration marker ---------------------------------------------------------------
 
 
+@pytest.mark.torch
 def test_every_fixture_that_marks_integration_still_exists() -> None:
     """tests/conftest.py marks tests `integration` by fixture; a renamed fixture would drop its tests
     into `make unit` unnoticed, where they would need the pulled models after all."""

@@ -78,6 +78,7 @@ def test_the_labelled_answers_are_balanced_and_unique() -> None:
     assert len({e.id for e in examples}) == len({e.text for e in examples}) == len(examples)
 
 
+@pytest.mark.torch  # the MiniLM encoder (sentence-transformers)
 def test_the_refusal_classifier_trains_the_same_twice_and_beats_chance_on_held_out_answers() -> None:
     from stars_guard.bench.refusal import RefusalClassifier, train_refusal_head
 

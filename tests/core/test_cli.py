@@ -57,6 +57,7 @@ def test_invalid_config_names_the_field():
     assert "segment_size" in completed.stderr and "Traceback" not in completed.stderr
 
 
+@pytest.mark.torch
 def test_missing_models_say_to_pull(tmp_path: Path):
     completed = run_cli("chat", "hi", env={"STARS_GUARD_HOME": str(tmp_path)})
     assert completed.returncode == 2
@@ -70,6 +71,7 @@ def test_models_pull_is_idempotent():
     assert "already" in completed.stderr
 
 
+@pytest.mark.torch
 def test_models_pull_reports_an_unreachable_registry(tmp_path: Path):
     env = {
         "STARS_GUARD_HOME": str(tmp_path),
