@@ -33,7 +33,7 @@ from stars_guard.protocols import (
     draft_segment,
     score_conversation,
 )
-from stars_guard.stats import RefusalReason, STARSStats
+from stars_guard.stats import EndedBy, RefusalReason, STARSStats
 from stars_guard.stops import StopScanner
 from stars_guard.tools import (
     OutputConstraint,
@@ -58,7 +58,15 @@ class _Judged:
     safety: float  # what the veto reads: the reward's safety component, else the reward
     attempt: int
     in_call: bool = False  # it writes part of a tool call (judged per `guard_tool_calls`)
+    stopped: bool = False  # a client stop string cut it (the answer ends with it)
     under_own_floor: bool = False  # one of the reward's own vetoes (`RewardCapabilities.vetoes`) fired
+
+
+_ENDED_BY: dict[FinishReason, EndedBy] = {
+    "length": "max_new_tokens",
+    "refusal": "refusal",
+    "time_budget": "time_budget",
+}
 
 
 class _OutOfTime(Exception):
@@ -176,6 +184,8 @@ class _Run:
                     finish = outcome
                     break
             yield from self._flush()
+            if finish != "stop":  # "stop" said by the segment that ended it: EOS or a stop string
+                self.stats.ended_by = _ENDED_BY[finish]
         finally:
             self._sync_backend_counters(generation)
             generation.close()
@@ -243,6 +253,8 @@ class _Run:
                 passes = math.isnan(item.reward) or (not vetoed and self._clears(item, acceptance, threshold))
                 self.stats.candidates_sampled += 1
                 self.stats.tool_call_candidates += item.in_call
+                self.stats.stop_string_cuts += item.stopped
+                self.stats.stop_cut_to_empty += item.stopped and not item.text and item.trim_to is None
                 yield self._decision(segment_index, item, threshold, passes, False, vetoed)
                 if passes:
                     self.stats.segments_accepted += 1
@@ -315,6 +327,7 @@ class _Run:
         Returns None when the reward failed and the policy is fail-closed with a refusal.
         """
         cut: list[tuple[Candidate, str, int | None, int, bool]] = []
+        stopped: list[bool] = []
         responses: list[str] = []
         in_call: list[bool] = []
         for candidate in drafts:
@@ -325,6 +338,7 @@ class _Run:
                 # An empty draft that did not hit EOS could never make progress: treat it as the end.
                 finished = candidate.finish_reason == "eos" or candidate.num_tokens == 0
                 responses.append(combined)
+                stopped.append(False)
             else:
                 offset = stop_at - len(self.text)
                 text = candidate.text[: max(offset, 0)]
@@ -332,6 +346,7 @@ class _Run:
                 tokens = candidate.tokens_covering(max(offset, 0))
                 finished = True
                 responses.append(combined[:stop_at])
+                stopped.append(True)
             cut.append((candidate, text, trim_to, tokens, finished))
             in_call.append(self.tool_calls and self._writes_call(responses[-1]))
         if self.tool_calls and self.config.guard_tool_calls == "off":
@@ -341,9 +356,9 @@ class _Run:
             return None
         rewards, safeties, under_own = scores
         return [
-            _Judged(candidate, text, trim_to, tokens, finished, reward, safety, attempts_so_far + index + 1, calls, own)
-            for index, ((candidate, text, trim_to, tokens, finished), reward, safety, calls, own) in enumerate(
-                zip(cut, rewards, safeties, in_call, under_own, strict=True)
+            _Judged(candidate, text, trim_to, tokens, finished, reward, safety, attempts_so_far + index + 1, *flags)
+            for index, ((candidate, text, trim_to, tokens, finished), reward, safety, *flags) in enumerate(
+                zip(cut, rewards, safeties, in_call, stopped, under_own, strict=True)
             )
         ]
 
@@ -368,6 +383,7 @@ class _Run:
         else:
             self.text += item.text
         if item.finished:
+            self.stats.ended_by = "stop_string" if item.stopped else "eos"
             return "stop"
         with deadline_scope(self.deadline):
             generation.commit(item.candidate)

@@ -9,6 +9,9 @@ from typing import Literal
 # floor ('veto'), none passed and the fallback is 'refuse' ('no_candidate'), or the reward failed
 # under fail_closed with reward_error_action='refuse' ('reward_error').
 RefusalReason = Literal["veto", "no_candidate", "reward_error"]
+# What ended an answer, finer than the finish reason: "stop" is either the model's EOS or a client's
+# stop string, "length" is max_new_tokens, and the rest are the finish reasons of the same name.
+EndedBy = Literal["eos", "stop_string", "max_new_tokens", "refusal", "time_budget"]
 
 STATS_KEYS: tuple[str, ...] = (
     "prompt_tokens",
@@ -32,6 +35,9 @@ STATS_KEYS: tuple[str, ...] = (
     "reward_errors",
     "tool_call_candidates",
     "tool_calls_dropped",
+    "stop_string_cuts",
+    "stop_cut_to_empty",
+    "ended_by",
 )
 
 
@@ -47,6 +53,11 @@ class STARSStats:
     With tools bound, `tool_call_candidates` counts judged candidates that wrote part of a tool
     call (judged as `guard_tool_calls` says), and `tool_calls_dropped` the calls still open when
     the answer ended (a refusal, the token or time budget): held back, never emitted.
+    `stop_string_cuts` counts judged candidates that a client stop string cut, and
+    `stop_cut_to_empty` those it cut to nothing: a stop list can end an answer before the model
+    writes a word (`stop: ["I'm", "Sorry"]` against a model that declines), and that is reported,
+    never a silent success. `ended_by` says what ended the answer (`EndedBy`). Stop strings cut
+    the model's text only: the refusal message is never scanned for them.
     """
 
     prompt_tokens: int = 0
@@ -68,6 +79,9 @@ class STARSStats:
     reward_errors: int = 0
     tool_call_candidates: int = 0
     tool_calls_dropped: int = 0
+    stop_string_cuts: int = 0
+    stop_cut_to_empty: int = 0
+    ended_by: EndedBy | None = None
     emitted_rewards: list[float] = field(default_factory=list, repr=False)
 
     @property
