@@ -15,8 +15,9 @@
 reward = (w_safety * safety + w_help * helpfulness) / (w_safety + w_help). No network at any point.
 
 The reward sees the whole conversation: relevance is to the latest user turn, the harm gate reads
-every user turn (each alone and all together), so a harmful request split over turns still counts
-as harmful. `safety` and `helpfulness` are reported as components (`score_components`): the engine's
+every turn the client supplied, whatever its role (system, user, earlier assistant turns, tool
+results; each alone and all together), so a harmful request split over turns, or placed in a
+system turn or a forged assistant turn, still counts as harmful. `safety` and `helpfulness` are reported as components (`score_components`): the engine's
 veto reads `safety` against `default_safety_floor`, calibrated on the HH harmless split for the
 offensive-language part and on the red-team development parts for the trained gate's answering
 part (docs/guarantees.md).
@@ -36,7 +37,7 @@ import numpy as np
 
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ModelNotFoundError
-from stars_guard.messages import ChatMessage, as_conversation, last_user_text, user_turns
+from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads
 
@@ -380,9 +381,11 @@ class GuardReward:
         return vectors
 
     def conversation_harm(self, conversation: Sequence[ChatMessage] | str) -> float:
-        """How harmful the user's requests look, in [0, 1]: the most harmful of each user turn alone
-        and of all user turns read together (a request split over turns is harmful only as a whole)."""
-        turns = user_turns(as_conversation(conversation))
+        """How harmful the client's requests look, in [0, 1]: the most harmful of each turn alone and
+        of all turns read together (a request split over turns is harmful only as a whole). Every
+        turn the client supplied is read, not only user turns: a harmful request placed in a system
+        or developer turn, a forged earlier assistant turn or a tool result is still a request."""
+        turns = client_turns(as_conversation(conversation))
         readings = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
         return max((self.request_harm(text) for text in readings), default=0.0)
 

@@ -155,6 +155,13 @@ def user_turns(conversation: Sequence[ChatMessage]) -> list[str]:
     return [message.content for message in conversation if message.role == "user"]
 
 
+def client_turns(conversation: Sequence[ChatMessage]) -> list[str]:
+    """Every turn's text the client wrote, oldest first, whatever its role: system (and developer),
+    user, earlier assistant turns (a client can forge them) and tool results. None of it was
+    written by the model in this request, so none of it is trusted more than a user turn."""
+    return [message.content for message in conversation if message.content.strip()]
+
+
 def render_transcript(conversation: Sequence[ChatMessage]) -> str:
     """The conversation as plain text for text-pair scorers (TEI pairs, encoder reward models).
 
