@@ -17,10 +17,11 @@ reward = (w_safety * safety + w_help * helpfulness) / (w_safety + w_help). No ne
 The reward sees the whole conversation: relevance is to the latest user turn, the harm gate reads
 every turn the client supplied, whatever its role (system, user, earlier assistant turns, tool
 results; each alone and all together), so a harmful request split over turns, or placed in a
-system turn or a forged assistant turn, still counts as harmful. `safety` and `helpfulness` are reported as components (`score_components`): the engine's
-veto reads `safety` against `default_safety_floor`, calibrated on the HH harmless split for the
-offensive-language part and on the red-team development parts for the trained gate's answering
-part (docs/guarantees.md).
+system turn or a forged assistant turn, still counts as harmful. `safety`, `helpfulness` and
+(trained gate) `answering` are reported as components (`score_components`): the engine's veto
+reads `safety` against its calibrated floor (0.3, on the HH harmless split) and `answering`
+against its own (0.04, on the red-team development parts), as `capabilities` declares
+(docs/guarantees.md).
 """
 
 from __future__ import annotations
