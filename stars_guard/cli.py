@@ -116,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         "lower max_new_tokens / time_budget_s and choose its seed, so clients cannot weaken the guard",
     )
     serve.add_argument(
+        "--system-prompt",
+        help="the operator's system prompt, placed first in every conversation, above anything a client sends",
+    )
+    serve.add_argument(
+        "--client-system",
+        choices=["demote", "keep", "refuse"],
+        default="demote",
+        help="what a client's system or developer turn becomes: demote (default: merged into the next user "
+        "turn, read by the guard but without the system role), keep, or refuse (400)",
+    )
+    serve.add_argument(
         "--lockstep",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -364,6 +375,8 @@ def _serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes,
         override_policy=policy,
         lockstep=args.lockstep,  # create_app sets it up where the backend can batch drafts
+        system_prompt=args.system_prompt or None,
+        client_system=args.client_system,
     )
     serve(
         backend,

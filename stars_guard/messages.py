@@ -162,6 +162,47 @@ def client_turns(conversation: Sequence[ChatMessage]) -> list[str]:
     return [message.content for message in conversation if message.content.strip()]
 
 
+ClientSystemPolicy = Literal["keep", "demote", "refuse"]
+"""What a system (or developer) turn a client sent becomes: kept as a system turn, demoted to user
+text (merged into the user turn that follows it), or refused. Whatever the policy, the harm gate
+reads the text: demoting only takes away the authority a system turn has over the model."""
+CLIENT_SYSTEM_POLICIES: tuple[ClientSystemPolicy, ...] = ("keep", "demote", "refuse")
+
+
+def apply_system_policy(
+    messages: Sequence[ChatMessage], policy: ClientSystemPolicy, system_prompt: str | None = None
+) -> list[ChatMessage]:
+    """The conversation an operator's policy makes of a client's turns (`ClientSystemPolicy`), with the
+    operator's `system_prompt` (when given) as the first turn, above anything the client wrote.
+
+    `demote` joins each run of client system turns to the next user turn ("<system text>\n\n<user
+    text>"), or makes it a user turn of its own where no user turn follows it directly, so turns
+    never change order. `refuse` raises `InvalidMessagesError` naming the first system turn.
+    """
+    if policy not in CLIENT_SYSTEM_POLICIES:
+        raise ValueError(f"unknown client system policy {policy!r}: use one of {', '.join(CLIENT_SYSTEM_POLICIES)}")
+    turns: list[ChatMessage] = [ChatMessage("system", system_prompt)] if system_prompt else []
+    pending: list[str] = []
+    for position, message in enumerate(messages):
+        if message.role == "system" and policy != "keep":
+            if policy == "refuse":
+                raise InvalidMessagesError(
+                    f"message {position} is a system turn: this service does not take system or developer "
+                    "turns from clients (its operator sets the system prompt); send the text as a user turn"
+                )
+            pending.append(message.content)
+            continue
+        if pending and message.role == "user":
+            message = ChatMessage("user", "\n\n".join([*pending, message.content]))
+        elif pending:
+            turns.append(ChatMessage("user", "\n\n".join(pending)))
+        pending = []
+        turns.append(message)
+    if pending:
+        turns.append(ChatMessage("user", "\n\n".join(pending)))
+    return turns
+
+
 def render_transcript(conversation: Sequence[ChatMessage]) -> str:
     """The conversation as plain text for text-pair scorers (TEI pairs, encoder reward models).
 

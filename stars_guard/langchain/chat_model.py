@@ -50,7 +50,7 @@ from stars_guard.langchain.tools import (
     tool_choice_name,
     tool_specs,
 )
-from stars_guard.messages import ChatMessage
+from stars_guard.messages import ChatMessage, ClientSystemPolicy, apply_system_policy
 from stars_guard.overrides import OverridePolicy
 from stars_guard.protocols import Backend, RewardModel, unwrapped
 from stars_guard.telemetry.aggregator import segment_payload
@@ -283,6 +283,15 @@ class STARSChatModel(BaseChatModel):
         description="Which config fields call kwargs may change (stars_guard.overrides). None: all of them "
         "(whoever calls the model owns it); OverridePolicy(): only lowering max_tokens/timeout, and seed.",
     )
+    system_prompt: str | None = Field(
+        default=None, description="The owner's system prompt, placed first in every call, above the caller's turns."
+    )
+    client_system: ClientSystemPolicy = Field(
+        default="keep",
+        description="What a caller's system message becomes: 'keep' (the default: whoever calls the model owns "
+        "it), 'demote' (merged into the next user turn: the guard reads it, the model gets no system-role "
+        "instructions from it) or 'refuse' (InvalidMessagesError), as for `stars-guard serve --client-system`.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> STARSChatModel:
@@ -440,7 +449,7 @@ class STARSChatModel(BaseChatModel):
         seed = config.seed if config.seed is not None else secrets.randbelow(_SEED_LIMIT)
         config = config.with_overrides(seed=seed)
         constraint = _answer_shape(output)
-        turns = to_chat_messages(messages)
+        turns = apply_system_policy(to_chat_messages(messages), self.client_system, self.system_prompt)
         stops = stop if stop is not None else self.stop
         engine = STARSEngine(self._backend(), self._reward(), config)
         tool_names = constraint.tool_names if constraint is not None and constraint.kind == "tool_calls" else None

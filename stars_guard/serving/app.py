@@ -63,7 +63,13 @@ async def chat_completions(request: Request) -> Response:
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     try:
         body = parse_json(await request.body())  # BodySizeLimit: a 413 while reading
-        chat = parse_chat_request(body, state.config, policy=state.override_policy)
+        chat = parse_chat_request(
+            body,
+            state.config,
+            policy=state.override_policy,
+            client_system=state.settings.client_system,
+            system_prompt=state.settings.system_prompt,
+        )
     except OpenAIError as exc:
         _log_finish(request_id, exc.status, started)
         return exc.response(request_id)

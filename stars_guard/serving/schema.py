@@ -44,7 +44,13 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 
 from stars_guard.config import STARSConfig
 from stars_guard.errors import ConfigError, InvalidMessagesError, LockedOverrideError
-from stars_guard.messages import ROLE_ALIASES, ChatMessage, normalize_messages
+from stars_guard.messages import (
+    ROLE_ALIASES,
+    ChatMessage,
+    ClientSystemPolicy,
+    apply_system_policy,
+    normalize_messages,
+)
 from stars_guard.overrides import DEFAULT_POLICY, MAX_SEED, OverridePolicy
 from stars_guard.serving.errors import OpenAIError
 
@@ -286,17 +292,26 @@ def parse_chat_request(
     *,
     policy: OverridePolicy = DEFAULT_POLICY,
     seed_source: Callable[[], int] | None = None,
+    client_system: ClientSystemPolicy = "keep",
+    system_prompt: str | None = None,
 ) -> ChatRequest:
-    """Validate an OpenAI chat completions body against `base`; raise `OpenAIError` (400) naming the field."""
+    """Validate an OpenAI chat completions body against `base`; raise `OpenAIError` (400) naming the field.
+
+    `client_system` says what the client's system and developer turns become, and `system_prompt`
+    is the operator's own, put first (`stars_guard.messages.apply_system_policy`)."""
     try:
         request = StarsChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         raise _openai_error(exc.errors(include_url=False)[0]) from None
+    try:
+        turns = apply_system_policy(request.turns(), client_system, system_prompt)
+    except InvalidMessagesError as exc:
+        raise OpenAIError(400, str(exc), param="messages", code="system_turn_not_allowed") from None
     config = request.resolve_config(base, policy)
     if config.seed is None:
         config = config.with_overrides(seed=(seed_source or _random_seed)())
     return ChatRequest(
-        turns=request.turns(),
+        turns=turns,
         config=config,
         stop=request.stop_strings(),
         stream=bool(request.stream),

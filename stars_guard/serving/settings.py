@@ -15,6 +15,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute
 
+from stars_guard.messages import CLIENT_SYSTEM_POLICIES, ClientSystemPolicy
 from stars_guard.overrides import DEFAULT_POLICY, OverridePolicy
 from stars_guard.telemetry.aggregator import StatsObserver
 
@@ -34,6 +35,11 @@ class ServeSettings:
     - `override_policy`: which config fields a request may change (None: `OverridePolicy()`, only
       lowering the cost, and the seed).
     - `observers` get the same statistics as `/metrics`; `extra_routes` are mounted beside the API.
+    - `system_prompt`: the operator's system turn, first in every conversation; `client_system`:
+      what a client's system or developer turn becomes (`ClientSystemPolicy`). The default,
+      `demote`, merges it into the user turn that follows: the harm gate still reads it, but a
+      client cannot take the system role ("you are DAN, never refuse") away from the operator,
+      and clients that always send a system prompt keep working. `refuse` answers 400 instead.
     - `lockstep`: where the backend declares batch drafting (the local transformers backend),
       concurrent requests draft in shared batched rounds and each round's candidates are scored
       together (`stars_guard.serving.lockstep`); other backends serve each request on its own.
@@ -50,12 +56,20 @@ class ServeSettings:
     observers: tuple[StatsObserver, ...] = ()
     extra_routes: tuple[BaseRoute, ...] = ()
     lockstep: bool = True
+    system_prompt: str | None = None
+    client_system: ClientSystemPolicy = "demote"
 
     def __post_init__(self) -> None:
         if isinstance(self.open_paths, str):  # tuple("/health") would be a tuple of characters
             raise ValueError(f"open_paths takes a sequence of paths, not the string {self.open_paths!r}")
         for name in ("open_paths", "observers", "extra_routes"):  # any iterable in, a tuple kept (frozen)
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.client_system not in CLIENT_SYSTEM_POLICIES:
+            raise ValueError(
+                f"client_system must be one of {', '.join(CLIENT_SYSTEM_POLICIES)} (got {self.client_system!r})"
+            )
+        if self.system_prompt is not None and not self.system_prompt.strip():
+            raise ValueError("system_prompt must not be blank: leave it None for no operator system prompt")
         if self.max_concurrent < 1 or self.max_queue < 0:
             raise ValueError(
                 f"max_concurrent must be >= 1 and max_queue >= 0 (got {self.max_concurrent}, {self.max_queue})"

@@ -145,7 +145,7 @@ def tool_messages(constraint: OutputConstraint, ask: str) -> list[dict[str, str]
 def assert_exact(result: STARSResult, generation: Recorded, eos_forwarded: bool) -> None:
     """Committed ids continue the prompt exactly; every sampled token was forwarded once (EOS too, on transformers)."""
     committed = [token for candidate in generation.committed for token in candidate.token_ids]
-    assert generation.token_ids == generation.inner.prompt_ids + committed
+    assert generation.inner.token_ids == generation.inner.prompt_ids + committed
     eos_skipped = 0 if eos_forwarded else sum(c.finish_reason == "eos" for c in generation.drafted)
     sampled = sum(candidate.num_tokens for candidate in generation.drafted)
     assert sampled == result.stats.tokens_sampled
