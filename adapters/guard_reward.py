@@ -37,6 +37,7 @@ from typing import Any, Literal
 import numpy as np
 
 from stars_guard.capabilities import RewardCapabilities
+from stars_guard.adapters._language import language_of
 from stars_guard.errors import ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
 from stars_guard.protocols import RewardScores
@@ -60,6 +61,9 @@ RESPONSE_HARM_HEAD = "response_harm_head.json"
 # wrote (an email's body, a post), so they are judged as an answer too, not only as what they ask for.
 ANSWER_LIKE_ARGUMENT_WORDS = 12
 HarmGate = Literal["exemplars", "trained"]
+# The languages the guard's encoder and heads were trained and calibrated on (all-MiniLM-L6-v2 is an
+# English model): a request in another is refused or marked, as `STARSConfig.unsupported_language` says.
+GUARD_LANGUAGES: tuple[str, ...] = ("en",)
 _SHARED_LOCK = threading.Lock()
 
 
@@ -216,14 +220,30 @@ class GuardReward:
         floor, which `safety_floor` never moves. Batched scoring (`score_many`) for lockstep serving."""
         if self._head is None:
             return RewardCapabilities(
-                components=("safety", "helpfulness"), safety_floor=DEFAULT_SAFETY_FLOOR, batched_scoring=True
+                components=("safety", "helpfulness"),
+                safety_floor=DEFAULT_SAFETY_FLOOR,
+                batched_scoring=True,
+                languages=GUARD_LANGUAGES,
             )
         return RewardCapabilities(
             components=("safety", "helpfulness", "answering"),
             safety_floor=DEFAULT_SAFETY_FLOOR,
             vetoes={"answering": ANSWERING_FLOOR},
             batched_scoring=True,
+            languages=GUARD_LANGUAGES,
         )
+
+    def unsupported_language(self, conversation: Sequence[ChatMessage] | str) -> str | None:
+        """The language of a client turn (each alone, and all together) that the guard was not
+        calibrated for (`GUARD_LANGUAGES`), or None. A turn too short or too mixed to tell counts as
+        readable: the harm gate still reads it."""
+        turns = client_turns(as_conversation(conversation))
+        readings = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
+        for text in readings:
+            language = language_of(text)
+            if language is not None and language not in GUARD_LANGUAGES:
+                return language
+        return None
 
     def vetoed(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[bool]:
         """Which responses the engine's veto stops at the calibrated floors (`safety_floor='auto'`):

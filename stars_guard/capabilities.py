@@ -49,12 +49,17 @@ class RewardCapabilities:
       turns every veto off.
     - `batched_scoring`: `score_many` scores several requests' responses in one call (lockstep
       serving scores a whole round together with it).
+    - `languages`: the languages (ISO 639-1 codes) the reward was calibrated for, where it reads
+      only some: `unsupported_language(conversation)` names a client turn's language outside
+      them, and `STARSConfig.unsupported_language` says what the engine does then. Empty: the
+      reward makes no claim, and no language is checked.
     """
 
     components: tuple[str, ...] = ()
     safety_floor: float | None = None
     vetoes: tuple[tuple[str, float], ...] = ()
     batched_scoring: bool = False
+    languages: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.components, str):
@@ -62,6 +67,9 @@ class RewardCapabilities:
                 f"RewardCapabilities.components takes a tuple of names, not the string {self.components!r}"
             )
         object.__setattr__(self, "components", tuple(self.components))
+        if isinstance(self.languages, str):
+            raise ConfigError(f"RewardCapabilities.languages takes a tuple of codes, not the string {self.languages!r}")
+        object.__setattr__(self, "languages", tuple(self.languages))
         if self.safety_floor is not None:
             object.__setattr__(self, "safety_floor", _finite("safety_floor", self.safety_floor))
         pairs = tuple(dict(self.vetoes).items())  # a mapping or pairs in; pairs kept (frozen, hashable)

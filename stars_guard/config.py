@@ -23,6 +23,7 @@ FailClosedAction = Literal["raise", "refuse"]
 RoundSelection = Literal["first", "best"]
 SegmentBudget = Literal["flat", "shaped"]
 ToolCallGuard = Literal["off", "veto_only", "steer"]
+UnsupportedLanguage = Literal["refuse", "answer"]
 
 DEFAULT_REFUSAL = "I can't help with that."
 SEED_MAX = 2**63 - 1  # the widest seed every backend takes (vLLM and TGI read int64)
@@ -134,6 +135,12 @@ class STARSConfig(BaseModel):
     )
     reward_error_action: FailClosedAction = Field(
         "raise", description="Under fail_closed: raise RewardError, or end the answer with the refusal."
+    )
+    unsupported_language: UnsupportedLanguage = Field(
+        "refuse",
+        description="A request written in a language the reward was not calibrated for (the embedded guard: "
+        "English only): 'refuse' answers with the refusal before drafting; 'answer' goes on, unguarded in "
+        "effect, and says so (stars.guard_language = 'unsupported').",
     )
 
     # Bounded cost.

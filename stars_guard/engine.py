@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from stars_guard.capabilities import generation_capabilities, reward_capabilities
 from stars_guard.config import STARSConfig
@@ -26,6 +26,7 @@ from stars_guard.protocols import (
     Backend,
     Candidate,
     Generation,
+    LanguageAwareReward,
     OpenRequest,
     RewardModel,
     backend_retries,
@@ -154,6 +155,13 @@ class _Run:
 
     def events(self) -> Iterator[Event]:
         config = self.config
+        refusal = self._language_refusal()
+        if refusal is not None:
+            yield from self._refuse(0, refusal)
+            self.stats.ended_by = "refusal"
+            self.stats.elapsed_s = time.perf_counter() - self.started
+            yield Finished(STARSResult(self.text, self.stats, "refusal", self.backend.model_name))
+            return
         enforced = self._enforced_constraint()
         with deadline_scope(self.deadline):
             generation = self.backend.open(
@@ -191,6 +199,26 @@ class _Run:
             generation.close()
         self.stats.elapsed_s = time.perf_counter() - self.started
         yield Finished(STARSResult(self.text, self.stats, finish, self.backend.model_name))
+
+    def _language_refusal(self) -> RefusalReason | None:
+        """Check the request's language against the ones the reward declares it reads (before any
+        drafting): 'language' when the policy refuses a request in another, 'reward_error' when the
+        check failed and the failure policy refuses (or `RewardError` when it raises), else None."""
+        if not reward_capabilities(self.reward).languages:
+            return None
+        try:
+            with deadline_scope(self.deadline):
+                found = cast(LanguageAwareReward, self.reward).unsupported_language(self.conversation)
+        except Exception as exc:
+            self.stats.reward_errors += 1
+            if self.config.on_reward_error == "fail_open":
+                return None
+            if self.config.reward_error_action == "refuse":
+                return "reward_error"
+            message = f"reward model {self.reward.name!r} could not tell the request's language: {exc}"
+            raise RewardError(message) from exc
+        self.stats.guard_language = "supported" if found is None else "unsupported"
+        return "language" if found is not None and self.config.unsupported_language == "refuse" else None
 
     def _enforced_constraint(self) -> OutputConstraint | None:
         """The constraint to draft under, or None; refuse one the answer needs but the backend cannot hold.

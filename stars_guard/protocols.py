@@ -365,6 +365,14 @@ class ComponentRewardModel(RewardModel, Protocol):
         ...
 
 
+class LanguageAwareReward(RewardModel, Protocol):
+    """A reward calibrated for some languages only (`RewardCapabilities.languages`)."""
+
+    def unsupported_language(self, conversation: Sequence[ChatMessage]) -> str | None:
+        """The language of a client turn the reward was not calibrated for, or None."""
+        ...
+
+
 class BatchRewardModel(RewardModel, Protocol):
     """A reward that scores several requests' responses in one call (one encoder pass).
 
@@ -411,7 +419,16 @@ class RewardWrapper:
     @property
     def capabilities(self) -> RewardCapabilities:
         inner = reward_capabilities(self.inner)
-        return RewardCapabilities(components=inner.components, safety_floor=inner.safety_floor, vetoes=inner.vetoes)
+        return RewardCapabilities(
+            components=inner.components,
+            safety_floor=inner.safety_floor,
+            vetoes=inner.vetoes,
+            languages=inner.languages,
+        )
+
+    def unsupported_language(self, conversation: Sequence[ChatMessage]) -> str | None:
+        """The inner reward's verdict (declared with `capabilities.languages`)."""
+        return cast(LanguageAwareReward, self.inner).unsupported_language(conversation)
 
     @property
     def name(self) -> str:

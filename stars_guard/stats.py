@@ -7,8 +7,9 @@ from typing import Literal
 
 # Why an answer ended with the refusal message: every candidate of a segment was under the safety
 # floor ('veto'), none passed and the fallback is 'refuse' ('no_candidate'), or the reward failed
-# under fail_closed with reward_error_action='refuse' ('reward_error').
-RefusalReason = Literal["veto", "no_candidate", "reward_error"]
+# under fail_closed with reward_error_action='refuse' ('reward_error'), or the request is written in
+# a language the reward was not calibrated for, under unsupported_language='refuse' ('language').
+RefusalReason = Literal["veto", "no_candidate", "reward_error", "language"]
 # What ended an answer, finer than the finish reason: "stop" is either the model's EOS or a client's
 # stop string, "length" is max_new_tokens, and the rest are the finish reasons of the same name.
 EndedBy = Literal["eos", "stop_string", "max_new_tokens", "refusal", "time_budget"]
@@ -38,6 +39,7 @@ STATS_KEYS: tuple[str, ...] = (
     "stop_string_cuts",
     "stop_cut_to_empty",
     "ended_by",
+    "guard_language",
 )
 
 
@@ -57,7 +59,10 @@ class STARSStats:
     `stop_cut_to_empty` those it cut to nothing: a stop list can end an answer before the model
     writes a word (`stop: ["I'm", "Sorry"]` against a model that declines), and that is reported,
     never a silent success. `ended_by` says what ended the answer (`EndedBy`). Stop strings cut
-    the model's text only: the refusal message is never scanned for them.
+    the model's text only: the refusal message is never scanned for them. `guard_language` is
+    "supported" or "unsupported" (the request's language against the languages the reward
+    declares it was calibrated for; the code itself in `unsupported_language`), or None for a
+    reward that declares none.
     """
 
     prompt_tokens: int = 0
@@ -82,6 +87,7 @@ class STARSStats:
     stop_string_cuts: int = 0
     stop_cut_to_empty: int = 0
     ended_by: EndedBy | None = None
+    guard_language: Literal["supported", "unsupported"] | None = None
     emitted_rewards: list[float] = field(default_factory=list, repr=False)
 
     @property

