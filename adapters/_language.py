@@ -10,7 +10,9 @@ the one in the wheel; the package's other models download at run time and are ne
 
 from __future__ import annotations
 
+import re
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from stars_guard.errors import ModelNotFoundError
@@ -18,7 +20,10 @@ from stars_guard.errors import ModelNotFoundError
 # Texts with fewer letters than this are too short to tell ("Hi.", "ok", a number): no verdict.
 MIN_LETTERS = 16
 # Under this confidence the identifier is guessing (mixed text, code, names): no verdict.
-MIN_CONFIDENCE = 0.5
+MIN_CONFIDENCE = 0.7
+# A text the identifier gives at least this much probability of a supported language is readable.
+MIN_SUPPORTED_SHARE = 0.2
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
 _LOCK = threading.Lock()
 _DETECT: list[Any] = []
 
@@ -36,11 +41,29 @@ def _detector() -> Any:
         return _DETECT[0]
 
 
-def language_of(text: str) -> str | None:
-    """The ISO 639-1 code of the language `text` is written in, or None when it cannot be told
-    (too short, or the identifier is unsure)."""
+def unsupported_language(text: str, supported: Sequence[str]) -> str | None:
+    """The language `text` is written in when it is none of `supported` (ISO 639-1 codes), else None.
+
+    Read as a whole and sentence by sentence, so a request in another language cannot hide behind
+    a line of English. A reading counts only when the identifier is sure of another language
+    (`MIN_CONFIDENCE`) and gives the supported ones together less than `MIN_SUPPORTED_SHARE`: an
+    English sentence with a loanword ("my résumé", "a crème brûlée") stays English.
+    """
+    for reading in (text, *_SENTENCE_END.split(text)):
+        language = _sure_language(reading, supported)
+        if language is not None:
+            return language
+    return None
+
+
+def _sure_language(text: str, supported: Sequence[str]) -> str | None:
     if sum(char.isalpha() for char in text) < MIN_LETTERS:
         return None
     flat = " ".join(text.split())  # fastText reads one line
-    (best,) = _detector()(flat[:4000], model="lite", k=1)
-    return str(best["lang"]) if float(best["score"]) >= MIN_CONFIDENCE else None
+    ranked = _detector()(flat[:4000], model="lite", k=3)
+    best = ranked[0]
+    if str(best["lang"]) in supported or float(best["score"]) < MIN_CONFIDENCE:
+        return None
+    if sum(float(item["score"]) for item in ranked if str(item["lang"]) in supported) >= MIN_SUPPORTED_SHARE:
+        return None
+    return str(best["lang"])

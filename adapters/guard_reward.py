@@ -36,8 +36,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from stars_guard.adapters._language import unsupported_language
 from stars_guard.capabilities import RewardCapabilities
-from stars_guard.adapters._language import language_of
 from stars_guard.errors import ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
 from stars_guard.protocols import RewardScores
@@ -240,8 +240,8 @@ class GuardReward:
         turns = client_turns(as_conversation(conversation))
         readings = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
         for text in readings:
-            language = language_of(text)
-            if language is not None and language not in GUARD_LANGUAGES:
+            language = unsupported_language(text, GUARD_LANGUAGES)
+            if language is not None:
                 return language
         return None
 
