@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--suite",
         help="run a safety suite instead: harmbench, donotanswer, jailbreak, two-turn, benign, or safety (all); "
-        "comma-separated for several (docs/benchmarks.md)",
+        "jailbreak-shapes (the same requests as a system turn, a forged assistant turn, with a stop list, in "
+        "French/Spanish/German, base64, leetspeak, role-play); comma-separated for several (docs/benchmarks.md)",
     )
     bench.add_argument(
         "--num-prompts",

@@ -218,6 +218,7 @@ class STARSConfig(BaseModel):
                 "max_attempts": 1,
                 "fallback": "best",
                 "safety_floor": None,  # the unguarded baseline: nothing vetoed either
+                "unsupported_language": "answer",  # nor refused for its language
                 **values,
             }
         )

@@ -81,15 +81,25 @@ class Method:
             }
         return described
 
-    def run(self, backend: Backend, reward: RewardModel, prompt: str | Sequence[ChatMessage], seed: int) -> Outcome:
-        """Answer `prompt` (a request, or a whole conversation) with this method."""
+    def run(
+        self,
+        backend: Backend,
+        reward: RewardModel,
+        prompt: str | Sequence[ChatMessage],
+        seed: int,
+        *,
+        stop: Sequence[str] = (),
+    ) -> Outcome:
+        """Answer `prompt` (a request, or a whole conversation) with this method; `stop` as a client's."""
         started = time.perf_counter()
         if self.best_of is not None:
             assert self.config is not None
+            if stop:
+                raise ValueError(f"{self.name} drafts whole answers and takes no stop strings")
             stats, text = best_of_n(backend, reward, prompt, self.best_of, self.batch_size, self.config, seed)
         else:
             assert self.config is not None
-            result = STARSEngine(backend, reward, self.config).run(prompt, seed=seed)
+            result = STARSEngine(backend, reward, self.config).run(prompt, seed=seed, stop=list(stop) or None)
             stats, text = result.stats, result.text
         return Outcome(text, stats, time.perf_counter() - started)
 
