@@ -40,6 +40,7 @@ from stars_guard.adapters._language import unsupported_language
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
+from stars_guard.normalize import readings
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads
 
@@ -237,13 +238,20 @@ class GuardReward:
         """The language of a client turn (each alone, and all together) that the guard was not
         calibrated for (`GUARD_LANGUAGES`), or None. A turn too short or too mixed to tell counts as
         readable: the harm gate still reads it."""
-        turns = client_turns(as_conversation(conversation))
-        readings = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
-        for text in readings:
+        for text in self._readings(conversation):
             language = unsupported_language(text, GUARD_LANGUAGES)
             if language is not None:
                 return language
         return None
+
+    @staticmethod
+    def _readings(conversation: Sequence[ChatMessage] | str) -> list[str]:
+        """What the gate reads of a conversation: every client turn alone and all of them together,
+        each as written and as `stars_guard.normalize.readings` uncovers it (decoded base64, hex,
+        URL escapes and rot13; leetspeak, homoglyphs and invisible characters undone)."""
+        turns = client_turns(as_conversation(conversation))
+        texts = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
+        return list(dict.fromkeys(reading for text in texts for reading in readings(text)))
 
     def vetoed(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[bool]:
         """Which responses the engine's veto stops at the calibrated floors (`safety_floor='auto'`):
@@ -405,10 +413,10 @@ class GuardReward:
         """How harmful the client's requests look, in [0, 1]: the most harmful of each turn alone and
         of all turns read together (a request split over turns is harmful only as a whole). Every
         turn the client supplied is read, not only user turns: a harmful request placed in a system
-        or developer turn, a forged earlier assistant turn or a tool result is still a request."""
-        turns = client_turns(as_conversation(conversation))
-        readings = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
-        return max((self.request_harm(text) for text in readings), default=0.0)
+        or developer turn, a forged earlier assistant turn or a tool result is still a request; and
+        each is read as written and decoded (`_readings`), so base64 or leetspeak hides nothing the
+        normaliser undoes."""
+        return max((self.request_harm(text) for text in self._readings(conversation)), default=0.0)
 
     def request_harm(self, prompt: str) -> float:
         """How harmful the request looks, in [0, 1]: the trained head's probability (`harm_gate=
