@@ -35,6 +35,7 @@ from starlette.routing import Route
 
 from stars_guard.capabilities import reward_capabilities
 from stars_guard.config import STARSConfig
+from stars_guard.errors import BackendError
 from stars_guard.events import Finished, STARSResult, TextEmitted
 from stars_guard.protocols import Backend, RewardModel, find_wrapper
 from stars_guard.serving.batching import BatchingReward
@@ -287,12 +288,22 @@ def with_lockstep(backend: Backend, reward: RewardModel) -> tuple[Backend, Rewar
     batched scoring scores each round's candidates together on the scheduler thread. Remote
     scorers (tei:, vllm-classify:) keep one concurrent call per request: no I/O on that thread.
     """
-    if find_wrapper(backend, LockstepBackend) is not None or not supports_lockstep(backend):
+    if find_wrapper(backend, LockstepBackend) is not None or not _batches_drafts(backend):
         return backend, reward
     lockstep = LockstepBackend(backend)
     if reward_capabilities(reward).batched_scoring:
         reward = BatchingReward(reward, runner=lockstep.run_on_scheduler)
     return lockstep, reward
+
+
+def _batches_drafts(backend: Backend) -> bool:
+    """`supports_lockstep`, for a backend whose capabilities may need its server: an OpenAI-compatible
+    backend asks the server what it holds, and a server not up yet must not stop the service from
+    starting. Remote backends never batch drafts here (their servers batch requests themselves)."""
+    try:
+        return supports_lockstep(backend)
+    except BackendError:
+        return False
 
 
 def serve(

@@ -166,3 +166,12 @@ def test_a_plain_third_party_reward_is_vetoed_by_an_explicit_floor_only() -> Non
     assert not refused(PlainSafety())  # no calibrated floor: 'auto' means no veto
     assert refused(PlainSafety(), CONFIG.with_overrides(safety_floor=0.5))
     assert refused(TimedReward(PlainSafety(), lambda s: None), CONFIG.with_overrides(safety_floor=0.5))
+
+
+def test_a_remote_backend_whose_server_is_down_does_not_stop_the_service_from_starting() -> None:
+    """An OpenAI-compatible backend asks its server what it can hold; lockstep set-up must not need it."""
+    from stars_guard.adapters.openai_backend import OpenAICompletionsBackend
+
+    backend = OpenAICompletionsBackend("http://127.0.0.1:9")  # nothing listens there
+    app = create_app(backend, PlainSafety(), CONFIG)
+    assert find_wrapper(app.state.service.backend, LockstepBackend) is None
