@@ -152,10 +152,8 @@ def test_openai_parameters_reach_the_engine():
         opened = backend.opened[-1]
         assert opened["max_new_tokens"] == 5 and opened["temperature"] == 0.3 and opened["top_p"] == 0.5
         assert opened["seed"] == 42
-        assert [(m.role, m.content) for m in opened["messages"]] == [
-            ("system", "Be brief."),
-            ("user", "part one\ntwo"),
-        ]
+        # A client's system turn is demoted to user text by default (`--client-system demote`).
+        assert [(m.role, m.content) for m in opened["messages"]] == [("user", "Be brief.\n\npart one\ntwo")]
         # max_completion_tokens wins over max_tokens; stop strings end the answer and are not emitted.
         body = post(client, max_tokens=50, max_completion_tokens=3).json()
         assert body["usage"]["completion_tokens"] == 3
