@@ -45,7 +45,7 @@ from stars_guard.serving.metrics import register_server_metrics
 from stars_guard.serving.middleware import BearerAuth, BodySizeLimit
 from stars_guard.serving.responses import Chunks, completion_body
 from stars_guard.serving.schema import ChatRequest, parse_chat_request, parse_json
-from stars_guard.serving.service import ChatService, Failure, Job
+from stars_guard.serving.service import OPENED, ChatService, Failure, Job
 from stars_guard.serving.settings import ServeSettings
 from stars_guard.serving.sse import ClientGone, EventStream, sse_event, unless_gone, wait_disconnect
 from stars_guard.telemetry import PrometheusExporter
@@ -91,15 +91,18 @@ async def _answer(
         model = chat.model or service.model_name
         created = int(time.time())
         if chat.stream:
-            item = await unless_gone(job.events.get(), watcher)  # the prompt was accepted: headers may go
+            # The prompt was accepted (OPENED), or the engine answered without opening it (a refusal
+            # before drafting: its text is the first event, and the stream must carry it).
+            item = await unless_gone(job.events.get(), watcher)
             if isinstance(item, Failure):
                 raise error_for(item.error)
+            first = () if item is OPENED else (item,)
             watcher.cancel()  # the stream listens for the disconnect from here on
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
             handed_over = True
             return EventStream(
-                _stream(job, Chunks(request_id, created, model), started),
+                _stream(job, Chunks(request_id, created, model), started, first),
                 on_disconnect=job.cancel,
                 headers={"x-request-id": request_id},
             )
@@ -130,16 +133,18 @@ async def _answer(
                 job.cancel()  # no-op once finished; stops the worker on any other way out
 
 
-async def _stream(job: Job, chunks: Chunks, started: float) -> AsyncIterator[bytes]:
+async def _stream(job: Job, chunks: Chunks, started: float, first: tuple[Any, ...] = ()) -> AsyncIterator[bytes]:
     """The event stream's body: a role chunk, one chunk per accepted segment, the last chunk, `[DONE]`.
 
+    `first` holds an event already taken from the job (one that came before any prompt was opened).
     A failure once the stream has started is an `error` event (the status line was sent already).
     """
     status, result = 200, None
+    pending = list(first)
     try:
         yield chunks.delta({"role": "assistant", "content": ""})
         while True:
-            item = await job.events.get()
+            item = pending.pop(0) if pending else await job.events.get()
             if isinstance(item, TextEmitted):
                 yield chunks.delta({"content": item.text})
             elif isinstance(item, Finished):

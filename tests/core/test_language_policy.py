@@ -85,3 +85,25 @@ def test_a_failing_language_check_fails_closed() -> None:
     assert refused.stats.refusal_reason == "reward_error" and not backend.opened
     opened, _ = run(EnglishOnly(fail=True), "Hello!", on_reward_error="fail_open")
     assert opened.text == "Sure." and opened.stats.reward_errors == 1
+
+
+def test_the_service_answers_content_filter_for_an_unsupported_language_in_json_and_sse() -> None:
+    import json
+
+    from starlette.testclient import TestClient
+
+    from stars_guard.serving.app import create_app
+
+    app = create_app(ScriptedBackend([["Sure." + EOS]]), EnglishOnly(), STARSConfig(refusal_message=REFUSAL))
+    body = {"messages": [{"role": "user", "content": "Bonjour, comment faire ?"}]}
+    with TestClient(app) as client:
+        answer = client.post("/v1/chat/completions", json=body).json()
+        assert answer["choices"][0]["message"]["content"] == REFUSAL
+        assert answer["choices"][0]["finish_reason"] == "content_filter"
+        assert answer["stars"]["refusal_reason"] == "language" and answer["stars"]["guard_language"] == "unsupported"
+        stream = client.post("/v1/chat/completions", json={**body, "stream": True}).text
+    chunks = [json.loads(block[6:]) for block in stream.split("\n\n") if block.startswith("data: {")]
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
+    assert text == REFUSAL and [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")][-1] == (
+        "content_filter"
+    )
