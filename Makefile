@@ -48,9 +48,10 @@ test: setup browser engines
 	$(MAKE) matrix
 
 # The torch-free tests on every other supported Python found here (pyenv's included), each in its own
-# env under .nox/ (kept between runs); a missing interpreter is reported and skipped.
+# env in the user's cache (kept between runs and clones); a missing interpreter is reported and skipped.
+NOX_ENVS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/stars-guard/nox
 matrix: $(STAMP)
-	$(VENV)/bin/nox --no-color
+	$(VENV)/bin/nox --no-color --envdir "$(NOX_ENVS)"
 
 # Without the model cache or any real server: tests/conftest.py marks every test that needs one
 # `integration` (by the fixtures it uses), so this runs on a machine that never ran `models pull`.

@@ -2,7 +2,8 @@
 
 `make test` runs the whole suite on the project's virtual env (Python 3.11, the interpreter that
 torch's CPU wheel on these machines is built for), then `nox` for the other supported Pythons:
-each session installs the package without torch (`TORCH_FREE_EXTRAS`) into a fresh env and runs
+each session installs the package without torch (`TORCH_FREE_EXTRAS`) into its own env (`make matrix`
+keeps them in the user's cache, so a warm machine reinstalls only what changed) and runs
 `pytest -m "not integration and not torch"` (tests/conftest.py says which tests need torch).
 
 Interpreters are found on PATH and, where pyenv is installed, in its versions folder, so a
