@@ -31,6 +31,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,56 +210,37 @@ class GuardReward:
         self._response_head = _packaged_head(RESPONSE_HARM_HEAD, "response_harm") if harm_gate == "trained" else None
         self._harm: OrderedDict[str, float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
+        # Components `safety`, `helpfulness` and (trained gate) `answering`; the calibrated floor on
+        # `safety` is what `safety_floor='auto'` uses, and `answering` is vetoed at its own calibrated
+        # floor, which `safety_floor` never moves. Batched scoring (`score_many`) for lockstep serving.
+        trained = self._head is not None
+        self.capabilities = RewardCapabilities(
+            components=("safety", "helpfulness", *(("answering",) if trained else ())),
+            safety_floor=DEFAULT_SAFETY_FLOOR,
+            vetoes={"answering": ANSWERING_FLOOR} if trained else {},
+            batched_scoring=True,
+            languages=GUARD_LANGUAGES,
+        )
 
     @property
     def name(self) -> str:
         return "guard" if self.harm_gate == "trained" else "guard-exemplars"
 
-    @property
-    def capabilities(self) -> RewardCapabilities:
-        """Components `safety`, `helpfulness` and (trained gate) `answering`; the calibrated floor on
-        `safety` is what `safety_floor='auto'` uses, and `answering` is vetoed at its own calibrated
-        floor, which `safety_floor` never moves. Batched scoring (`score_many`) for lockstep serving."""
-        if self._head is None:
-            return RewardCapabilities(
-                components=("safety", "helpfulness"),
-                safety_floor=DEFAULT_SAFETY_FLOOR,
-                batched_scoring=True,
-                languages=GUARD_LANGUAGES,
-            )
-        return RewardCapabilities(
-            components=("safety", "helpfulness", "answering"),
-            safety_floor=DEFAULT_SAFETY_FLOOR,
-            vetoes={"answering": ANSWERING_FLOOR},
-            batched_scoring=True,
-            languages=GUARD_LANGUAGES,
-        )
-
     def unsupported_language(self, conversation: Sequence[ChatMessage] | str) -> str | None:
         """The language of a client turn (each alone, and all together) that the guard was not
         calibrated for (`GUARD_LANGUAGES`), or None. A turn too short or too mixed to tell counts as
         readable: the harm gate still reads it."""
-        for text in self._readings(conversation):
+        for text in _readings(tuple(client_turns(as_conversation(conversation)))):
             language = unsupported_language(text, GUARD_LANGUAGES)
             if language is not None:
                 return language
         return None
 
-    @staticmethod
-    def _readings(conversation: Sequence[ChatMessage] | str) -> list[str]:
-        """What the gate reads of a conversation: every client turn alone and all of them together,
-        each as written and as `stars_guard.normalize.readings` uncovers it (decoded base64, hex,
-        URL escapes and rot13; leetspeak, homoglyphs and invisible characters undone)."""
-        turns = client_turns(as_conversation(conversation))
-        texts = [*turns, "\n".join(turns)] if len(turns) > 1 else turns
-        return list(dict.fromkeys(reading for text in texts for reading in readings(text)))
-
     def vetoed(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> list[bool]:
         """Which responses the engine's veto stops at the calibrated floors (`safety_floor='auto'`):
         `safety` under its floor, or a component of `capabilities.vetoes` under its own."""
         components = self.score_components(conversation, responses).components
-        capabilities = self.capabilities
-        floors = {"safety": DEFAULT_SAFETY_FLOOR, **dict(capabilities.vetoes)}
+        floors = {"safety": DEFAULT_SAFETY_FLOOR, **dict(self.capabilities.vetoes)}
         return [
             any(components[name][index] < floor for name, floor in floors.items()) for index in range(len(responses))
         ]
@@ -416,7 +398,8 @@ class GuardReward:
         or developer turn, a forged earlier assistant turn or a tool result is still a request; and
         each is read as written and decoded (`_readings`), so base64 or leetspeak hides nothing the
         normaliser undoes."""
-        return max((self.request_harm(text) for text in self._readings(conversation)), default=0.0)
+        turns = client_turns(as_conversation(conversation))
+        return max((self.request_harm(text) for text in _readings(tuple(turns))), default=0.0)
 
     def request_harm(self, prompt: str) -> float:
         """How harmful the request looks, in [0, 1]: the trained head's probability (`harm_gate=
@@ -464,6 +447,16 @@ class GuardReward:
             while len(self._prompt_vectors) > 256:
                 self._prompt_vectors.popitem(last=False)
         return vector
+
+
+@lru_cache(maxsize=256)
+def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
+    """What the gate reads of a conversation's client turns: each alone and all of them together,
+    each as written and as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL
+    escapes and rot13; leetspeak, homoglyphs and invisible characters undone). Cached: every round
+    of a request reads the same turns."""
+    texts = [*turns, "\n".join(turns)] if len(turns) > 1 else list(turns)
+    return tuple(dict.fromkeys(reading for text in texts for reading in readings(text)))
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import random
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from stars_guard.capabilities import generation_capabilities, reward_capabilities
 from stars_guard.config import STARSConfig
@@ -210,13 +210,8 @@ class _Run:
             with deadline_scope(self.deadline):
                 found = cast(LanguageAwareReward, self.reward).unsupported_language(self.conversation)
         except Exception as exc:
-            self.stats.reward_errors += 1
-            if self.config.on_reward_error == "fail_open":
-                return None
-            if self.config.reward_error_action == "refuse":
-                return "reward_error"
-            message = f"reward model {self.reward.name!r} could not tell the request's language: {exc}"
-            raise RewardError(message) from exc
+            action = self._reward_failed(exc, "could not tell the request's language")
+            return None if action == "fail_open" else "reward_error"
         self.stats.guard_language = "supported" if found is None else "unsupported"
         return "language" if found is not None and self.config.unsupported_language == "refuse" else None
 
@@ -472,15 +467,22 @@ class _Run:
         except Exception as exc:
             if is_deadline_error(exc):  # out of time, not a failed scorer: never a reason to fail open
                 raise _OutOfTime from exc
-            self.stats.reward_errors += 1
-            if self.config.on_reward_error == "fail_open":
-                unscored = [math.nan] * len(responses)
-                return unscored, unscored, [False] * len(responses)
-            if self.config.reward_error_action == "refuse":
+            if self._reward_failed(exc, "failed") == "refuse":
                 return None
-            if isinstance(exc, RewardError):
-                raise
-            raise RewardError(f"reward model {self.reward.name!r} failed: {exc}") from exc
+            unscored = [math.nan] * len(responses)
+            return unscored, unscored, [False] * len(responses)
+
+    def _reward_failed(self, exc: Exception, what: str) -> Literal["fail_open", "refuse"]:
+        """Count a failed reward call and apply the failure policy: go on unscored ('fail_open'),
+        end with the refusal ('refuse'), or raise `RewardError` (fail_closed with 'raise')."""
+        self.stats.reward_errors += 1
+        if self.config.on_reward_error == "fail_open":
+            return "fail_open"
+        if self.config.reward_error_action == "refuse":
+            return "refuse"
+        if isinstance(exc, RewardError):
+            raise exc
+        raise RewardError(f"reward model {self.reward.name!r} {what}: {exc}") from exc
 
     def _empty_reward(self) -> float | None:
         """R(prompt, ''), needed only by the absolute schedule (on a reward failure: tau = r_thr)."""
