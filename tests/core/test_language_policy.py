@@ -88,11 +88,10 @@ def test_a_failing_language_check_fails_closed() -> None:
 
 
 def test_the_service_answers_content_filter_for_an_unsupported_language_in_json_and_sse() -> None:
-    import json
-
     from starlette.testclient import TestClient
 
     from stars_guard.serving.app import create_app
+    from tests.serving.doubles import streamed_answer
 
     app = create_app(ScriptedBackend([["Sure." + EOS]]), EnglishOnly(), STARSConfig(refusal_message=REFUSAL))
     body = {"messages": [{"role": "user", "content": "Bonjour, comment faire ?"}]}
@@ -102,8 +101,4 @@ def test_the_service_answers_content_filter_for_an_unsupported_language_in_json_
         assert answer["choices"][0]["finish_reason"] == "content_filter"
         assert answer["stars"]["refusal_reason"] == "language" and answer["stars"]["guard_language"] == "unsupported"
         stream = client.post("/v1/chat/completions", json={**body, "stream": True}).text
-    chunks = [json.loads(block[6:]) for block in stream.split("\n\n") if block.startswith("data: {")]
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
-    assert text == REFUSAL and [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")][-1] == (
-        "content_filter"
-    )
+    assert streamed_answer(stream) == (REFUSAL, "content_filter")

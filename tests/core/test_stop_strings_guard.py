@@ -9,7 +9,6 @@ to nothing must be counted and named in the statistics.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from starlette.testclient import TestClient
@@ -17,6 +16,7 @@ from starlette.testclient import TestClient
 from stars_guard import STARSConfig, STARSEngine
 from stars_guard.serving.app import create_app
 from tests.doubles import EOS, KeywordReward, ScriptedBackend, ScriptedReward
+from tests.serving.doubles import streamed_answer
 
 REFUSAL = "I'm sorry, but I can't help with that."
 REFUSAL_WORDS = ["I can", "I'm", "I am", "Sorry", "sorry", "help", "that."]
@@ -74,7 +74,4 @@ def test_the_service_answers_content_filter_with_the_whole_refusal_whatever_stop
         assert choice["message"]["content"] == REFUSAL and choice["finish_reason"] == "content_filter"
         assert answer["stars"]["refused"] is True and answer["stars"]["ended_by"] == "refusal"
         stream = client.post("/v1/chat/completions", json={**body, "stream": True}).text
-    chunks = [json.loads(block[6:]) for block in stream.split("\n\n") if block.startswith("data: {")]
-    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c.get("choices"))
-    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c.get("choices")]
-    assert text == REFUSAL and finishes[-1] == "content_filter"
+    assert streamed_answer(stream) == (REFUSAL, "content_filter")

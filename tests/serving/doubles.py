@@ -9,6 +9,7 @@ socket: disconnects and concurrency behave as in production); `ServeProcess` run
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +40,18 @@ def test_config(**overrides: Any) -> STARSConfig:
 test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
+def streamed_answer(body: str) -> tuple[str, str | None]:
+    """An event stream's answer: the text of its content deltas, and the last finish reason."""
+    text, finish = "", None
+    for block in body.split("\n\n"):
+        if not block.startswith("data: {"):
+            continue
+        for choice in json.loads(block.removeprefix("data: ")).get("choices", []):
+            text += choice.get("delta", {}).get("content") or ""
+            finish = choice.get("finish_reason") or finish
+    return text, finish
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -55,6 +68,7 @@ __all__ = [
     "ServerBackend",
     "free_port",
     "marker_reward",
+    "streamed_answer",
     "test_config",
     "two_segments",
     "wait_until",

@@ -10,7 +10,6 @@ through `create_app` with and without lockstep, through the wrappers one by one,
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +27,7 @@ from stars_guard.serving.batching import BatchingReward
 from stars_guard.serving.lockstep import LockstepBackend
 from stars_guard.telemetry.timing import TimedReward
 from tests.doubles import ScriptedBackend
+from tests.serving.doubles import streamed_answer
 
 REFUSAL = "I can't help with that."
 CONFIG = STARSConfig(max_new_tokens=16, segment_size=8, refusal_message=REFUSAL)  # safety_floor="auto"
@@ -79,19 +79,6 @@ def post(client: TestClient, **body: Any) -> Any:
     return client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], **body})
 
 
-def streamed(response: Any) -> tuple[str, str | None]:
-    text, finish = "", None
-    for block in response.text.split("\n\n"):
-        payload = block.removeprefix("data: ").strip()
-        if not payload or payload == "[DONE]":
-            continue
-        chunk = json.loads(payload)
-        for choice in chunk.get("choices", []):
-            text += choice.get("delta", {}).get("content") or ""
-            finish = choice.get("finish_reason") or finish
-    return text, finish
-
-
 @pytest.mark.parametrize("lockstep", [False, True])
 def test_the_service_vetoes_through_its_wrappers_in_json_and_sse(lockstep: bool) -> None:
     reward = CalibratedGuard()
@@ -103,7 +90,7 @@ def test_the_service_vetoes_through_its_wrappers_in_json_and_sse(lockstep: bool)
         assert choice["message"]["content"] == REFUSAL and "BAD" not in choice["message"]["content"]
         assert choice["finish_reason"] == "content_filter"
         assert body["stars"]["refused"] is True and body["stars"]["candidates_vetoed"] > 0
-        text, finish = streamed(post(client, stream=True))
+        text, finish = streamed_answer(post(client, stream=True).text)
         assert text == REFUSAL and finish == "content_filter"
     assert bool(reward.batches) is lockstep  # lockstep scores through BatchingReward's score_many
 
