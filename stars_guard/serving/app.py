@@ -43,7 +43,7 @@ from stars_guard.serving.errors import OpenAIError, error_for
 from stars_guard.serving.lockstep import LockstepBackend, supports_lockstep
 from stars_guard.serving.metrics import register_server_metrics
 from stars_guard.serving.middleware import BearerAuth, BodySizeLimit
-from stars_guard.serving.responses import Chunks, completion_body
+from stars_guard.serving.responses import AnswerParts, Chunks, completion_body
 from stars_guard.serving.schema import ChatRequest, parse_chat_request, parse_json
 from stars_guard.serving.service import OPENED, ChatService, Failure, Job
 from stars_guard.serving.settings import ServeSettings
@@ -112,7 +112,7 @@ async def _answer(
                 raise error_for(item.error)
             if isinstance(item, Finished):
                 _log_finish(request_id, 200, started, item.result)
-                body = completion_body(request_id, created, model, item.result, chat.config.seed)
+                body = completion_body(request_id, created, model, item.result, chat.config.seed, chat.constraint)
                 return JSONResponse(body, headers={"x-request-id": request_id})
     except OpenAIError as exc:
         if job is not None:
@@ -134,22 +134,30 @@ async def _answer(
 
 
 async def _stream(job: Job, chunks: Chunks, started: float, first: tuple[Any, ...] = ()) -> AsyncIterator[bytes]:
-    """The event stream's body: a role chunk, one chunk per accepted segment, the last chunk, `[DONE]`.
+    """The event stream's body: a role chunk, one chunk per accepted segment (a tool call: one chunk
+    once it is whole), the last chunk, OpenAI's usage chunk when asked for, `[DONE]`.
 
     `first` holds an event already taken from the job (one that came before any prompt was opened).
     A failure once the stream has started is an `error` event (the status line was sent already).
     """
     status, result = 200, None
     pending = list(first)
+    chat = job.request
+    parts = AnswerParts(chat.constraint)
     try:
         yield chunks.delta({"role": "assistant", "content": ""})
         while True:
             item = pending.pop(0) if pending else await job.events.get()
             if isinstance(item, TextEmitted):
-                yield chunks.delta({"content": item.text})
+                for delta in parts.feed(item.text):
+                    yield chunks.delta(delta)
             elif isinstance(item, Finished):
                 result = item.result
-                yield chunks.last(result, job.request.config.seed)
+                for delta in parts.finish():
+                    yield chunks.delta(delta)
+                yield chunks.last(result, chat.config.seed, parts, chat.include_usage)
+                if chat.include_usage:
+                    yield chunks.usage_chunk(result)
                 break
             elif isinstance(item, Failure):
                 error = error_for(item.error)

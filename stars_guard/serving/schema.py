@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Discriminator,
     Field,
     StrictBool,
@@ -48,11 +49,13 @@ from stars_guard.messages import (
     ROLE_ALIASES,
     ChatMessage,
     ClientSystemPolicy,
+    ToolCall,
     apply_system_policy,
     normalize_messages,
 )
 from stars_guard.overrides import DEFAULT_POLICY, MAX_SEED, OverridePolicy
 from stars_guard.serving.errors import OpenAIError
+from stars_guard.tools import OutputConstraint, ToolSpec, tool_constraint
 
 _SEED_LIMIT = 2**31  # seeds drawn for requests without one; a client may send any seed up to MAX_SEED
 
@@ -99,11 +102,38 @@ Content = Annotated[
 ]
 
 
-class Message(BaseModel):
-    """One turn; `developer` is OpenAI's newer name for `system`. Tool and function turns are refused."""
+class FunctionCall(BaseModel):
+    """`{"name": ..., "arguments": "<JSON text>"}` of an earlier assistant turn's tool call."""
 
-    role: Literal["system", "developer", "user", "assistant"]
+    name: StrictStr
+    arguments: StrictStr
+
+
+class AssistantToolCall(BaseModel):
+    """One call an earlier assistant turn made (OpenAI's shape: arguments as JSON text)."""
+
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class Message(BaseModel):
+    """One turn; `developer` is OpenAI's newer name for `system`. Assistant turns may carry the
+    `tool_calls` they made, and a `tool` turn answers one of them (`tool_call_id`)."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: Content = Field(None, validate_default=True)
+    tool_calls: list[AssistantToolCall] | None = None
+    tool_call_id: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            unknown = sorted(str(key) for key in value if key not in cls.model_fields and value[key] is not None)
+            if unknown:
+                raise PydanticCustomError("message_field", "unknown field", {"field": unknown[0]})
+        return value
 
     @field_validator("content")
     @classmethod
@@ -111,6 +141,16 @@ class Message(BaseModel):
         if content is None and info.data.get("role", "assistant") != "assistant":
             raise PydanticCustomError("content_type", "not text content")
         return content
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> Message:
+        if self.tool_calls and self.role != "assistant":
+            raise _refusal(f"a {self.role} turn cannot carry tool_calls: only assistant turns make calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise _refusal("a tool turn needs the tool_call_id of the call it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise _refusal(f"a {self.role} turn cannot carry a tool_call_id: only tool turns answer calls")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -121,10 +161,64 @@ class Message(BaseModel):
 # The request ------------------------------------------------------------------------------------
 
 
-class ResponseFormat(BaseModel):
-    """Only plain text: a client asking for JSON output would silently get prose otherwise."""
+Name = Annotated[str, Field(strict=True, pattern=r"^[A-Za-z0-9_-]{1,64}$")]  # OpenAI's rule for function names
 
-    type: Literal["text"]
+
+class FunctionDefinition(BaseModel):
+    """A function the model may call: its name, what it is for, and its arguments' JSON schema."""
+
+    name: Name
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None
+    strict: StrictBool | None = None  # calls are always drafted under the schema: strict or not, they match it
+
+
+class ToolDefinition(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    """`{"type": "function", "function": {"name": ...}}`: that function must be called."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JSONSchemaFormat(BaseModel):
+    """`response_format.json_schema`: the answer is one JSON value matching `schema`."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    name: Name
+    description: StrictStr | None = None
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    strict: StrictBool | None = None  # drafted under the schema either way
+
+
+class ResponseFormat(BaseModel):
+    """Plain text, any JSON object, or JSON matching a schema; JSON is drafted under a grammar."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise _refusal("response_format of type 'json_schema' needs a json_schema object", param="response_format")
+        return self
+
+    def schema_of_answer(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must match; None for text."""
+        if self.type == "text":
+            return None
+        if self.type == "json_object" or self.json_schema is None or self.json_schema.json_schema is None:
+            return {"type": "object"}
+        return self.json_schema.json_schema
 
 
 NonEmpty = Annotated[str, Field(min_length=1, strict=True)]
@@ -132,18 +226,54 @@ Seed = Annotated[StrictInt, Field(ge=0, le=MAX_SEED)]
 Number = StrictInt | StrictFloat  # kept as sent (9 stays 9 in messages), never a bool or a string
 
 
+class StreamOptions(BaseModel):
+    """`include_usage`: a last chunk with `usage` and no choices, as OpenAI sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: StrictBool | None = None
+    include_obfuscation: Literal[False] | None = None  # no obfuscation padding is added; asking for it is refused
+
+
+# OpenAI parameters this service does not honour: accepted only at the value that asks for nothing
+# (a tuple of such values; none: any value is refused), else a 400 naming the parameter and why.
+_NOT_HONOURED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "frequency_penalty": ((0,), "repetition penalties are not applied: STARS drafts and judges whole segments"),
+    "presence_penalty": ((0,), "repetition penalties are not applied: STARS drafts and judges whole segments"),
+    "logit_bias": (({},), "token biases are not applied: STARS drafts and judges whole segments"),
+    "logprobs": ((False,), "log probabilities are not returned"),
+    "top_logprobs": ((0,), "log probabilities are not returned"),
+    "store": ((False,), "stored completions are not supported"),
+    "metadata": (({},), "stored completions (and their metadata) are not supported"),
+    "modalities": ((["text"],), "only text output is supported"),
+    "service_tier": (("auto", "default"), "there are no service tiers here"),
+    "audio": ((), "only text output is supported"),
+    "prediction": ((), "predicted outputs are not supported"),
+    "reasoning_effort": ((), "the model has no reasoning settings"),
+    "verbosity": ((), "the model has no verbosity setting"),
+    "web_search_options": ((), "there is no web search here"),
+    "functions": (([],), "the deprecated functions API is not supported: send tools"),
+    "function_call": ((), "the deprecated functions API is not supported: send tool_choice"),
+}
+# Accepted and not passed to the model: who is asking and cache hints, which never change an answer.
+_IDENTIFIERS = ("user", "safety_identifier", "prompt_cache_key")
+
+
 class ChatCompletionRequest(BaseModel):
-    """The OpenAI chat completions request, as far as this service reads it (field order: check order)."""
+    """The OpenAI chat completions request (field order: check order). A parameter this service does
+    not know is a 400 (as OpenAI answers one it does not know), and so is one it would not honour."""
 
     messages: Annotated[list[Message], Field(min_length=1)]
     model: StrictStr | None = None  # accepted and echoed back
     user: StrictStr | None = None
+    safety_identifier: StrictStr | None = None
+    prompt_cache_key: StrictStr | None = None
     n: Any = None
     stream: StrictBool | None = None
-    stream_options: dict[str, Any] | None = None
-    tools: Any = None
-    functions: Any = None
-    logprobs: Any = None
+    stream_options: StreamOptions | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
     response_format: ResponseFormat | None = None
     stop: NonEmpty | list[NonEmpty] | None = None
     max_completion_tokens: StrictInt | None = None
@@ -159,13 +289,16 @@ class ChatCompletionRequest(BaseModel):
             raise _refusal(f"the request body must be a JSON object, got {type(body).__name__}", param=None)
         _refuse_unencodable(body)
         present = {key: value for key, value in body.items() if value is not None}  # null means absent
+        for name, value in present.items():
+            _refuse_unread(name, value, cls.model_fields)
         if "max_completion_tokens" in present:  # OpenAI's newer name wins; the older one is not read at all
             present.pop("max_tokens", None)
-        return present
+        return {key: value for key, value in present.items() if key not in _NOT_HONOURED}
 
     @field_validator("messages")
     @classmethod
     def _conversation(cls, messages: list[Message]) -> list[Message]:
+        _check_tool_turns(messages)
         try:
             normalize_messages(_turns(messages))
         except InvalidMessagesError as exc:
@@ -179,14 +312,55 @@ class ChatCompletionRequest(BaseModel):
             raise _refusal(f"only n=1 is supported (got {n!r})", code="unsupported_parameter")
         return n
 
-    @field_validator("tools", "functions", "logprobs")
+    @field_validator("tools")
     @classmethod
-    def _unsupported(cls, value: Any, info: ValidationInfo) -> Any:
-        if value:  # empty or false: nothing asked for, nothing lost
-            name = str(info.field_name)
-            reason = "" if name == "logprobs" else ": this endpoint does not call tools"
-            raise _refusal(f"{name} are not supported{reason}", code="unsupported_parameter")
-        return value
+    def _distinct_tools(cls, tools: list[ToolDefinition]) -> list[ToolDefinition]:
+        names = [tool.function.name for tool in tools]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise _refusal(f"tools must have distinct names; {repeated[0]!r} is given more than once")
+        return tools
+
+    @model_validator(mode="after")
+    def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
+        names = [tool.function.name for tool in self.tools or ()]
+        for param in ("tool_choice", "parallel_tool_calls"):
+            if getattr(self, param) is not None and not names:
+                raise _refusal(f"{param} is only allowed when tools are specified", param=param)
+        choice = self.tool_choice
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            message = f"tool_choice names {choice.function.name!r}, which is not among the tools ({', '.join(names)})"
+            raise _refusal(message, param="tool_choice")
+        if self.response_format is not None and self.response_format.type != "text" and self._may_answer_in_text():
+            raise _refusal(
+                "response_format asks for JSON while tool_choice lets the model answer in text or call a tool; "
+                "this service constrains an answer to one of the two: force a call (tool_choice 'required' "
+                "or a named function), set tool_choice 'none', or drop response_format",
+                param="response_format",
+                code="unsupported_parameter",
+            )
+        return self
+
+    def _may_answer_in_text(self) -> bool:
+        return bool(self.tools) and self.tool_choice in (None, "auto")
+
+    def constraint(self) -> OutputConstraint | None:
+        """What the answer must look like: tool calls under `tool_choice`, or a JSON schema; None for free text."""
+        if self.tools and self.tool_choice != "none":
+            specs = [
+                ToolSpec(
+                    tool.function.name,
+                    tool.function.description or "",
+                    tool.function.parameters or {"type": "object", "properties": {}},
+                )
+                for tool in self.tools
+            ]
+            choice = self.tool_choice
+            name = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+            parallel = True if self.parallel_tool_calls is None else self.parallel_tool_calls
+            return tool_constraint(specs, name, parallel)
+        schema = None if self.response_format is None else self.response_format.schema_of_answer()
+        return None if schema is None else OutputConstraint("json_schema", schema=schema)
 
     def turns(self) -> list[ChatMessage]:
         return normalize_messages(_turns(self.messages))
@@ -243,8 +417,59 @@ class StarsChatCompletionRequest(ChatCompletionRequest):
         return _apply_policy(policy, base, overrides, names)
 
 
-def _turns(messages: list[Message]) -> list[dict[str, str]]:
-    return [{"role": ROLE_ALIASES[message.role], "content": message.text()} for message in messages]
+def _turns(messages: list[Message]) -> list[ChatMessage]:
+    return [
+        ChatMessage(
+            "tool" if message.role == "tool" else ROLE_ALIASES[message.role],
+            message.text(),
+            tool_calls=tuple(
+                ToolCall(call.function.name, json.loads(call.function.arguments), call.id)
+                for call in message.tool_calls or ()
+            ),
+            tool_call_id=message.tool_call_id or "",
+        )
+        for message in messages
+    ]
+
+
+def _check_tool_turns(messages: list[Message]) -> None:
+    """OpenAI's rules for tool turns: a call's arguments are a JSON object, and a tool turn answers a
+    call of the assistant turn before its run of results."""
+    open_calls: set[str] = set()
+    for position, message in enumerate(messages):
+        if message.role == "tool":
+            if message.tool_call_id not in open_calls:
+                raise _refusal(
+                    f"messages[{position}] answers tool_call_id {message.tool_call_id!r}, which no preceding "
+                    "assistant turn's tool_calls made: a tool turn must follow the assistant turn that made the call",
+                    param=f"messages[{position}].tool_call_id",
+                )
+            continue
+        open_calls = set()
+        for index, call in enumerate(message.tool_calls or ()):
+            where = f"messages[{position}].tool_calls[{index}].function.arguments"
+            try:
+                arguments = json.loads(call.function.arguments)
+            except json.JSONDecodeError as exc:
+                raise _refusal(f"{where} is not JSON: {exc.msg} at character {exc.pos}", param=where) from None
+            if not isinstance(arguments, dict):
+                raise _refusal(f"{where} must be a JSON object", param=where)
+            open_calls.add(call.id)
+
+
+def _refuse_unread(name: str, value: Any, known: Mapping[str, Any]) -> None:
+    """A parameter that is neither read nor harmless to drop is a 400 naming it (OpenAI's own
+    answer to an unknown one), so a client never silently loses what it asked for."""
+    if name in known or name in _IDENTIFIERS:
+        return
+    if name in _NOT_HONOURED:
+        accepted, why = _NOT_HONOURED[name]
+        if any(value == neutral and type(value) is type(neutral) for neutral in accepted):
+            return
+        shown = ", ".join(json.dumps(neutral) for neutral in accepted)
+        detail = f" (only {shown}, which asks for nothing, is accepted)" if accepted else ""
+        raise _refusal(f"{name} is not supported here: {why}{detail}", param=name, code="unsupported_parameter")
+    raise _refusal(f"Unrecognized request argument supplied: {name}", param=name, code="unknown_parameter")
 
 
 def _is_int(value: Any) -> bool:
@@ -268,6 +493,8 @@ class ChatRequest:
     stop: list[str] | None
     stream: bool
     model: str | None  # as requested (echoed back); None when the client sent none
+    constraint: OutputConstraint | None = None  # tool calls or a JSON schema the answer is drafted under
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with usage, no choices
 
 
 def parse_json(raw: bytes) -> Any:
@@ -316,6 +543,8 @@ def parse_chat_request(
         stop=request.stop_strings(),
         stream=bool(request.stream),
         model=request.model,
+        constraint=request.constraint(),
+        include_usage=bool(request.stream_options and request.stream_options.include_usage),
     )
 
 
@@ -343,11 +572,21 @@ def _apply_policy(
 
 # Validation errors in OpenAI's words ------------------------------------------------------------
 
+# The structured parameters: what each must look like, said with pydantic's detail and the exact place.
+_SHAPED = {
+    "tools": 'a list of {"type": "function", "function": {"name", "description", "parameters"}} '
+    "with names of letters, digits, _ and - (at most 64)",
+    "tool_choice": '"none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+    "parallel_tool_calls": "a boolean",
+    "response_format": '{"type": "text"}, {"type": "json_object"} or '
+    '{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}',
+    "stream_options": '{"include_usage": true|false}',
+}
+
 _MUST_BE = {
     "model": "a string",
     "user": "a string",
     "stream": "a boolean",
-    "stream_options": "an object",
     "stars": "an object of STARSConfig fields",
 }
 
@@ -368,9 +607,9 @@ def _openai_error(error: ErrorDetails) -> OpenAIError:
         return OpenAIError(400, f"{name} must be an integer, got {value!r}", param=name)
     if name in ("temperature", "top_p"):
         return OpenAIError(400, f"{name} must be a number, got {value!r}", param=name)
-    if name == "response_format":
-        message = "only response_format {'type': 'text'} is supported"
-        return OpenAIError(400, message, param=name, code="unsupported_parameter")
+    if name in _SHAPED:
+        where = _param(loc)
+        return OpenAIError(400, f"invalid {where}: {_SHAPED[name]} ({error['msg']})", param=where)
     if name == "stop":
         return OpenAIError(400, "stop must be a non-empty string or a list of non-empty strings", param=name)
     return OpenAIError(400, f"{name} must be {_MUST_BE.get(name, 'valid')}", param=_param(loc))
@@ -383,12 +622,24 @@ def _message_error(loc: tuple[int | str, ...], kind: str, value: Any, context: M
             return OpenAIError(400, message, param="messages", code="missing_required_parameter")
         return OpenAIError(400, "messages must be a non-empty list of {role, content} objects", param="messages")
     where = f"messages[{loc[1]}]"
+    if kind == "message_field":
+        field = context["field"]
+        why = (
+            "participant names are not shown to the model here: put the name in the content"
+            if field == "name"
+            else "not a field of a chat message this service reads"
+        )
+        return OpenAIError(400, f"{where}.{field} is not supported: {why}", param=f"{where}.{field}")
     if len(loc) == 2:
         return OpenAIError(400, f"{where} must be an object with role and content", param=where)
     if loc[2] == "role":
         role = value.get("role") if kind == "missing" else value  # missing: the input is the message
-        message = f"{where}.role is {role!r}; supported roles: system, user, assistant (no tool messages)"
+        message = f"{where}.role is {role!r}; supported roles: system, developer, user, assistant, tool"
         return OpenAIError(400, message, param=f"{where}.role")
+    if len(loc) > 3 and loc[2] == "tool_calls":
+        place = _param(loc)
+        message = f'invalid {place}: a tool call is {{"id", "type": "function", "function": {{"name", "arguments"}}}}'
+        return OpenAIError(400, message, param=place)
     if kind == "content_part":
         message = (
             f"{where}.content[{loc[-1]}] is of type {context['kind']!r}: "

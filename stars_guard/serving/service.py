@@ -252,7 +252,7 @@ class ChatService:
         decisions: list[dict[str, Any]] = []
         first_text = True
         finished = False
-        events = engine.stream(request.turns, stop=request.stop)
+        events = engine.stream(request.turns, stop=request.stop, constraint=request.constraint)
         try:
             for event in events:
                 if isinstance(event, CandidateJudged):

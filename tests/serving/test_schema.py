@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from stars_guard.serving.errors import OpenAIError
 from stars_guard.serving.schema import ChatCompletionRequest, StarsChatCompletionRequest, parse_chat_request
@@ -17,8 +18,10 @@ USER = [{"role": "user", "content": "Hello"}]
 def test_the_stars_extension_is_a_field_of_the_subclass_only():
     assert issubclass(StarsChatCompletionRequest, ChatCompletionRequest)
     assert "stars" in StarsChatCompletionRequest.model_fields and "stars" not in ChatCompletionRequest.model_fields
-    plain = ChatCompletionRequest.model_validate({"messages": USER, "stars": {"segment_size": 4}, "metadata": {}})
-    assert not hasattr(plain, "stars")  # unknown to the plain OpenAI request: ignored, like metadata
+    plain = ChatCompletionRequest.model_validate({"messages": USER, "metadata": {}})  # empty: asks for nothing
+    assert not hasattr(plain, "stars")
+    with pytest.raises(ValidationError, match="Unrecognized request argument supplied: stars"):
+        ChatCompletionRequest.model_validate({"messages": USER, "stars": {"segment_size": 4}})
     extended = StarsChatCompletionRequest.model_validate({"messages": USER, "stars": {"segment_size": 4}})
     assert extended.stars == {"segment_size": 4}
 
@@ -30,7 +33,7 @@ def test_messages_become_engine_turns():
                 {"role": "developer", "content": "Be brief."},
                 {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
                 {"role": "assistant", "content": None},
-                {"role": "user", "content": "three", "name": "ignored"},
+                {"role": "user", "content": "three"},
             ],
             "stop": "x",
         }
