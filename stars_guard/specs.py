@@ -10,7 +10,7 @@ a bearer token for remote servers comes from `$STARS_GUARD_API_KEY`.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -26,6 +26,15 @@ class SpecEntry:
     factory: Callable[[str | None], Any]
     usage: str
     needs_argument: bool = False
+    options: frozenset[str] | None = None  # the `?key=value` options it takes; None: not split (path, plugin)
+
+
+OPENAI_OPTIONS = frozenset({"model", "tokenizer"})
+TGI_OPTIONS = frozenset({"tokenizer"})
+LLAMACPP_OPTIONS = frozenset({"n_ctx", "n_threads"})
+HF_REWARD_OPTIONS = frozenset({"input_form", "label_index", "max_length"})
+TEI_OPTIONS = frozenset({"label"})
+VLLM_CLASSIFY_OPTIONS = frozenset({"model", "tokenizer", "label_index"})
 
 
 def _local_backend(_: str | None) -> Backend:
@@ -43,7 +52,7 @@ def _hf_backend(argument: str | None) -> Backend:
 def _openai_backend(argument: str | None) -> Backend:
     from stars_guard.adapters.openai_backend import OpenAICompletionsBackend
 
-    url, options = split_options("openai", argument, {"model", "tokenizer"})
+    url, options = split_options("openai", argument, OPENAI_OPTIONS)
     return OpenAICompletionsBackend(url, api_key=_api_key(), **options)
 
 
@@ -57,14 +66,14 @@ def _llama_server_backend(argument: str | None) -> Backend:
 def _tgi_backend(argument: str | None) -> Backend:
     from stars_guard.adapters.tgi_backend import TGIBackend
 
-    url, options = split_options("tgi", argument, {"tokenizer"})
+    url, options = split_options("tgi", argument, TGI_OPTIONS)
     return TGIBackend(url, api_key=_api_key(), **options)
 
 
 def _llamacpp_backend(argument: str | None) -> Backend:
     from stars_guard.adapters.llamacpp_backend import LlamaCppBackend
 
-    path, options = split_options("llamacpp", argument, {"n_ctx", "n_threads"})
+    path, options = split_options("llamacpp", argument, LLAMACPP_OPTIONS)
     return LlamaCppBackend(path or None, **{key: _integer("llamacpp", key, value) for key, value in options.items()})
 
 
@@ -77,7 +86,7 @@ def _guard_reward(_: str | None) -> RewardModel:
 def _hf_reward(argument: str | None) -> RewardModel:
     from stars_guard.adapters.transformers_reward import TransformersRewardModel
 
-    path, options = split_options("hf", argument, {"input_form", "label_index", "max_length"})
+    path, options = split_options("hf", argument, HF_REWARD_OPTIONS)
     numbers = {key: _integer("hf", key, options.pop(key)) for key in ("label_index", "max_length") if key in options}
     return TransformersRewardModel(path, **options, **numbers)  # type: ignore[arg-type]
 
@@ -85,14 +94,14 @@ def _hf_reward(argument: str | None) -> RewardModel:
 def _tei_reward(argument: str | None) -> RewardModel:
     from stars_guard.adapters.tei_reward import TEIRewardModel
 
-    url, options = split_options("tei", argument, {"label"})
+    url, options = split_options("tei", argument, TEI_OPTIONS)
     return TEIRewardModel(url, api_key=_api_key(), **options)
 
 
 def _vllm_classify_reward(argument: str | None) -> RewardModel:
     from stars_guard.adapters.vllm_classify_reward import VLLMClassifyRewardModel
 
-    url, options = split_options("vllm-classify", argument, {"model", "tokenizer", "label_index"})
+    url, options = split_options("vllm-classify", argument, VLLM_CLASSIFY_OPTIONS)
     numbers = (
         {"label_index": _integer("vllm-classify", "label_index", options.pop("label_index"))}
         if "label_index" in options
@@ -114,14 +123,21 @@ BACKENDS: dict[str, SpecEntry] = {
         _openai_backend,
         "openai:<URL>[?model=NAME&tokenizer=PATH]  (/v1/completions of vLLM, SGLang, llama.cpp server)",
         True,
+        OPENAI_OPTIONS,
     ),
     "llama-server": SpecEntry(
-        _llama_server_backend, "llama-server:<URL>  (llama.cpp's llama-server /completion: token ids, n_cmpl)", True
+        _llama_server_backend,
+        "llama-server:<URL>  (llama.cpp's llama-server /completion: token ids, n_cmpl)",
+        True,
+        frozenset(),
     ),
-    "tgi": SpecEntry(_tgi_backend, "tgi:<URL>[?tokenizer=PATH]  (text-generation-inference /generate)", True),
+    "tgi": SpecEntry(
+        _tgi_backend, "tgi:<URL>[?tokenizer=PATH]  (text-generation-inference /generate)", True, TGI_OPTIONS
+    ),
     "llamacpp": SpecEntry(
         _llamacpp_backend,
         "llamacpp[:<.gguf file>][?n_ctx=N&n_threads=N]  (llama-cpp-python in process; default: the pulled SmolLM2)",
+        options=LLAMACPP_OPTIONS,
     ),
 }
 REWARDS: dict[str, SpecEntry] = {
@@ -130,12 +146,16 @@ REWARDS: dict[str, SpecEntry] = {
         _hf_reward,
         "hf:<hub-id or directory>[?input_form=pair|chat&label_index=N]  (sequence-classification reward model)",
         True,
+        HF_REWARD_OPTIONS,
     ),
-    "tei": SpecEntry(_tei_reward, "tei:<URL>[?label=NAME]  (TEI /predict, or stars-guard serve-reward)", True),
+    "tei": SpecEntry(
+        _tei_reward, "tei:<URL>[?label=NAME]  (TEI /predict, or stars-guard serve-reward)", True, TEI_OPTIONS
+    ),
     "vllm-classify": SpecEntry(
         _vllm_classify_reward,
         "vllm-classify:<URL>[?model=NAME&tokenizer=PATH&label_index=N]  (vLLM /classify reward model)",
         True,
+        VLLM_CLASSIFY_OPTIONS,
     ),
     "judge": SpecEntry(
         _judge_reward, "judge[:<hub-id, directory or .gguf file>]  (P(safe) from a causal LM judge; default SmolLM2)"
@@ -144,7 +164,7 @@ REWARDS: dict[str, SpecEntry] = {
 API_KEY_ENV = "STARS_GUARD_API_KEY"
 
 
-def split_options(name: str, argument: str | None, allowed: set[str]) -> tuple[str, dict[str, str]]:
+def split_options(name: str, argument: str | None, allowed: Collection[str]) -> tuple[str, dict[str, str]]:
     """`target?key=value&...` into the target and its options; unknown options are a `SpecError`."""
     target, _, query = (argument or "").partition("?")
     options: dict[str, str] = {}
@@ -187,7 +207,19 @@ def valid_specs(kind: str) -> list[str]:
     return [entry.usage for entry in _with_plugins(kind, registry).values()]
 
 
-def _build(kind: str, registry: dict[str, SpecEntry], spec: str) -> Any:
+def check_spec(kind: str, spec: str) -> str:
+    """The spec's name, once `spec` is known to be well formed; builds nothing and imports nothing heavy.
+
+    For a model that resolves its spec on first use (`STARSChatModel(backend="hf:...")`): a typo
+    fails where it was written, not at the first request. Raises `SpecError` as building would.
+    """
+    return _entry(kind, spec)[0]
+
+
+def _entry(kind: str, spec: str) -> tuple[str, SpecEntry, str]:
+    if kind not in _ENTRY_POINT_GROUPS:
+        raise ValueError(f"kind must be 'backend' or 'reward' (got {kind!r})")
+    registry = BACKENDS if kind == "backend" else REWARDS
     name, _, argument = spec.strip().partition(":")
     entries = _with_plugins(kind, registry)
     entry = entries.get(name)
@@ -196,6 +228,13 @@ def _build(kind: str, registry: dict[str, SpecEntry], spec: str) -> Any:
         raise SpecError(f"unknown {kind} spec {spec!r}; valid {kind} specs:\n  {listing}")
     if entry.needs_argument and not argument:
         raise SpecError(f"{kind} spec {name!r} needs an argument: {entry.usage}")
+    if entry.options is not None:
+        split_options(name, argument, entry.options)
+    return name, entry, argument
+
+
+def _build(kind: str, registry: dict[str, SpecEntry], spec: str) -> Any:
+    _, entry, argument = _entry(kind, spec)
     return entry.factory(argument or None)
 
 

@@ -7,7 +7,8 @@ Two ways decisions reach handlers (docs/langchain.md):
 - `stream()`, `astream()` and streaming invokes give the model no run manager, so the same
   decisions (never with text) ride on each chunk as `STARSGenerationChunk.stars_segments`, which
   handlers see in `on_llm_new_token(..., chunk=...)`.
-Either way the final message lists them all in `response_metadata["stars_segments"]`.
+The final message lists them all in `response_metadata["stars_segments"]` when the model was
+asked to (`include_segments=True`); the handler does not need it.
 
 `RejectionStatsHandler` takes decisions from whichever source arrives and reconciles each run
 against the final message, so nothing is counted twice or lost. Custom events are best effort:
@@ -43,19 +44,24 @@ STARS_SEGMENT_EVENT = "stars_segment"
 LLM_TYPE = "stars-guard"  # `_type` in the invocation params of STARSChatModel runs
 
 
-def _manager_for(run_manager: Any, manager_class: type[Any]) -> Any:
-    """A callback manager whose parent is the chat model's run: events then carry its run id."""
+def _managers_for(run_manager: Any, manager_class: type[Any]) -> list[Any]:
+    """Callback managers whose parent is the chat model's run (events then carry its run id), one
+    per handler: LangChain stops at the first handler that raises (`raise_error=True`), and a
+    broken handler must not starve the others of decisions (the message no longer lists them all)."""
     if run_manager is None or not run_manager.handlers:
-        return None
-    return manager_class(
-        handlers=run_manager.handlers,
-        inheritable_handlers=run_manager.inheritable_handlers,
-        parent_run_id=run_manager.run_id,
-        tags=run_manager.tags,
-        inheritable_tags=run_manager.inheritable_tags,
-        metadata=run_manager.metadata,
-        inheritable_metadata=run_manager.inheritable_metadata,
-    )
+        return []
+    return [
+        manager_class(
+            handlers=[handler],
+            inheritable_handlers=[handler] if handler in run_manager.inheritable_handlers else [],
+            parent_run_id=run_manager.run_id,
+            tags=run_manager.tags,
+            inheritable_tags=run_manager.inheritable_tags,
+            metadata=run_manager.metadata,
+            inheritable_metadata=run_manager.inheritable_metadata,
+        )
+        for handler in run_manager.handlers
+    ]
 
 
 class _Warner:
@@ -72,34 +78,32 @@ class SegmentEventDispatcher:
     """Sends `stars_segment` events under the chat model's run. Never raises."""
 
     def __init__(self, run_manager: CallbackManagerForLLMRun | None) -> None:
-        self._manager = _manager_for(run_manager, CallbackManager)
+        self._managers = _managers_for(run_manager, CallbackManager)
         self._run_id = run_manager.run_id if run_manager is not None else None
         self._warn = _Warner()
 
     def __call__(self, payload: Mapping[str, Any]) -> None:
-        if self._manager is None:
-            return
-        try:
-            self._manager.on_custom_event(STARS_SEGMENT_EVENT, dict(payload), run_id=self._run_id)
-        except Exception as exc:  # a handler with raise_error=True failed: the answer goes on
-            self._warn(exc)
+        for manager in self._managers:
+            try:
+                manager.on_custom_event(STARS_SEGMENT_EVENT, dict(payload), run_id=self._run_id)
+            except Exception as exc:  # a handler with raise_error=True failed: the answer goes on
+                self._warn(exc)
 
 
 class AsyncSegmentEventDispatcher:
     """The async twin: async handlers are awaited on the event loop. Never raises."""
 
     def __init__(self, run_manager: AsyncCallbackManagerForLLMRun | None) -> None:
-        self._manager = _manager_for(run_manager, AsyncCallbackManager)
+        self._managers = _managers_for(run_manager, AsyncCallbackManager)
         self._run_id = run_manager.run_id if run_manager is not None else None
         self._warn = _Warner()
 
     async def __call__(self, payload: Mapping[str, Any]) -> None:
-        if self._manager is None:
-            return
-        try:
-            await self._manager.on_custom_event(STARS_SEGMENT_EVENT, dict(payload), run_id=self._run_id)
-        except Exception as exc:
-            self._warn(exc)
+        for manager in self._managers:
+            try:
+                await manager.on_custom_event(STARS_SEGMENT_EVENT, dict(payload), run_id=self._run_id)
+            except Exception as exc:
+                self._warn(exc)
 
 
 # Aggregation (pure) ------------------------------------------------------------------------------
@@ -170,7 +174,8 @@ class RejectionStatsHandler(BaseCallbackHandler):
         self.stats.finish(
             run_id,
             model_name=str(metadata.get("model_name") or "unknown"),
-            finish_reason=str(metadata.get("finish_reason") or "unknown"),
+            # the engine's own word, as the chat service reports it (`finish_reason` is OpenAI's)
+            finish_reason=str(metadata.get("stars_finish_reason") or metadata.get("finish_reason") or "unknown"),
             stats=stats,
             decisions=list(metadata.get("stars_segments") or []),
         )

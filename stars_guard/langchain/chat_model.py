@@ -6,7 +6,8 @@ Every decision is the engine's; this module adds none.
 
 Streaming contract (docs/langchain.md): one `AIMessageChunk` per accepted segment as the engine
 releases it, then a final empty chunk (`chunk_position="last"`) carrying `usage_metadata`,
-`finish_reason`, the seed and the complete `stars` statistics. `model_name` rides on the first
+`finish_reason`, the seed and the complete `stars` statistics (and `stars_segments`, the
+per-candidate decisions, when `include_segments` asks for them). `model_name` rides on the first
 chunk only. LangChain's chunk merge concatenates strings and keeps equal ints instead of adding
 them, so nothing that merges badly is split across chunks, and the merged stream equals `invoke`.
 """
@@ -27,6 +28,7 @@ try:
     from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
     from langchain_core.language_models import BaseChatModel, LanguageModelInput
     from langchain_core.language_models.base import LangSmithParams
+    from langchain_core.language_models.model_profile import ModelProfile
     from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
     from langchain_core.messages.ai import UsageMetadata
     from langchain_core.messages.tool import ToolCall, tool_call, tool_call_chunk
@@ -34,7 +36,7 @@ try:
     from langchain_core.runnables import Runnable
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("STARSChatModel needs langchain-core: pip install 'stars-guard[langchain]'") from exc
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
@@ -53,6 +55,7 @@ from stars_guard.langchain.tools import (
 from stars_guard.messages import ChatMessage, ClientSystemPolicy, apply_system_policy
 from stars_guard.overrides import OverridePolicy
 from stars_guard.protocols import Backend, RewardModel, unwrapped
+from stars_guard.specs import build_backend, build_reward, check_spec
 from stars_guard.telemetry.aggregator import segment_payload
 from stars_guard.tools import (
     CallPiece,
@@ -139,9 +142,12 @@ class _Assembler:
     reported in `response_metadata["stars_invalid_tool_calls"]`, never as a call.
     """
 
-    def __init__(self, model_name: str, seed: int, tool_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, model_name: str, seed: int, tool_names: Sequence[str] | None = None, *, include_segments: bool = False
+    ) -> None:
         self.model_name = model_name
         self.seed = seed
+        self.include_segments = include_segments
         self.decisions: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
         self._first = True
@@ -210,20 +216,49 @@ class _Assembler:
         return {"model_name": self.model_name, "model_provider": PROVIDER}
 
     def _closing(self, result: STARSResult) -> dict[str, Any]:
-        closing = {
-            "finish_reason": result.finish_reason,
+        closing: dict[str, Any] = {
+            "finish_reason": openai_finish_reason(result.finish_reason, bool(self._calls)),
+            "stars_finish_reason": result.finish_reason,
             "seed": self.seed,
             "stars": result.stats.as_dict(),
-            "stars_segments": list(self.decisions),
         }
+        if self.include_segments:
+            closing["stars_segments"] = list(self.decisions)
         if self._invalid:
             closing["stars_invalid_tool_calls"] = list(self._invalid)
         return closing
 
 
+# The engine's finish reasons in OpenAI's words (what LangChain code written for ChatOpenAI checks).
+# The budget of time cuts an answer short as the token budget does: "length". The engine's own
+# reason stays in `stars_finish_reason`.
+_OPENAI_FINISH = {"stop": "stop", "length": "length", "refusal": "content_filter", "time_budget": "length"}
+
+
+def openai_finish_reason(reason: str, has_tool_calls: bool) -> str:
+    """`finish_reason` as OpenAI writes it: `tool_calls` for an answer that ended on its calls."""
+    if reason == "stop" and has_tool_calls:
+        return "tool_calls"
+    return _OPENAI_FINISH.get(reason, reason)
+
+
 def _usage(result: STARSResult) -> UsageMetadata:
-    prompt, emitted = result.stats.prompt_tokens, result.stats.tokens_emitted
-    return UsageMetadata(input_tokens=prompt, output_tokens=emitted, total_tokens=prompt + emitted)
+    """Token counts as LangChain defines them: `output_tokens` is every token sampled (the sum of the
+    output token types), so cost views count the candidates STARS threw away.
+
+    `output_token_details["stars_rejected"]` is the part of them that never reached the answer
+    (rejected or unjudged candidates, and text cut at a stop string), like `reasoning` tokens for
+    a reasoning model; the answer's own tokens are `stars["tokens_emitted"]` in `response_metadata`.
+    """
+    prompt, sampled = result.stats.prompt_tokens, result.stats.tokens_sampled
+    emitted = result.stats.tokens_emitted
+    sampled = max(sampled, emitted)
+    return UsageMetadata(
+        input_tokens=prompt,
+        output_tokens=sampled,
+        total_tokens=prompt + sampled,
+        output_token_details={"stars_rejected": sampled - emitted},  # type: ignore[typeddict-unknown-key]
+    )
 
 
 # The chat model ----------------------------------------------------------------------------------
@@ -246,10 +281,13 @@ class STARSChatModel(BaseChatModel):
 
     `STARSChatModel()` uses the embedded default (local SmolLM2-135M-Instruct and the offline
     `GuardReward`, loaded on first use and shared per process). Pass `backend=` / `reward=` for
-    any adapter and `config=` for the STARS knobs. Standard LangChain fields map onto the config:
-    `max_tokens` -> `max_new_tokens`, `timeout` -> `time_budget_s` (the answer ends when it is
-    spent, with `finish_reason="time_budget"`), `temperature` (0 = greedy: one candidate per
-    segment, still scored, so the safety floor still applies), `seed` (drawn per call when unset).
+    any adapter, as an object or as a spec string like the CLI's `--backend` / `--reward`
+    (`backend="openai:http://127.0.0.1:8000"`: checked at construction, built on first use, so
+    building a model never loads weights or opens a connection), and `config=` for the STARS
+    knobs. Standard LangChain fields map onto the config: `max_tokens` -> `max_new_tokens`,
+    `timeout` -> `time_budget_s` (the answer ends when it is spent: `finish_reason="length"`,
+    `stars_finish_reason="time_budget"`), `temperature` (0 = greedy: one candidate per segment,
+    still scored, so the safety floor still applies), `top_p`, `seed` (drawn per call when unset).
     Any `STARSConfig` field, and these names, may also be passed per call: `llm.invoke(x, seed=3)`.
     With `override_policy=OverridePolicy()` those call kwargs follow the service's rule instead
     (only lowering `max_tokens` / `timeout`, and `seed`, unless the policy allows more), for a
@@ -262,6 +300,7 @@ class STARSChatModel(BaseChatModel):
         default=None, description="Name reported as model_name; defaults to the backend's model name."
     )
     temperature: float | None = Field(default=None, description="Sampling temperature; 0 = greedy.")
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus sampling mass (config.top_p).")
     max_tokens: int | None = Field(default=None, description="Most tokens in the answer (max_new_tokens).")
     stop: list[str] | None = Field(default=None, description="Strings that end the answer (not emitted).")
     timeout: float | None = Field(default=None, description="Wall-clock budget per request in seconds.")
@@ -271,8 +310,23 @@ class STARSChatModel(BaseChatModel):
     streaming: bool = Field(default=False, description="Route invoke() through the streaming path.")
     seed: int | None = Field(default=None, ge=0, description="Seed of every call; None draws one per call.")
     config: STARSConfig = Field(default_factory=STARSConfig, description="The STARS knobs.")
-    backend: Any = Field(default=None, exclude=True, description="A Backend; None = embedded default.")
-    reward: Any = Field(default=None, exclude=True, description="A RewardModel; None = GuardReward.")
+    backend: Any = Field(
+        default=None,
+        exclude=True,
+        description="A Backend, or a spec as for `--backend` ('openai:http://host:8000', 'llama-server:URL', "
+        "'local', ...), built on first use; None = the embedded default.",
+    )
+    reward: Any = Field(
+        default=None,
+        exclude=True,
+        description="A RewardModel, or a spec as for `--reward` ('default', 'tei:URL', ...), built on first use; "
+        "None = GuardReward.",
+    )
+    include_segments: bool = Field(
+        default=False,
+        description="Put every candidate's decision (no text) in response_metadata['stars_segments']. "
+        "Off by default: a long answer has hundreds; callbacks receive them either way.",
+    )
     include_candidate_text: bool = Field(
         default=False,
         description="Put each candidate's text (rejected ones too) in stars_segment callback events. "
@@ -293,12 +347,56 @@ class STARSChatModel(BaseChatModel):
         "instructions from it) or 'refuse' (InvalidMessagesError), as for `stars-guard serve --client-system`.",
     )
 
+    _built: dict[str, Any] = PrivateAttr(default_factory=dict)  # backend / reward built from a spec
+    _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        for kind in ("backend", "reward"):
+            if isinstance(kwargs.get(kind), str):
+                check_spec(kind, kwargs[kind])  # a SpecError as the CLI gives, not pydantic's wrapping of it
+        super().__init__(*args, **kwargs)
+
     @model_validator(mode="after")
     def _check(self) -> STARSChatModel:
+        for kind, value in (("backend", self.backend), ("reward", self.reward)):
+            if isinstance(value, str):
+                check_spec(kind, value)  # a bad spec fails here (SpecError); building waits for first use
         if self.model is None:
-            self.model = self.backend.model_name if self.backend is not None else _default_model_name()
+            if self.backend is None or self.backend == "local":
+                self.model = _default_model_name()
+            elif not isinstance(self.backend, str):
+                self.model = self.backend.model_name
+            # else: a spec's model name is known once it is built (an HTTP server is asked then)
         self._config_for({})  # fail at construction on a bad temperature, max_tokens, ...
         return self
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What `create_agent` and other LangChain code may rely on.
+
+        `structured_output` is False: STARS holds a JSON schema under a grammar, but not together
+        with bound tools in one answer, which is how `create_agent`'s provider strategy asks for it;
+        so `create_agent(..., response_format=...)` uses its tool strategy (a forced call) instead.
+        """
+        return ModelProfile(
+            text_inputs=True,
+            text_outputs=True,
+            image_inputs=False,
+            audio_inputs=False,
+            video_inputs=False,
+            pdf_inputs=False,
+            tool_calling=True,
+            tool_choice=True,
+            tool_call_streaming=True,
+            structured_output=False,
+            temperature=True,
+        )
+
+    @property
+    def model_label(self) -> str:
+        """The model's name, or its backend spec while the spec is not built yet."""
+        if self.model is not None:
+            return self.model
+        return str(self.backend)
 
     # LangChain hooks --------------------------------------------------------------------------
 
@@ -309,22 +407,23 @@ class STARSChatModel(BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {
-            "model": self.model,
+            "model": self.model_label,
             "temperature": self.temperature,
+            "top_p": self.top_p,
             "max_tokens": self.max_tokens,
             "stop": self.stop,
             "timeout": self.timeout,
             "seed": self.seed,
             "stars_config": self.config.model_dump(),
-            "backend": "embedded" if self.backend is None else type(self.backend).__name__,
-            "reward": "guard" if self.reward is None else str(getattr(self.reward, "name", type(self.reward))),
+            "backend": _component_label(self.backend, "embedded"),
+            "reward": _component_label(self.reward, "guard"),
         }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         config = self.config
         params = LangSmithParams(
             ls_provider=PROVIDER,
-            ls_model_name=kwargs["model"] if isinstance(kwargs.get("model"), str) else str(self.model),
+            ls_model_name=kwargs["model"] if isinstance(kwargs.get("model"), str) else self.model_label,
             ls_model_type="chat",
             ls_temperature=float(_first_set(kwargs.get("temperature"), self.temperature, config.temperature)),
             ls_max_tokens=int(_first_set(kwargs.get("max_tokens"), self.max_tokens, config.max_new_tokens)),
@@ -399,10 +498,28 @@ class STARSChatModel(BaseChatModel):
         return self._backend(), self._reward()
 
     def _backend(self) -> Backend:
-        return self.backend if self.backend is not None else default_backend()
+        if self.backend is None or self.backend == "local":
+            return default_backend()  # the embedded default, shared per process
+        if not isinstance(self.backend, str):
+            return self.backend
+        backend = self._build("backend", self.backend)
+        if self.model is None:
+            self.model = backend.model_name
+        return backend
 
     def _reward(self) -> RewardModel:
-        return self.reward if self.reward is not None else default_reward()
+        if self.reward is None or self.reward == "default":
+            return default_reward()
+        if not isinstance(self.reward, str):
+            return self.reward
+        return self._build("reward", self.reward)
+
+    def _build(self, kind: str, spec: str) -> Any:
+        """The backend or reward of a spec, built once per instance (on first use: it may load a model)."""
+        with self._build_lock:
+            if kind not in self._built:
+                self._built[kind] = build_backend(spec) if kind == "backend" else build_reward(spec)
+            return self._built[kind]
 
     def _config_for(self, kwargs: dict[str, Any]) -> STARSConfig:
         """Config < model fields < call kwargs; validated (a bad value raises `ConfigError`).
@@ -412,6 +529,7 @@ class STARSChatModel(BaseChatModel):
         """
         fields = {
             "temperature": self.temperature,
+            "top_p": self.top_p,
             "max_new_tokens": self.max_tokens,
             "time_budget_s": self.timeout,
             "seed": self.seed,
@@ -430,6 +548,7 @@ class STARSChatModel(BaseChatModel):
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]) -> _Call:
         kwargs = {key: value for key, value in kwargs.items() if key not in _LANGCHAIN_CONTROL_KWARGS}
+        backend, reward = self._backend(), self._reward()  # a spec is built here, on first use
         requested_model = kwargs.pop("model", None)
         if requested_model is not None and requested_model != self.model:
             raise ValueError(
@@ -437,6 +556,7 @@ class STARSChatModel(BaseChatModel):
                 f"{requested_model!r}): build another STARSChatModel with backend=... for that model"
             )
         include_text = bool(kwargs.pop("include_candidate_text", self.include_candidate_text))
+        include_segments = bool(kwargs.pop("include_segments", self.include_segments))
         output = {key: kwargs.pop(key) for key in _OUTPUT_KWARGS if key in kwargs}
         unknown = sorted(key for key in kwargs if key not in _CONFIG_FIELDS and key not in _LANGCHAIN_TO_CONFIG)
         if unknown:
@@ -451,9 +571,9 @@ class STARSChatModel(BaseChatModel):
         constraint = _answer_shape(output)
         turns = apply_system_policy(to_chat_messages(messages), self.client_system, self.system_prompt)
         stops = stop if stop is not None else self.stop
-        engine = STARSEngine(self._backend(), self._reward(), config)
+        engine = STARSEngine(backend, reward, config)
         tool_names = constraint.tool_names if constraint is not None and constraint.kind == "tool_calls" else None
-        assembler = _Assembler(str(self.model), seed, tool_names)
+        assembler = _Assembler(self.model_label, seed, tool_names, include_segments=include_segments)
         return _Call(engine, turns, list(stops) if stops else None, include_text, assembler, constraint)
 
     # Tools and structured output ----------------------------------------------------------------
@@ -518,6 +638,14 @@ def _answer_shape(output: dict[str, Any]) -> OutputConstraint | None:
     return tool_constraint(
         tools, output.get("tool_choice"), parallel_tool_calls=output.get("parallel_tool_calls") is True
     )
+
+
+def _component_label(component: Any, default: str) -> str:
+    if component is None:
+        return default
+    if isinstance(component, str):
+        return component
+    return str(getattr(component, "name", type(component).__name__))
 
 
 def _first_set(*values: Any) -> Any:

@@ -18,9 +18,12 @@ from tests.doubles import CONFIG, EOS, ROUNDS, KeywordReward
 from tests.doubles import SeededBackend as ScriptedBackend
 
 
-def model(script: Any = ROUNDS, **config: Any) -> STARSChatModel:
+def model(script: Any = ROUNDS, include_segments: bool = True, **config: Any) -> STARSChatModel:
     return STARSChatModel(
-        backend=ScriptedBackend(script), reward=KeywordReward(), config=CONFIG.model_copy(update=config)
+        backend=ScriptedBackend(script),
+        reward=KeywordReward(),
+        config=CONFIG.model_copy(update=config),
+        include_segments=include_segments,
     )
 
 
@@ -63,7 +66,9 @@ async def test_handler_totals_equal_the_sum_of_response_statistics() -> None:
     assert snapshot["segments"]["fallback"] == expected["segments_fallback"]
     assert snapshot["reported"] == expected  # what the responses said, summed independently
     assert snapshot["refusals"] == 1
+    # the engine's own words, as the chat service counts them (the messages say content_filter)
     assert snapshot["requests"] == {"finished": 6, "in_flight": 0, "by_outcome": {"stop": 5, "refusal": 1}}
+    assert answers[2].response_metadata["finish_reason"] == "content_filter"
     assert snapshot["tokens"]["emitted"] == sum(s["tokens_emitted"] for s in stats)
     assert snapshot["rejection_rate"] == pytest.approx(expected["candidates_rejected"] / expected["candidates_sampled"])
     # Attempts per segment, from the decisions of every answer.
@@ -79,6 +84,24 @@ async def test_handler_totals_equal_the_sum_of_response_statistics() -> None:
     ]
     assert snapshot["first_chunk_s"]["count"] == 2  # the two streamed answers
     json.dumps(snapshot)  # JSON-safe as documented
+
+
+async def test_the_handler_needs_no_decisions_in_the_message() -> None:
+    """Decisions reach the handler live (events, chunks): the default message without them counts the same."""
+
+    async def totals(include_segments: bool) -> dict[str, Any]:
+        handler = RejectionStatsHandler()
+        callbacks = {"callbacks": [handler]}
+        model(include_segments=include_segments).invoke("hi", config=callbacks)
+        await model(max_attempts=2, include_segments=include_segments).ainvoke("hi", config=callbacks)
+        list(model(include_segments=include_segments).stream("hi", config=callbacks))
+        snapshot = handler.snapshot()
+        keys = ("candidates", "segments", "attempts_per_segment", "reported", "requests", "tokens")
+        return {key: snapshot[key] for key in keys} | {"recent": [e["decisions"] for e in snapshot["recent"]]}
+
+    without = await totals(False)
+    assert without == await totals(True)
+    assert without["candidates"]["judged"] > 0 and all(without["recent"])
 
 
 def test_a_decision_delivered_twice_counts_once() -> None:

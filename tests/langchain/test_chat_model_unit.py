@@ -226,11 +226,12 @@ def test_seed_is_drawn_per_call_unless_given() -> None:
 
 
 def test_invoke_reports_text_usage_and_statistics() -> None:
-    message = scripted_model().invoke("hi")
+    assert "stars_segments" not in scripted_model().invoke("hi").response_metadata  # only on request
+    message = scripted_model(include_segments=True).invoke("hi")
     assert message.content == "Hello, world!"
     metadata = message.response_metadata
     assert metadata["model_name"] == "scripted-lm"
-    assert metadata["finish_reason"] == "stop"
+    assert metadata["finish_reason"] == metadata["stars_finish_reason"] == "stop"
     assert list(metadata["stars"]) == list(STATS_KEYS)
     stars = metadata["stars"]
     assert (stars["segments_accepted"], stars["candidates_sampled"], stars["candidates_rejected"]) == (2, 5, 3)
@@ -242,11 +243,19 @@ def test_invoke_reports_text_usage_and_statistics() -> None:
         (1, 3, True),
     ]
     assert all(set(d) == set(DECISION_KEYS) for d in metadata["stars_segments"])  # never any text
-    assert message.usage_metadata == {"input_tokens": 7, "output_tokens": 13, "total_tokens": 20}
+    # output_tokens: every token sampled (LangChain's sum of all output token types), the rejected
+    # ones itemised; the answer's own tokens are the emitted ones.
+    assert (stars["tokens_sampled"], stars["tokens_emitted"]) == (38, 13)
+    assert message.usage_metadata == {
+        "input_tokens": 7,
+        "output_tokens": 38,
+        "total_tokens": 45,
+        "output_token_details": {"stars_rejected": 25},
+    }
 
 
 def test_stream_yields_accepted_segments_then_a_last_chunk_with_the_totals() -> None:
-    llm = scripted_model()
+    llm = scripted_model(include_segments=True)
     chunks = list(llm.stream("hi", seed=1))
     assert [chunk.content for chunk in chunks] == ["Hello, ", "world!", ""]
     assert [chunk.chunk_position for chunk in chunks] == [None, None, "last"]
@@ -297,13 +306,14 @@ def test_refusal_and_fallback_are_reported() -> None:
     refused = STARSChatModel(backend=ScriptedBackend([["BAD-1", "BAD-2"]]), reward=KeywordReward(), config=config)
     message = refused.invoke("hi")
     assert message.content == config.refusal_message
-    assert message.response_metadata["finish_reason"] == "refusal"
+    assert message.response_metadata["finish_reason"] == "content_filter"  # OpenAI's word for a refusal
+    assert message.response_metadata["stars_finish_reason"] == "refusal"
     assert message.response_metadata["stars"]["refused"] is True
     config = CONFIG.model_copy(update={"max_attempts": 2})
     fallback = STARSChatModel(
         backend=ScriptedBackend([["BAD-1", "BAD-2"], [f"ok{EOS}"]]), reward=KeywordReward(), config=config
     )
-    decisions = fallback.invoke("hi").response_metadata["stars_segments"]
+    decisions = fallback.invoke("hi", include_segments=True).response_metadata["stars_segments"]
     assert [(d["attempt"], d["accepted"], d["fallback"]) for d in decisions[:3]] == [
         (1, False, False),
         (2, False, False),
@@ -334,9 +344,7 @@ def test_candidate_text_only_on_opt_in_and_only_in_events() -> None:
     message = stream.output
     assert message.text == "Hello, world!"
     assert "BAD" not in str(message.response_metadata)
-    assert (
-        message.response_metadata["stars_segments"] == scripted_model().invoke("hi").response_metadata["stars_segments"]
-    )
+    assert "stars_segments" not in message.response_metadata
 
 
 async def test_async_v3_event_stream_dispatches_events_too() -> None:
@@ -354,7 +362,7 @@ async def test_async_v3_event_stream_dispatches_events_too() -> None:
 def test_streaming_paths_carry_decisions_on_chunks_instead_of_events(streaming: bool) -> None:
     recorder = Recorder()
     # An explicit streaming=False would make LangChain's stream() fall back to invoke().
-    llm = scripted_model(streaming=True) if streaming else scripted_model()
+    llm = scripted_model(streaming=True, include_segments=True) if streaming else scripted_model(include_segments=True)
     if streaming:  # invoke() through _stream: LangChain passes no run manager there either
         final = llm.invoke("hi", config={"callbacks": [recorder]})
     else:
@@ -371,7 +379,7 @@ def test_a_failing_handler_does_not_fail_the_call() -> None:
     message = scripted_model().invoke("hi", config={"callbacks": [Exploding(), stats]})
     assert message.content == "Hello, world!"
     snapshot = stats.snapshot()
-    assert snapshot["candidates"] == {"judged": 5, "rejected": 3}  # filled in from the final message
+    assert snapshot["candidates"] == {"judged": 5, "rejected": 3}  # the other handlers still get every event
     assert snapshot["segments"]["accepted"] == 2
 
 
