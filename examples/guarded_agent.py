@@ -4,9 +4,13 @@
 
 `create_agent` builds the agent as it would for any chat model; `STARSMiddleware` routes its model
 calls through STARS, so tool calls are drafted under their JSON grammar and judged by the guard,
-and only accepted text and whole accepted calls reach the tool node and the stream. A 135M model
-rarely decides to call a tool on its own, so a second small middleware asks for a call on the
-user's turn (`tool_choice="any"`); drop it with a model that calls tools unprompted.
+and only accepted text and whole accepted calls reach the tool node and the stream.
+
+The model is the embedded SmolLM2-135M, asked for by name (`STARSChatModel()`). Left to choose
+(`tool_choice="auto"`) it never calls a tool (0 of 10 seeds, benchmarks/agent_loop.py), so a second
+small middleware asks for a call on the user's turn (`tool_choice="any"`); forced, it calls the
+tool right every time and answers from the result 6 times in 10 (seed 3 is one of them). Drop
+it with a model that calls tools unprompted: docs/agents.md has the recipe for a served one.
 """
 
 from __future__ import annotations
@@ -88,9 +92,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     totals = [m.response_metadata.get("stars", {}) for m in answers]
     sampled = sum(t.get("candidates_sampled", 0) for t in totals)
     rejected = sum(t.get("candidates_rejected", 0) for t in totals)
+    # usage_metadata counts every token sampled; the part that never reached an answer is itemised
+    tokens = sum((m.usage_metadata or {}).get("output_tokens", 0) for m in answers)
+    unused = sum((m.usage_metadata or {}).get("output_token_details", {}).get("stars_rejected", 0) for m in answers)
     print(
         f"{len(answers)} model calls, {rejected} of {sampled} candidates rejected "
-        f"({rejected / sampled if sampled else 0:.0%}), emails sent: {len(OUTBOX)}",
+        f"({rejected / sampled if sampled else 0:.0%}), {tokens} tokens sampled ({unused} not in an answer), "
+        f"emails sent: {len(OUTBOX)}",
         file=sys.stderr,
     )
     return 0

@@ -40,7 +40,9 @@ async def test_streamed_text_equals_invoked_text_for_the_same_seed() -> None:
     same_answer(merged(chunks), invoked)
     same_answer(merged([chunk async for chunk in llm.astream(prompt, seed=11)]), invoked)
     same_answer(await llm.ainvoke(prompt, seed=11), invoked)
-    assert invoked.response_metadata["stars"]["tokens_emitted"] == invoked.usage_metadata["output_tokens"] > 0
+    stars, usage = invoked.response_metadata["stars"], invoked.usage_metadata
+    assert usage["output_tokens"] == stars["tokens_sampled"] >= stars["tokens_emitted"] > 0  # every token sampled
+    assert usage["output_token_details"]["stars_rejected"] == stars["tokens_sampled"] - stars["tokens_emitted"]
 
 
 def test_temperature_zero_is_greedy_and_still_judged() -> None:
@@ -139,7 +141,7 @@ async def test_concurrent_ainvokes_are_counted_exactly_and_keep_the_loop_free() 
     exporter = PrometheusExporter()
     stats = RejectionStatsHandler(observers=[exporter])
     recorder = Recorder()
-    llm = STARSChatModel(max_tokens=16, include_candidate_text=False)
+    llm = STARSChatModel(max_tokens=16, include_candidate_text=False, include_segments=True)
     prompts = ["Say hello to a new colleague.", "Suggest a name for a cat."]
     ticks: list[float] = []
 
