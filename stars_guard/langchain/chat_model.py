@@ -584,6 +584,7 @@ class STARSChatModel(BaseChatModel):
         *,
         tool_choice: str | bool | dict[str, Any] | None = None,
         parallel_tool_calls: bool | None = None,
+        strict: bool | None = None,
         **kwargs: Any,
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """This model with `tools` it may call (LangChain tools, pydantic models, functions, OpenAI dicts).
@@ -592,6 +593,7 @@ class STARSChatModel(BaseChatModel):
         more with `parallel_tool_calls=True`), a tool's name (that call, once), 'none' (text only).
         Calls are drafted under a grammar where the backend has one, so they are valid JSON for
         their tool's schema; the guard judges them as `config.guard_tool_calls` says (docs/agents.md).
+        `strict` is accepted for compatibility (`create_agent` passes it): under a grammar the schema holds.
         """
         formatted = openai_tools(tools)
         names = [spec.name for spec in tool_specs(formatted)]
@@ -627,10 +629,13 @@ class STARSChatModel(BaseChatModel):
 
 def _answer_shape(output: dict[str, Any]) -> OutputConstraint | None:
     """The constraint for what `bind_tools` / structured output bound (the backend renders its instruction)."""
-    schema = output.get("response_format")
+    schema = _schema_of(output.get("response_format"))
     if schema is not None:
         if output.get("tools"):
-            raise ValueError("bind either tools or a response format (with_structured_output), not both")
+            raise ValueError(
+                "STARS holds either tools or a JSON response format in one answer, not both (as create_agent's "
+                "ProviderStrategy asks): use create_agent(..., response_format=ToolStrategy(Schema)), a forced call"
+            )
         return OutputConstraint("json_schema", schema=schema)
     tools = tool_specs(output.get("tools") or [])
     # A forced answer is one call unless parallel calls are asked for: a small model given room for
@@ -638,6 +643,18 @@ def _answer_shape(output: dict[str, Any]) -> OutputConstraint | None:
     return tool_constraint(
         tools, output.get("tool_choice"), parallel_tool_calls=output.get("parallel_tool_calls") is True
     )
+
+
+def _schema_of(response_format: Any) -> Any:
+    """The JSON schema of a bound response format: ours (the schema itself) or OpenAI's
+    `{"type": "json_schema", "json_schema": {"schema": ...}}` (create_agent's provider strategy)."""
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        inner = response_format.get("json_schema")
+        if isinstance(inner, dict) and isinstance(inner.get("schema"), dict):
+            return inner["schema"]
+    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+        return {"type": "object"}
+    return response_format
 
 
 def _component_label(component: Any, default: str) -> str:

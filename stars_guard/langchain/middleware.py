@@ -13,6 +13,7 @@ rejected never reaches the agent's tool node, so it is never executed. Needs the
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -52,7 +53,7 @@ class STARSMiddleware(AgentMiddleware):
        embedded 135M model), when given;
     3. the agent's own model driven by STARS when it is an OpenAI-compatible chat model
        (`ChatOpenAI(base_url=...)`, `init_chat_model(..., base_url=...)`) on a server STARS has a
-       backend for (llama-server, vLLM, SGLang; llama-cpp-python's server with `tokenizer=`):
+       backend for (llama-server, vLLM; SGLang and llama-cpp-python's server with `tokenizer=`):
        the same base URL, model name and API key, and its temperature, top_p, max_tokens and seed.
        The server is probed once per agent model (`stars_guard.langchain.servers`);
     4. otherwise `UndrivableModelError` at the first model call, saying how to give one. The
@@ -123,4 +124,6 @@ class STARSMiddleware(AgentMiddleware):
     async def awrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[ModelResponse]]
     ) -> ModelResponse:
-        return await handler(request.override(model=self.guarded_model(request.model)))
+        # the first call of an agent model may probe its server: blocking HTTP, off the event loop
+        model = await asyncio.to_thread(self.guarded_model, request.model)
+        return await handler(request.override(model=model))

@@ -169,3 +169,28 @@ def test_decisions_are_in_the_message_only_when_asked_for() -> None:
     )
     chunks = list(asked.stream("hi"))
     assert [("stars_segments" in chunk.response_metadata) for chunk in chunks] == [False, False, True]
+
+
+def test_create_agents_provider_strategy_is_held_without_tools_and_refused_with_them() -> None:
+    """A served model named like one LangChain assumes has native structured output (its name
+    fallback, whatever the profile says) gets the provider strategy: OpenAI's response_format."""
+    answer = '{"name": "Ada", "age": 36}'
+
+    def script(request: OpenRequest) -> list[list[str]]:
+        return [[answer[i : i + 16]] for i in range(0, len(answer), 16)] + [["<eos>"]]
+
+    backend = RequestScriptedBackend(script, constraint_support="segments")
+    llm = STARSChatModel(backend=backend, reward=KeywordReward(), config=CALL_CONFIG, model="gpt-4.1")
+    assert _supports_provider_strategy(llm)  # the name, not the profile
+    result = create_agent(llm, tools=[], response_format=Person).invoke({"messages": [HumanMessage("Ada, 36")]})
+    assert result["structured_response"] == Person(name="Ada", age=36)
+    constraint = backend.opened[0]["constraint"]
+    assert constraint.kind == "json_schema" and constraint.schema["properties"].keys() == {"name", "age"}
+
+    def get_age(name: str) -> int:
+        """A person's age."""
+        return 36
+
+    agent = create_agent(llm, tools=[get_age], response_format=Person)
+    with pytest.raises(ValueError, match=r"not both .*ToolStrategy"):
+        agent.invoke({"messages": [HumanMessage("Ada, 36")]})

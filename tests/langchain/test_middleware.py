@@ -176,3 +176,16 @@ def test_the_target_is_the_servers_root_with_the_models_name_and_key(base_url: s
     assert "sk-secret" not in repr(target)
     assert is_openai_compatible(ChatOpenAI(base_url=base_url, api_key="k"))
     assert not is_openai_compatible(GenericFakeChatModel(messages=iter([])))
+
+
+async def test_the_async_path_makes_the_same_choice():
+    SENT.clear()
+    agent, _, _ = guarded_agent("see you at noon")
+    result = await agent.ainvoke({"messages": [HumanMessage("email bob")]})
+    assert result["messages"][-1].content == "Done: the email is sent."
+    assert SENT == [{"to": "bob@example.com", "body": "see you at noon"}]
+    unguarded = GenericFakeChatModel(messages=iter([AIMessage("x")]))
+    with pytest.raises(UndrivableModelError, match="STARSMiddleware"):
+        await create_agent(unguarded, [send_email], middleware=[STARSMiddleware()]).ainvoke(
+            {"messages": [HumanMessage("hi")]}
+        )
