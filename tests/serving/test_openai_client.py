@@ -93,11 +93,14 @@ def test_errors_reach_the_client_as_openai_exceptions(server, client, model_id):
     with pytest.raises(openai.BadRequestError) as bad_stars:
         client.chat.completions.create(model=model_id, messages=MESSAGES, extra_body={"stars": {"segment_size": 0}})
     assert "segment_size" in bad_stars.value.message
-    with pytest.raises(openai.BadRequestError) as bad_role:
+    with pytest.raises(openai.BadRequestError) as orphan_result:  # a tool result no call asked for
         client.chat.completions.create(
             model=model_id, messages=[{"role": "tool", "content": "42", "tool_call_id": "call_1"}]
         )
-    assert bad_role.value.body["param"] == "messages[0].role"
+    assert orphan_result.value.body["param"] == "messages[0].tool_call_id"
+    with pytest.raises(openai.BadRequestError) as ignored:  # never silently dropped
+        client.chat.completions.create(model=model_id, messages=MESSAGES, logit_bias={"50256": -100})
+    assert ignored.value.body["param"] == "logit_bias"
     with pytest.raises(openai.BadRequestError) as too_long:
         client.chat.completions.create(model=model_id, messages=[{"role": "user", "content": "plant " * 9000}])
     assert too_long.value.code == "context_length_exceeded"
