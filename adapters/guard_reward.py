@@ -453,9 +453,11 @@ class GuardReward:
 def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     """What the gate reads of a conversation's client turns: each alone and all of them together,
     each as written and as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL
-    escapes and rot13; leetspeak, homoglyphs and invisible characters undone). Cached: every round
-    of a request reads the same turns."""
+    escapes and rot13; leetspeak, homoglyphs and invisible characters undone). A turn's tool calls
+    (an earlier call a client can forge) are read without their JSON too: each string they carry.
+    Cached: every round of a request reads the same turns."""
     texts = [*turns, "\n".join(turns)] if len(turns) > 1 else list(turns)
+    texts += [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
     return tuple(dict.fromkeys(reading for text in texts for reading in readings(text)))
 
 
