@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import jsonschema
 import openai
 import pytest
@@ -116,6 +117,13 @@ def test_openai_client_sends_a_tool_result_back(client):
     answer = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL], seed=4, max_tokens=32)
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
+
+
+def test_constrained_requests_ran_in_lockstep_rounds(server, client):
+    """Tools and JSON answers keep their place in the shared drafting rounds (each under its own grammar)."""
+    client.chat.completions.create(model=MODEL, messages=ASK, tools=[WEATHER_TOOL], tool_choice=FORCED, seed=1)
+    lockstep = httpx.get(f"{server.url}/health").json()["lockstep"]
+    assert lockstep is not None and lockstep["rounds"] > 0
 
 
 # LangChain's ChatOpenAI and create_agent -------------------------------------------------------------
