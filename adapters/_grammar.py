@@ -14,18 +14,21 @@ constrained generation opens, so unconstrained drafting never loads it.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from stars_guard.errors import ConfigError
-from stars_guard.tools import CALL_PREFIX, CALL_SUFFIX, TOOL_CALL_OPEN, OutputConstraint, ToolSpec, plain_json
+from stars_guard.errors import ConfigError, ConstraintBudgetError
+from stars_guard.json_closing import CALL_END, CALL_SEPARATOR, Closer, describe
+from stars_guard.json_closing import arguments_schema as _arguments_schema
+from stars_guard.json_closing import call_begin as call_begin
+from stars_guard.tools import TOOL_CALL_OPEN, OutputConstraint, ToolSpec, plain_json
 
 COMPILED_CACHE_SIZE = 32  # compiled grammars kept per tokenizer: a service sees few distinct tool sets
-CALL_SEPARATOR = "\n"  # between the blocks of an answer made only of calls
-CALL_END = "}" + CALL_SUFFIX  # closes the call object, then the tag
-_EMPTY_ARGUMENTS: dict[str, Any] = {"type": "object", "properties": {}}
+__all__ = ["CALL_END", "CALL_SEPARATOR", "arguments_schema", "call_begin"]
+_log = logging.getLogger(__name__)
 
 
 def xgrammar() -> Any:
@@ -55,19 +58,9 @@ def constraint_key(constraint: OutputConstraint) -> str:
     return json.dumps(plain_json(fields), sort_keys=True, ensure_ascii=False)
 
 
-def call_begin(tool_name: str) -> str:
-    """What a call of `tool_name` starts with, up to its arguments (the format `split_answer` parses)."""
-    return f'{CALL_PREFIX}{{"name": {json.dumps(tool_name, ensure_ascii=False)}, "arguments": '
-
-
 def arguments_schema(tool: ToolSpec) -> dict[str, Any]:
     """The schema a call's arguments must match: an object, `{}` for a tool that takes none."""
-    schema = plain_json(tool.parameters)
-    if not schema:
-        return dict(_EMPTY_ARGUMENTS)
-    if "type" not in schema and "properties" in schema:
-        schema["type"] = "object"
-    return schema
+    return _arguments_schema(tool.parameters)
 
 
 def compact_json_ebnf(schema: Mapping[str, Any]) -> str:
@@ -122,11 +115,23 @@ class ConstraintGrammars:
     to ~0.2 s, so a constraint that comes back (the same bound tools on every turn) is compiled once.
     """
 
-    def __init__(self, tokenizer_info: Any, cache_size: int = COMPILED_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        tokenizer_info: Any,
+        cache_size: int = COMPILED_CACHE_SIZE,
+        *,
+        special_ids: Sequence[int] = (),
+        end_token: int | None = None,
+    ) -> None:
+        """`special_ids`: tokens that are never text (never written into a closing); `end_token`: the
+        stop token that ends a closed answer (default: the lowest stop id)."""
         xgr = xgrammar()
         self.tokenizer_info = tokenizer_info
         self.vocab_size = int(tokenizer_info.vocab_size)
         self.stop_ids = tuple(int(token) for token in tokenizer_info.stop_token_ids)
+        self.end_token = end_token if end_token in self.stop_ids else min(self.stop_ids, default=None)
+        self._special_ids = frozenset(int(token) for token in special_ids) | frozenset(self.stop_ids)
+        self._vocab: VocabPieces | None = None
         self._compiler = xgr.GrammarCompiler(tokenizer_info, max_threads=1)
         self._compiled: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
@@ -138,16 +143,63 @@ class ConstraintGrammars:
         xgr = xgrammar()
         width = max(int(vocab_size), len(tokenizer))
         info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=width, stop_token_ids=sorted(stop_ids))
-        return cls(info)
+        special = set(getattr(tokenizer, "all_special_ids", ()) or ())
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        special |= {int(token) for token, added_token in added.items() if getattr(added_token, "special", False)}
+        return cls(info, special_ids=sorted(special), end_token=getattr(tokenizer, "eos_token_id", None))
 
     @classmethod
-    def for_byte_pieces(cls, pieces: Sequence[bytes], stop_ids: Sequence[int]) -> ConstraintGrammars:
+    def for_byte_pieces(
+        cls, pieces: Sequence[bytes], stop_ids: Sequence[int], end_token: int | None = None
+    ) -> ConstraintGrammars:
         """For a vocabulary given as each token's bytes (llama.cpp); a special token's piece is empty."""
         xgr = xgrammar()
         info = xgr.TokenizerInfo(
             list(pieces), xgr.VocabType.RAW, vocab_size=len(pieces), stop_token_ids=sorted(stop_ids)
         )
-        return cls(info)
+        return cls(info, end_token=end_token)
+
+    @property
+    def vocab(self) -> VocabPieces:
+        """Each token's bytes as the grammar reads them (special tokens empty), built on first use."""
+        with self._lock:
+            if self._vocab is None:
+                pieces = [bytes(piece) for piece in self.tokenizer_info.decoded_vocab]
+                self._vocab = VocabPieces(
+                    [b"" if token in self._special_ids else piece for token, piece in enumerate(pieces)]
+                )
+            return self._vocab
+
+    def keeper(self, constraint: OutputConstraint, max_new_tokens: int) -> BudgetKeeper | None:
+        """The budget keeper of a new answer under `constraint`, checked against `max_new_tokens`.
+
+        Raises `ConstraintBudgetError` when even the shortest valid answer does not fit. None when the
+        closing cannot be computed for this schema (a feature `json_closing` does not handle) or the
+        grammar refuses the closing text: the answer is then drafted without a reserve, as before.
+        """
+        closer = Closer(constraint)
+        keeper = BudgetKeeper(closer, self.vocab, max_new_tokens, self.end_token)
+        plan = keeper.plan_from(b"")
+        if plan is None:
+            _log.warning("no budget reserve for this %s constraint: its closing cannot be computed", constraint.kind)
+            return None
+        if not self._accepts(constraint, plan):
+            _log.warning("no budget reserve for this %s constraint: the grammar refuses its closing", constraint.kind)
+            return None
+        if len(plan) > max_new_tokens:
+            raise ConstraintBudgetError(len(plan), max_new_tokens, describe(constraint))
+        return keeper
+
+    def _accepts(self, constraint: OutputConstraint, plan: Sequence[int]) -> bool:
+        """Whether a fresh matcher takes `plan` (text tokens, then the end token where one is planned)."""
+        matcher = self.matcher(constraint)
+        try:
+            for token in plan:
+                if token != END:
+                    matcher.accept(token)
+        except RuntimeError:
+            return False
+        return matcher.is_complete or not needs_end(constraint)
 
     def compiled(self, constraint: OutputConstraint) -> Any:
         """The compiled grammar of `constraint` (from the cache when it was compiled before)."""
@@ -198,6 +250,10 @@ class LazyGrammars:
     def matcher(self, constraint: OutputConstraint | None) -> ConstraintMatcher | None:
         """The committed matcher for a new generation; None without a constraint."""
         return None if constraint is None else self.get().matcher(constraint)
+
+    def keeper(self, constraint: OutputConstraint | None, max_new_tokens: int) -> BudgetKeeper | None:
+        """The budget keeper for a new generation (`ConstraintGrammars.keeper`); None without a constraint."""
+        return None if constraint is None else self.get().keeper(constraint, max_new_tokens)
 
 
 # Matching -------------------------------------------------------------------------------------
@@ -319,3 +375,194 @@ class NumpyMasker:
             masked[row] = -np.inf
             masked[row, stops] = kept
         return masked
+
+
+# Keeping the tokens that close an answer --------------------------------------------------------
+
+END = -1  # in a plan: the end token (a stop token) after the closing text
+
+
+class VocabPieces:
+    """A vocabulary as each token's bytes, and a greedy tokenizer of closing text over it.
+
+    Greedy longest match is not the model's own tokenisation, but any token sequence that spells
+    the right bytes is one the byte-level grammar accepts, and its length is exact for the plan that
+    is then followed token by token. Special tokens (empty pieces) are never used.
+    """
+
+    def __init__(self, pieces: Sequence[bytes]) -> None:
+        self.pieces = list(pieces)
+        self._index: dict[bytes, int] = {}
+        for token, piece in enumerate(self.pieces):
+            if piece and piece not in self._index:
+                self._index[piece] = token
+        self._longest = min(48, max((len(piece) for piece in self._index), default=1))
+
+    def piece(self, token: int) -> bytes:
+        return self.pieces[token] if 0 <= token < len(self.pieces) else b""
+
+    def encode(self, data: bytes) -> list[int] | None:
+        """Tokens that spell `data` exactly (longest piece first); None if a byte has no token."""
+        tokens: list[int] = []
+        position = 0
+        while position < len(data):
+            for length in range(min(self._longest, len(data) - position), 0, -1):
+                token = self._index.get(data[position : position + length])
+                if token is not None:
+                    tokens.append(token)
+                    position += length
+                    break
+            else:
+                return None
+        return tokens
+
+
+class BudgetKeeper:
+    """Keeps an answer's closing within its token budget: `max_new_tokens` for the whole answer.
+
+    Holds the answer's bytes so far, the tokens it has used and, once the budget meets the reserve,
+    the plan it follows: the closing text's tokens, then the end token where the answer must end.
+    Forked per candidate row like the matcher; committing a candidate keeps its row's keeper, so a
+    plan begun in one segment goes on in the next. Invariant: the tokens that close the answer from
+    where it stands never exceed the tokens left (true at open, where `ConstraintBudgetError` refuses
+    a budget under the shortest answer, and kept by every `choose`).
+    """
+
+    def __init__(
+        self,
+        closer: Closer,
+        vocab: VocabPieces,
+        max_new_tokens: int,
+        end_token: int | None,
+        text: bytes = b"",
+        used: int = 0,
+        plan: list[int] | None = None,
+    ) -> None:
+        self.closer = closer
+        self.vocab = vocab
+        self.max_new_tokens = max_new_tokens
+        self.end_token = end_token
+        self.text = text
+        self.used = used
+        self.plan = plan
+        self.forced = 0  # tokens this keeper replaced with its plan's (what the reserve cost the model)
+
+    def fork(self) -> BudgetKeeper:
+        keeper = BudgetKeeper(
+            self.closer,
+            self.vocab,
+            self.max_new_tokens,
+            self.end_token,
+            self.text,
+            self.used,
+            None if self.plan is None else list(self.plan),
+        )
+        keeper.forced = self.forced
+        return keeper
+
+    @property
+    def left(self) -> int:
+        return self.max_new_tokens - self.used
+
+    def choose(self, token: int, matcher: ConstraintMatcher | None, stop_ids: Sequence[int]) -> int:
+        """The token the row takes: `token` (sampled under the grammar) when the closing still fits
+        after it, else the next token of the plan that closes the answer from here."""
+        if self.plan is None and token not in stop_ids:
+            after = self.text + self.vocab.piece(token)
+            if not self._fits(after, self.left - 1):
+                plan = self.plan_from(self.text)
+                if plan is not None and _plan_accepted(matcher, plan):
+                    self.plan = plan
+        if self.plan:
+            planned = self.plan.pop(0)
+            chosen = (token if token in stop_ids else self.end_token) if planned == END else planned
+            if chosen is not None and chosen != token:
+                self.forced += 1
+                token = chosen
+            if not self.plan:
+                self.plan = None  # closed: under 'auto' the text goes on free
+        self.used += 1
+        if token not in stop_ids:
+            self.text += self.vocab.piece(token)
+        return token
+
+    def plan_from(self, text: bytes) -> list[int] | None:
+        """The tokens that close the answer after `text` (then `END` where it must end); None if unknown."""
+        closing = self._closing(text)
+        if closing is None:
+            return None
+        tokens = self.vocab.encode(closing)
+        if tokens is None:
+            return None
+        return [*tokens, END] if self.closer.needs_end else tokens
+
+    def needed(self, text: bytes) -> int | None:
+        """Tokens that close the answer after `text`, the end token included where one is needed."""
+        plan = self.plan_from(text)
+        return None if plan is None else len(plan)
+
+    def _fits(self, text: bytes, left: int) -> bool:
+        """Whether the closing after `text` fits in `left` tokens (unknown closings count as fitting)."""
+        closing = self._closing(text)
+        if closing is None:
+            return True  # nothing to keep: the schema's closing is unknown (logged at open)
+        end = 1 if self.closer.needs_end else 0
+        if len(closing) + end <= left:  # every token spells at least one byte
+            return True
+        tokens = self.vocab.encode(closing)
+        return tokens is not None and len(tokens) + end <= left
+
+    def _closing(self, text: bytes) -> bytes | None:
+        """The bytes that close the answer after `text` (a character cut mid-way is completed first)."""
+        head, tail = _split_utf8(text)
+        completion = _complete_utf8(tail)
+        try:
+            so_far = (head + tail + completion).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        closing = self.closer.closing(so_far)
+        return None if closing is None else completion + closing.encode("utf-8")
+
+
+def needs_end(constraint: OutputConstraint) -> bool:
+    """Whether an answer under `constraint` ends where its JSON (or its forced calls) close."""
+    return constraint.kind == "json_schema" or constraint.required
+
+
+def _plan_accepted(matcher: ConstraintMatcher | None, plan: Sequence[int]) -> bool:
+    """Whether the row's grammar takes the plan's text tokens from where it stands (checked on a fork)."""
+    if matcher is None:
+        return True
+    fork = matcher.fork()
+    try:
+        for token in plan:
+            if token != END:
+                fork.accept(token)
+    except RuntimeError:
+        _log.warning("the grammar refused a planned closing; the answer goes on without a reserve")
+        return False
+    return True
+
+
+def _split_utf8(data: bytes) -> tuple[bytes, bytes]:
+    """(`data` up to its last whole character, the bytes of a character cut at the end)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue
+        width = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4 if byte & 0xF8 == 0xF0 else 1
+        return (data[:-back], data[-back:]) if width > back else (data, b"")
+    return data, b""
+
+
+def _complete_utf8(tail: bytes) -> bytes:
+    """The fewest bytes that finish a character begun with `tail` (b"" for none)."""
+    if not tail:
+        return b""
+    lead = tail[0]
+    width = 2 if lead & 0xE0 == 0xC0 else 3 if lead & 0xF0 == 0xE0 else 4
+    low = {0xE0: 0xA0, 0xF0: 0x90}.get(lead, 0x80)  # no overlong forms
+    missing = width - len(tail)
+    if len(tail) == 1 and missing:
+        return bytes([low]) + b"\x80" * (missing - 1)
+    return b"\x80" * missing

@@ -36,7 +36,14 @@ from typing import Any
 import numpy as np
 
 from stars_guard.adapters import _chat
-from stars_guard.adapters._grammar import ConstraintGrammars, ConstraintMatcher, LazyGrammars, NumpyMasker, fork_rows
+from stars_guard.adapters._grammar import (
+    BudgetKeeper,
+    ConstraintGrammars,
+    ConstraintMatcher,
+    LazyGrammars,
+    NumpyMasker,
+    fork_rows,
+)
 from stars_guard.adapters._numpy_sampling import complete_utf8, entropy, incomplete_utf8_tail, sample
 from stars_guard.capabilities import BackendCapabilities, GenerationCapabilities
 from stars_guard.errors import BackendError, ContextWindowExceededError, ModelNotFoundError
@@ -204,10 +211,18 @@ class LlamaCppBackend:
         if self.context_window and len(prompt_ids) + request.max_new_tokens > self.context_window:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self.context_window)
         matcher = self.grammars.matcher(request.constraint)
+        keeper = self.grammars.keeper(request.constraint, request.max_new_tokens)
         context = self._acquire()
         try:
             return LlamaCppGeneration(
-                self, context, prompt_ids, request.temperature, request.top_p, request.seed, matcher=matcher
+                self,
+                context,
+                prompt_ids,
+                request.temperature,
+                request.top_p,
+                request.seed,
+                matcher=matcher,
+                keeper=keeper,
             )
         except BaseException:
             self._release(context)
@@ -235,7 +250,10 @@ class LlamaCppBackend:
     def _build_grammars(self) -> ConstraintGrammars:
         """The grammar compiler over this vocabulary: each token's bytes, EOG tokens as the stop tokens."""
         pieces = [self.piece(token) for token in range(self.n_vocab)]
-        return ConstraintGrammars.for_byte_pieces(pieces, [t for t in range(self.n_vocab) if self.is_end(t)])
+        stops = [t for t in range(self.n_vocab) if self.is_end(t)]
+        eot = int(self._llama_cpp.llama_vocab_eot(self.vocab))
+        end = eot if eot in stops else int(self._llama_cpp.llama_vocab_eos(self.vocab))
+        return ConstraintGrammars.for_byte_pieces(pieces, stops, end_token=end)
 
     def _piece(self, token: int, special: bool) -> bytes:
         buffer = ctypes.create_string_buffer(64)
@@ -376,6 +394,7 @@ class _Drafted:
     candidate: Candidate
     sequence: int  # where its KV cells live
     logits: np.ndarray | None  # next-token logits after its last token; None if it ended with EOS
+    keeper: BudgetKeeper | None = None  # the budget keeper after its tokens (None: unconstrained)
 
 
 class LlamaCppGeneration:
@@ -390,10 +409,12 @@ class LlamaCppGeneration:
         top_p: float,
         seed: int | None,
         matcher: ConstraintMatcher | None = None,
+        keeper: BudgetKeeper | None = None,
     ) -> None:
         self._backend = backend
         self._context: _Context | None = context
         self._matcher = matcher  # the grammar state after the accepted tokens; None: unconstrained
+        self._keeper = keeper  # the budget the answer's closing needs, after the accepted tokens
         self._temperature = temperature
         self._top_p = top_p
         self._rng = np.random.default_rng(seed)
@@ -453,7 +474,7 @@ class LlamaCppGeneration:
                 retained = self._backend.retained_seq
                 context.remove(retained)
                 context.copy_sequence(item.sequence, retained)
-                self._retained = _Drafted(candidate, retained, item.logits)
+                self._retained = _Drafted(candidate, retained, item.logits, item.keeper)
                 return
 
     def commit(self, candidate: Candidate) -> None:
@@ -467,6 +488,8 @@ class LlamaCppGeneration:
             raise ValueError("a candidate that ended with EOS cannot be continued")
         if self._matcher is not None:
             self._matcher.advance(candidate.token_ids)
+        if chosen.keeper is not None:
+            self._keeper = chosen.keeper
         # Its cells (prefix + candidate) become the new prefix; every other sequence is dropped.
         prefix_end = len(self.prompt_ids) + len(self.response_ids)
         context.copy_sequence(chosen.sequence, 0, prefix_end, -1)
@@ -478,7 +501,7 @@ class LlamaCppGeneration:
 
     def close(self) -> None:
         context, self._context = self._context, None
-        self._drafted, self._retained, self._matcher = [], None, None
+        self._drafted, self._retained, self._matcher, self._keeper = [], None, None, None
         if context is not None:
             self._backend._release(context)
 
@@ -504,6 +527,9 @@ class LlamaCppGeneration:
         # Under a grammar each candidate gets its own fork of the committed matcher; no mask work without one.
         matchers = fork_rows(self._matcher, count)
         masker = None if self._matcher is None else NumpyMasker(count, backend.grammars.get().vocab_size)
+        # ... and of the budget keeper: the reserve that closes the answer within max_new_tokens.
+        keepers = [None if self._keeper is None else self._keeper.fork() for _ in range(count)]
+        stop_ids = () if self._keeper is None else backend.grammars.get().stop_ids
         for step in range(max_tokens):
             allowed = logits if masker is None else masker.apply(logits, [matchers[p] for p in alive])
             tokens = sample(allowed, self._temperature, self._top_p, self._rng)
@@ -511,6 +537,9 @@ class LlamaCppGeneration:
             for row, position in enumerate(alive):
                 token = int(tokens[row])
                 matcher = matchers[position]
+                keeper = keepers[position]
+                if keeper is not None:  # the budget meets the reserve: the closing's token instead
+                    token = keeper.choose(token, matcher, stop_ids)
                 if matcher is not None:
                     matcher.accept(token)
                 sampled[position].append(token)
@@ -539,7 +568,8 @@ class LlamaCppGeneration:
         results = []
         for position in range(count):
             candidate = self._candidate(sampled[position], ended[position])
-            results.append(_Drafted(candidate, sequences[position], None if ended[position] else final[position]))
+            logits_after = None if ended[position] else final[position]
+            results.append(_Drafted(candidate, sequences[position], logits_after, keepers[position]))
         return results
 
     def _candidate(self, ids: list[int], hit_eos: bool) -> Candidate:

@@ -16,14 +16,21 @@ import copy
 import inspect
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from stars_guard.adapters._chat import chat_prompt_ids
-from stars_guard.adapters._grammar import ConstraintGrammars, ConstraintMatcher, LazyGrammars, TorchMasker, fork_rows
+from stars_guard.adapters._grammar import (
+    BudgetKeeper,
+    ConstraintGrammars,
+    ConstraintMatcher,
+    LazyGrammars,
+    TorchMasker,
+    fork_rows,
+)
 from stars_guard.adapters._text import candidate_from_ids, eos_ids
 from stars_guard.capabilities import BackendCapabilities, GenerationCapabilities
 from stars_guard.errors import ContextWindowExceededError, ModelNotFoundError
@@ -124,8 +131,9 @@ class TransformersBackend:
     def open(self, request: OpenRequest) -> TransformersGeneration:
         prompt_ids = self._prompt_ids(request)
         matcher = self.grammars.matcher(request.constraint)
+        keeper = self.grammars.keeper(request.constraint, request.max_new_tokens)
         return TransformersGeneration(
-            self, prompt_ids, request.temperature, request.top_p, request.seed, matcher=matcher
+            self, prompt_ids, request.temperature, request.top_p, request.seed, matcher=matcher, keeper=keeper
         )
 
     def _prompt_ids(self, request: OpenRequest) -> list[int]:
@@ -143,10 +151,12 @@ class TransformersBackend:
         opened: list[TransformersGeneration | Exception] = []
         prompts: list[tuple[int, list[int]]] = []
         matchers: dict[int, ConstraintMatcher | None] = {}
+        keepers: dict[int, BudgetKeeper | None] = {}
         for index, request in enumerate(requests):
             try:
                 prompt_ids = self._prompt_ids(request)
                 matchers[index] = self.grammars.matcher(request.constraint)
+                keepers[index] = self.grammars.keeper(request.constraint, request.max_new_tokens)
             except Exception as exc:
                 opened.append(exc)
                 continue
@@ -165,7 +175,14 @@ class TransformersBackend:
             request = requests[index]
             state = (_row_of(cache, row, pad), logits[row : row + 1, -1, :].float())
             opened[index] = TransformersGeneration(
-                self, ids, request.temperature, request.top_p, request.seed, prefilled=state, matcher=matchers[index]
+                self,
+                ids,
+                request.temperature,
+                request.top_p,
+                request.seed,
+                prefilled=state,
+                matcher=matchers[index],
+                keeper=keepers[index],
             )
         return opened
 
@@ -206,6 +223,14 @@ class _Draft:
 
     candidates: list[Candidate]
     states: dict[int, tuple[Any, torch.Tensor]]  # candidate position -> (1-row cache, next logits)
+    keepers: dict[int, BudgetKeeper] = field(default_factory=dict)  # candidate position -> its budget keeper
+
+    def keeper_of(self, candidate: Candidate) -> BudgetKeeper | None:
+        """The budget keeper after `candidate` (None: unconstrained or not from this round)."""
+        for position, drafted in enumerate(self.candidates):
+            if drafted is candidate:
+                return self.keepers.get(position)
+        return None
 
     def state_of(self, candidate: Candidate) -> tuple[Any, torch.Tensor] | None:
         """(cache, next logits) after `candidate`; None if it is not from this round or ended with EOS."""
@@ -227,9 +252,11 @@ class TransformersGeneration:
         seed: int | None,
         prefilled: tuple[Any, torch.Tensor] | None = None,
         matcher: ConstraintMatcher | None = None,
+        keeper: BudgetKeeper | None = None,
     ) -> None:
         self._backend = backend
         self._matcher = matcher  # the grammar state after the accepted tokens; None: unconstrained
+        self._keeper = keeper  # the budget the answer's closing needs, after the accepted tokens
         self._temperature = temperature
         self._top_p = top_p
         self._generator = torch.Generator(device=backend.device)
@@ -241,6 +268,7 @@ class TransformersGeneration:
         self.response_ids: list[int] = []
         self._draft: _Draft | None = None
         self._retained: tuple[Candidate, Any, torch.Tensor] | None = None
+        self._retained_keeper: BudgetKeeper | None = None
         self._calls = 0
         if prefilled is None:
             with torch.inference_mode():
@@ -288,20 +316,25 @@ class TransformersGeneration:
         state = self._draft.state_of(candidate) if self._draft is not None else None
         if state is not None:
             self._retained = (candidate, *state)
+            self._retained_keeper = self._draft.keeper_of(candidate) if self._draft is not None else None
 
     def commit(self, candidate: Candidate) -> None:
         state = self._draft.state_of(candidate) if self._draft is not None else None
         if state is not None:
+            keeper = self._draft.keeper_of(candidate) if self._draft is not None else None
             self._advance(candidate, *state)
+            self._keeper = keeper or self._keeper
         elif self._retained is not None and self._retained[0] is candidate:
+            keeper = self._retained_keeper
             self._advance(*self._retained)
+            self._keeper = keeper or self._keeper
         elif candidate.finish_reason == "eos":
             raise ValueError("a candidate that ended with EOS cannot be continued")
         else:
             raise ValueError("commit() needs a candidate from the latest draft or the retained one")
 
     def close(self) -> None:
-        self._cache = self._draft = self._retained = self._matcher = None
+        self._cache = self._draft = self._retained = self._matcher = self._keeper = self._retained_keeper = None
 
     # Internals ------------------------------------------------------------------------------------
 
@@ -310,7 +343,7 @@ class TransformersGeneration:
             self._matcher.advance(candidate.token_ids)
         self.response_ids.extend(candidate.token_ids)
         self._cache, self._next_logits = cache, logits
-        self._draft = self._retained = None
+        self._draft = self._retained = self._retained_keeper = None
 
     def _candidate(self, ids: list[int], hit_eos: bool) -> Candidate:
         """Decode a draft as a continuation of the accepted text, with per-token end offsets."""
@@ -357,6 +390,13 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
     owners = [(index, position) for index, count in enumerate(counts) for position in range(count)]
     # Under a grammar each candidate row gets its own fork of its generation's matcher; no mask work without one.
     matchers, masker = _row_matchers(backend, generations, counts)
+    # Under a grammar each row also forks its generation's budget keeper: the reserve that closes the answer.
+    keepers = [
+        None if generation._keeper is None else generation._keeper.fork()
+        for generation, count in zip(generations, counts, strict=True)
+        for _ in range(count)
+    ]
+    stop_ids = tuple(sorted(backend.eos_ids))
     mask = positions = None
     if any(pads):
         shapes = zip(pads, lengths, counts, strict=True)
@@ -365,6 +405,7 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
     sampled = [[[] for _ in range(count)] for count in counts]
     hit_eos = [[False] * count for count in counts]
     states: list[dict[int, tuple[Any, torch.Tensor]]] = [{} for _ in requests]
+    final_keepers: list[dict[int, BudgetKeeper]] = [{} for _ in requests]
     for generation in generations:
         generation._calls += 1
     eos = backend.eos_ids
@@ -376,6 +417,11 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
             tokens = _sample_rows(logits, owners, generations)
             for row, (index, position) in enumerate(owners):
                 token = int(tokens[row])
+                keeper = keepers[row]
+                if keeper is not None:
+                    chosen = keeper.choose(token, matchers[row], stop_ids)
+                    if chosen != token:  # the budget meets the reserve: the closing's token instead
+                        tokens[row] = token = chosen
                 if matchers[row] is not None:
                     matchers[row].accept(token)
                 sampled[index][position].append(token)
@@ -395,6 +441,9 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
             for row, (index, position) in enumerate(owners):
                 if hit_eos[index][position]:
                     continue  # EOS: nothing can follow, no state to keep
+                row_keeper = keepers[row]
+                if row_keeper is not None:
+                    final_keepers[index][position] = row_keeper
                 if row in cut or step >= requests[index].max_tokens:
                     states[index][position] = (_row_of(cache, row, pads[index]), logits[row : row + 1])
                     continue
@@ -407,12 +456,13 @@ def _draft_round(backend: TransformersBackend, requests: list[DraftRequest]) -> 
                 logits = logits[index_tensor]
                 owners = [owners[row] for row in keep]
                 matchers = [matchers[row] for row in keep]
+                keepers = [keepers[row] for row in keep]
                 if mask is not None:
                     mask, positions = mask[index_tensor.cpu()], positions[index_tensor.cpu()]
     drafted: list[list[Candidate]] = []
     for index, generation in enumerate(generations):
         candidates = [generation._candidate(ids, hit_eos[index][i]) for i, ids in enumerate(sampled[index])]
-        generation._draft = _Draft(candidates, states[index])
+        generation._draft = _Draft(candidates, states[index], final_keepers[index])
         drafted.append(candidates)
     return drafted
 

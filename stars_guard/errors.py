@@ -60,3 +60,21 @@ class ContextWindowExceededError(StarsGuardError, ValueError):
             f"but the model's context window is {context_window} tokens: shorten the prompt or "
             f"lower max_new_tokens to at most {max(context_window - prompt_tokens, 0)}"
         )
+
+
+class ConstraintBudgetError(ConfigError):
+    """`max_new_tokens` cannot hold even the shortest answer an output constraint allows.
+
+    Raised when a constrained answer opens, before drafting: a forced tool call or a structured
+    answer is always finished within the budget (the drafting keeps the tokens that close it in
+    reserve), so a budget under the shortest valid form is refused up front. `needed` is that form's
+    length in tokens (its end-of-sequence token included), `max_new_tokens` the budget given.
+    """
+
+    def __init__(self, needed: int, max_new_tokens: int, what: str) -> None:
+        self.needed = int(needed)
+        self.max_new_tokens = int(max_new_tokens)
+        super().__init__(
+            f"max_tokens={max_new_tokens} is too small for {what}: its shortest valid form needs {needed} "
+            f"tokens; raise max_tokens to at least {needed}"
+        )
