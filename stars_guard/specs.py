@@ -35,6 +35,8 @@ LLAMACPP_OPTIONS = frozenset({"n_ctx", "n_threads"})
 HF_REWARD_OPTIONS = frozenset({"input_form", "label_index", "max_length"})
 TEI_OPTIONS = frozenset({"label"})
 VLLM_CLASSIFY_OPTIONS = frozenset({"model", "tokenizer", "label_index"})
+SERVED_GUARD_OPTIONS = frozenset({"family", "model", "categories", "controversial", "top_logprobs", "min_verdict_mass"})
+OPENAI_MODERATION_OPTIONS = frozenset({"model", "per_category"})
 
 
 def _local_backend(_: str | None) -> Backend:
@@ -116,6 +118,34 @@ def _judge_reward(argument: str | None) -> RewardModel:
     return LLMJudgeReward(argument)
 
 
+def _served_guard_reward(argument: str | None) -> RewardModel:
+    from stars_guard.adapters.served_guard_reward import ServedGuardReward
+
+    url, options = split_options("guard", argument, SERVED_GUARD_OPTIONS)
+    if "family" not in options:
+        raise SpecError(
+            "spec 'guard' needs ?family=NAME (llama-guard-3, shieldgemma, granite-guardian, qwen3guard, wildguard)"
+        )
+    categories = [name for name in options.pop("categories", "").split(",") if name] or None
+    numbers: dict[str, Any] = {}
+    if "top_logprobs" in options:
+        numbers["top_logprobs"] = _integer("guard", "top_logprobs", options.pop("top_logprobs"))
+    if "min_verdict_mass" in options:
+        try:
+            numbers["min_verdict_mass"] = float(options.pop("min_verdict_mass"))
+        except ValueError:
+            raise SpecError("spec 'guard': option min_verdict_mass must be a number") from None
+    return ServedGuardReward(url, api_key=_api_key(), categories=categories, **options, **numbers)  # type: ignore[arg-type]
+
+
+def _openai_moderation_reward(argument: str | None) -> RewardModel:
+    from stars_guard.adapters.openai_moderation_reward import OpenAIModerationReward
+
+    url, options = split_options("openai-moderation", argument, OPENAI_MODERATION_OPTIONS)
+    per_category = options.pop("per_category", "false").lower() in ("1", "true", "yes")
+    return OpenAIModerationReward(url, api_key=_api_key(), per_category=per_category, **options)
+
+
 BACKENDS: dict[str, SpecEntry] = {
     "local": SpecEntry(_local_backend, "local  (embedded SmolLM2-135M-Instruct, after `stars-guard models pull`)"),
     "hf": SpecEntry(_hf_backend, "hf:<hub-id, directory or .gguf file>  (any Hugging Face causal LM)", True),
@@ -159,6 +189,20 @@ REWARDS: dict[str, SpecEntry] = {
     ),
     "judge": SpecEntry(
         _judge_reward, "judge[:<hub-id, directory or .gguf file>]  (P(safe) from a causal LM judge; default SmolLM2)"
+    ),
+    "guard": SpecEntry(
+        _served_guard_reward,
+        "guard:<URL>?family=NAME[&model=NAME&categories=A,B&controversial=unsafe|safe&top_logprobs=N]  "
+        "(P(safe) from a served guard model's verdict logprobs: llama-guard-3, shieldgemma, granite-guardian, "
+        "qwen3guard, wildguard)",
+        True,
+        SERVED_GUARD_OPTIONS,
+    ),
+    "openai-moderation": SpecEntry(
+        _openai_moderation_reward,
+        "openai-moderation:<URL>[?model=NAME&per_category=true]  (1 - the highest category score of /v1/moderations)",
+        True,
+        OPENAI_MODERATION_OPTIONS,
     ),
 }
 API_KEY_ENV = "STARS_GUARD_API_KEY"
