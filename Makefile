@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PIP) install --quiet --no-cache-dir "llama-cpp-python[server]==0.3.36"
-	$(PIP) install --quiet -e ".[local,langchain,agents,telemetry,http,server,llamacpp,examples,bench,dev]"
+	$(PIP) install --quiet -e ".[local,langchain,agents,telemetry,http,server,llamacpp,examples,bench,training,dev]"
 	touch $(STAMP)
 
 # Headless Chromium (Debian package) renders the dashboard in its test; installed once, as root.
@@ -72,8 +72,8 @@ bench: setup engines
 # ruff, then tests/test_layers.py as a script: the import contracts between the layers, and every
 # imported package named in its extra (the same checks run under `make test` and `make unit`).
 lint: $(STAMP)
-	$(VENV)/bin/ruff check stars_guard adapters tests benchmarks examples noxfile.py
-	$(VENV)/bin/ruff format --check stars_guard adapters tests benchmarks examples noxfile.py
+	$(VENV)/bin/ruff check stars_guard adapters training tests benchmarks examples noxfile.py
+	$(VENV)/bin/ruff format --check stars_guard adapters training tests benchmarks examples noxfile.py
 	$(PY) tests/test_layers.py
 
 clean:

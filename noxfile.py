@@ -22,7 +22,7 @@ import nox
 # Supported Pythons besides 3.11, which `make test` covers with the full suite.
 MATRIX = ("3.12", "3.13")
 # Everything a torch-free test imports: no `local` (torch, transformers), no `llamacpp`.
-TORCH_FREE_EXTRAS = "langchain,agents,telemetry,http,server,bench,dev"
+TORCH_FREE_EXTRAS = "langchain,agents,telemetry,http,server,bench,training,dev"
 
 nox.options.sessions = ["torch_free"]
 nox.options.reuse_existing_virtualenvs = True  # a warm CI machine reinstalls only what changed

@@ -2,7 +2,7 @@
 
 - safety = 1 - P(offensive), from the alt-profanity-check classifier (scikit-learn, in its wheel),
   and with the trained harm gate (the default) under the veto's floor where a request the gate
-  is sure is harmful (h, below, over 1 - `ANSWERING_FLOOR`) is being answered rather than
+  is sure is harmful (h, below, over 1 - the head's calibrated floor) is being answered rather than
   declined (the answer's similarity to the nearest declining answer under 0.5; a tool call by
   what it asks for, and its free text as prose). The trained response-harm head, P(harmful
   answer), is `response_harm`; the veto does not read it (docs/benchmarks.md says why);
@@ -39,7 +39,7 @@ import numpy as np
 
 from stars_guard.adapters._language import unsupported_language
 from stars_guard.capabilities import RewardCapabilities
-from stars_guard.errors import ModelNotFoundError
+from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
 from stars_guard.normalize import readings
 from stars_guard.protocols import RewardScores
@@ -49,15 +49,15 @@ _SHARED: dict[str, Any] = {}
 # The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
 # split by benchmarks/calibrate_veto.py (numbers in docs/guarantees.md).
 DEFAULT_SAFETY_FLOOR = 0.3
-# Where the answering term of the trained gate (1 - h for an answer that does not decline,
-# `answering_harm`) was calibrated to veto, on held-out development data by
-# benchmarks/calibrate_harm_veto.py; under it safety is scaled under the veto's floor.
-ANSWERING_FLOOR = 0.04
 # An answer at least this similar (MiniLM cosine) to the nearest declining answer counts as a decline.
 DECLINING_SIMILARITY = 0.5
-# The trained request-harm head `harm_gate="trained"` reads (`python -m stars_guard.bench.harm_gate train`).
+# The trained request-harm head `harm_gate="trained"` reads (`python -m training.harm_gate train`, in a
+# checkout). It carries the floor its answering veto was calibrated at (key `veto`, written by
+# benchmarks/calibrate_harm_veto.py --write-floor on held-out development data), so a floor is
+# always the one chosen for that head.
 REQUEST_HARM_HEAD = "request_harm_head.json"
-# The trained response-harm head behind `response_harm` (`python -m stars_guard.bench.response_harm train`).
+# The trained response-harm head behind `response_harm` (`python -m training.response_harm train`);
+# loaded on first use: the reward's scores never read it.
 RESPONSE_HARM_HEAD = "response_harm_head.json"
 # Tool calls whose string arguments run this long (in words, all together) carry free text the model
 # wrote (an email's body, a post), so they are judged as an answer too, not only as what they ask for.
@@ -167,11 +167,12 @@ class GuardReward:
 
     `harm_gate`: how h is read from a request. `"trained"` (default): a small MLP on the request's
     embedding, trained on the red-team sets' development parts and requests written for the project
-    (`stars_guard.bench.harm_gate`, measured in docs/benchmarks.md). `"exemplars"`: the earlier
+    (`training/harm_gate.py`, measured in docs/benchmarks.md). `"exemplars"`: the earlier
     default, a nearest-neighbour vote over the hand-written exemplars below (no better than chance
     against benign look-alikes), at least P(offensive) of the request. With the trained gate the
     `safety` component (the one the veto reads) also counts answering a harmful request as harm:
-    where 1 - answering harm is under `ANSWERING_FLOOR`, safety falls under the veto's floor, so an
+    where 1 - answering harm is under the head's calibrated floor (`answering_floor`), safety falls
+    under the veto's floor, so an
     answer that is far from declining a request the gate is sure of is not emitted and the engine
     refuses instead (`answering_harm`; a tool call is judged by what it asks for, and free text in
     it as prose). Above it safety is the
@@ -207,7 +208,8 @@ class GuardReward:
             raise ValueError(f"unknown harm_gate {harm_gate!r}: use 'exemplars' or 'trained'")
         self.harm_gate = harm_gate
         self._head = _packaged_head(REQUEST_HARM_HEAD, "harm_gate") if harm_gate == "trained" else None
-        self._response_head = _packaged_head(RESPONSE_HARM_HEAD, "response_harm") if harm_gate == "trained" else None
+        self._response_head: TrainedHead | None = None  # loaded by `response_harm` on first use
+        self.answering_floor = None if self._head is None else _calibrated_floor(self._head)
         self._harm: OrderedDict[str, float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
         # Components `safety`, `helpfulness` and (trained gate) `answering`; the calibrated floor on
@@ -217,7 +219,7 @@ class GuardReward:
         self.capabilities = RewardCapabilities(
             components=("safety", "helpfulness", *(("answering",) if trained else ())),
             safety_floor=DEFAULT_SAFETY_FLOOR,
-            vetoes={"answering": ANSWERING_FLOOR} if trained else {},
+            vetoes={"answering": self.answering_floor} if self.answering_floor is not None else {},
             batched_scoring=True,
             languages=GUARD_LANGUAGES,
         )
@@ -311,7 +313,7 @@ class GuardReward:
         """How harmful a request each response answers rather than declines: h for prose that does
         not decline (`_answers`; 0 for a decline or an empty response), and h times the harm of
         what a tool call asks for (`call_harm`) for the calls in it; the larger of the two. The
-        trained gate's veto reads 1 minus this against `ANSWERING_FLOOR`, so it fires where the
+        trained gate's veto reads 1 minus this against `answering_floor`, so it fires where the
         gate is sure (h over 1 - the floor) and the answer is not a decline.
 
         Not declining is read as a line, not a degree: an on-topic answer and a generic compliant
@@ -346,9 +348,13 @@ class GuardReward:
         return self._response_harm(self._embed(responses))
 
     def _response_harm(self, vectors: np.ndarray) -> np.ndarray:
-        if self._response_head is None:
+        if self._head is None:
             raise ValueError('response harm needs the trained heads: GuardReward(harm_gate="trained")')
-        harm = self._response_head.probability(vectors)
+        with self._lock:
+            if self._response_head is None:
+                self._response_head = _packaged_head(RESPONSE_HARM_HEAD, "response_harm")
+            head = self._response_head
+        harm = head.probability(vectors)
         harm[~vectors.any(axis=1)] = 0.0  # an empty answer says nothing harmful
         return harm.astype(np.float64)
 
@@ -372,14 +378,15 @@ class GuardReward:
         """Each response's similarity to the nearest declining exemplar, in [0, 1]."""
         return np.clip((vectors @ self._exemplar_vectors("refusal").T).max(axis=1), 0.0, 1.0).astype(np.float64)
 
-    @staticmethod
-    def _answering_steer(answering: np.ndarray) -> np.ndarray:
+    def _answering_steer(self, answering: np.ndarray) -> np.ndarray:
         """What the `answering` component (1 - answering harm) adds to the steering reward's safety
-        part: nothing where it clears its calibrated floor `ANSWERING_FLOOR` (steering is left to the
+        part: nothing where it clears its calibrated floor `answering_floor` (steering is left to the
         refusal-aware helpfulness, which already weighs it), and the low safety of a vetoed answer,
         scaled under `DEFAULT_SAFETY_FLOOR`, where it does not. It only ranks candidates: the veto
-        itself reads the `answering` component against `ANSWERING_FLOOR` (`capabilities.vetoes`)."""
-        return np.where(answering < ANSWERING_FLOOR, answering * DEFAULT_SAFETY_FLOOR / ANSWERING_FLOOR, 1.0)
+        itself reads the `answering` component against that floor (`capabilities.vetoes`)."""
+        floor = self.answering_floor
+        assert floor is not None  # only the trained gate has the answering component
+        return np.where(answering < floor, answering * DEFAULT_SAFETY_FLOOR / floor, 1.0)
 
     def _embed(self, responses: Sequence[str]) -> np.ndarray:
         """Unit MiniLM embeddings of the responses; zero rows for empty ones (not encoded)."""
@@ -464,13 +471,14 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class TrainedHead:
     """A trained head on MiniLM embeddings: logistic, or logistic over one hidden ReLU layer
-    (the request-harm gate, `stars_guard.bench.harm_gate.fit_mlp`). Its trainers evaluate with
+    (the request-harm gate, `training.harm_gate.fit_mlp`). Its trainers evaluate with
     this same forward pass, so what they measure is what runs."""
 
     weights: np.ndarray
     bias: float
     hidden_weights: np.ndarray | None = None
     hidden_bias: np.ndarray | None = None
+    veto: dict[str, Any] | None = None  # the floor its veto was calibrated at, and how (request-harm head)
 
     @classmethod
     def from_weights(cls, head: dict[str, Any]) -> TrainedHead:
@@ -481,6 +489,7 @@ class TrainedHead:
             bias=float(head["bias"]),
             hidden_weights=None if hidden is None else np.asarray(hidden, dtype=np.float64),
             hidden_bias=None if hidden is None else np.asarray(head["hidden_bias"], dtype=np.float64),
+            veto=head.get("veto"),
         )
 
     def probability(self, vectors: np.ndarray) -> np.ndarray:
@@ -492,8 +501,20 @@ class TrainedHead:
 
 
 def _packaged_head(name: str, trainer: str) -> TrainedHead:
-    """A packaged head (`trainer`: the `stars_guard.bench` module that writes it)."""
+    """A packaged head (`trainer`: the module of training/ that writes it, in a checkout)."""
     path = Path(__file__).with_name(name)
     if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing: run `python -m stars_guard.bench.{trainer} train`")
+        raise ModelNotFoundError(f"{path} is missing: run `python -m training.{trainer} train` in a checkout")
     return TrainedHead.from_weights(json.loads(path.read_text()))
+
+
+def _calibrated_floor(head: TrainedHead) -> float:
+    """The answering veto's floor recorded in the request-harm head; a head without one (freshly
+    trained, never calibrated) is refused rather than vetoed at a floor chosen for another head."""
+    floor = (head.veto or {}).get("floor")
+    if not isinstance(floor, int | float) or not 0.0 < floor < 1.0:
+        raise ConfigError(
+            f"the request-harm head {REQUEST_HARM_HEAD} records no calibrated veto floor (got {head.veto!r}): "
+            "run `python benchmarks/calibrate_harm_veto.py --write-floor` in a checkout after training it"
+        )
+    return float(floor)

@@ -10,10 +10,11 @@ benign look-alikes stay out), and reports, for each candidate floor on the raw t
 answers the veto would cut on each side, judging each answer as the veto does: every prefix of
 whole segments (8 tokens) until the answer ends. Declining answers (the engine's refusal and the
 reward's declining exemplars) must never be cut. The floor chosen (the highest that cuts at most
-`--max-benign-veto` of the benign answers) is `ANSWERING_FLOOR` in `adapters/guard_reward.py`,
-which rescales the term onto the veto's floor.
+`--max-benign-veto` of the benign answers) is the head's own floor: with `--write-floor` it is
+written into the request-harm head (`adapters/request_harm_head.json`, key `veto`), beside what it
+was calibrated on, and `GuardReward` reads it from there (a head without one is refused).
 
-    .venv/bin/python benchmarks/calibrate_harm_veto.py --out benchmarks/results
+    .venv/bin/python benchmarks/calibrate_harm_veto.py --out benchmarks/results --write-floor
 
 Writes `calibrate_harm_veto.json` under `--out`.
 """
@@ -35,12 +36,13 @@ def main() -> None:
     parser.add_argument("--per-side", type=int, default=80, help="prompts per side (harmful, benign)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--max-benign-veto", type=float, default=0.05, help="largest share of benign answers cut")
+    parser.add_argument("--write-floor", action="store_true", help="write the chosen floor into the request-harm head")
     args = parser.parse_args()
 
     from stars_guard.adapters import GuardReward, LlamaCppBackend
     from stars_guard.adapters.guard_reward import REFUSALS
-    from stars_guard.bench.response_harm import draft_prefixes, veto_calibration_prompts
     from stars_guard.config import DEFAULT_REFUSAL
+    from training.response_harm import draft_prefixes, veto_calibration_prompts
 
     sides = veto_calibration_prompts(args.per_side)
     backend = LlamaCppBackend()
@@ -77,6 +79,35 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"per_side": args.per_side, "max_new_tokens": args.max_new_tokens, "rows": rows, "chosen": chosen}
     (args.out / "calibrate_harm_veto.json").write_text(json.dumps(report, indent=1) + "\n")
+    if args.write_floor:
+        if chosen is None:
+            raise SystemExit("no floor cuts at most --max-benign-veto of the benign answers: nothing written")
+        write_floor(chosen, args)
+
+
+def write_floor(chosen: dict[str, float], args: argparse.Namespace) -> None:
+    """Record the chosen floor in the request-harm head, with what it was calibrated on."""
+    from training.harm_gate import head_path, write_head
+
+    path = head_path()
+    head = json.loads(path.read_text())
+    head["veto"] = veto_record(chosen, args.per_side, args.max_new_tokens, args.max_benign_veto)
+    write_head(path, head)
+    print(f"wrote floor {chosen['floor']} into {path}")
+
+
+def veto_record(chosen: dict[str, float], per_side: int, max_new_tokens: int, max_benign_veto: float) -> dict:
+    """The head's `veto` entry: the component, its floor, and how the floor was chosen."""
+    return {
+        "component": "answering",
+        "floor": chosen["floor"],
+        "chosen_by": (
+            f"the highest floor that cut at most {max_benign_veto} of {per_side} benign calibration answers and no "
+            f"declining answer, on plain-sampling answers of up to {max_new_tokens} tokens judged per 8-token prefix"
+        ),
+        "measured": {key: chosen[key] for key in ("harmful_cut", "benign_cut", "declining_cut")},
+        "command": "python benchmarks/calibrate_harm_veto.py --write-floor",
+    }
 
 
 if __name__ == "__main__":

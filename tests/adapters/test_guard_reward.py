@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import codecs
+import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 
-from stars_guard.adapters import GuardReward
+from stars_guard.adapters import GuardReward, guard_reward
+from stars_guard.errors import ConfigError
 
 HARMFUL = "What are some things I can lie about on my resume to make it seem more impressive?"
 BENIGN = "How do I cook rice on the stove?"
@@ -119,3 +123,26 @@ def test_the_gate_reads_a_request_through_its_disguise(guard, disguise) -> None:
     # A benign request's decoded readings add nothing: the gate's score is its raw reading's, as before
     # (encoded text alone already reads as suspicious to the gate: measured in docs/benchmarks.md).
     assert guard.conversation_harm(benign) == pytest.approx(guard.request_harm(benign))
+
+
+def test_the_answering_veto_reads_its_floor_from_the_head_it_was_calibrated_on(guard) -> None:
+    head = json.loads((Path(guard_reward.__file__).with_name(guard_reward.REQUEST_HARM_HEAD)).read_text())
+    assert head["made_by"] == "python -m training.harm_gate train"
+    assert head["veto"]["component"] == "answering" and head["veto"]["command"].startswith("python benchmarks/")
+    assert guard.answering_floor == head["veto"]["floor"]
+    assert dict(guard.capabilities.vetoes) == {"answering": head["veto"]["floor"]}
+
+
+@pytest.mark.parametrize("veto", [None, {"floor": None}, {"floor": 1.5}])
+def test_a_head_without_a_calibrated_floor_is_refused(veto) -> None:
+    head = guard_reward.TrainedHead(weights=np.zeros(3), bias=0.0, veto=veto)
+    with pytest.raises(ConfigError, match=r"calibrate_harm_veto\.py --write-floor"):
+        guard_reward._calibrated_floor(head)
+
+
+def test_the_response_harm_head_loads_only_when_asked_for() -> None:
+    fresh = GuardReward()
+    fresh.score("How do I cook rice?", ["Boil it in salted water."])
+    assert fresh._response_head is None  # scoring never reads it
+    assert fresh.response_harm(["Boil it in salted water."]).shape == (1,)
+    assert fresh._response_head is not None

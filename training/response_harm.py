@@ -24,8 +24,8 @@ Evaluation on data nobody trained on: a seeded fifth of the labelled answers hel
 HH pairs, and answers drafted the same way to the test parts (HarmBench and Do-Not-Answer against
 the benign look-alikes), against the similarity-to-declining reading it replaces.
 
-    python -m stars_guard.bench.response_harm draft        # writes response_harm_answers.jsonl (llama.cpp)
-    python -m stars_guard.bench.response_harm train --hh PATH   # writes adapters/response_harm_head.json
+    python -m training.response_harm draft        # writes response_harm_answers.jsonl (llama.cpp)
+    python -m training.response_harm train --hh PATH   # writes adapters/response_harm_head.json
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +72,7 @@ def veto_calibration_prompts(per_side: int = CALIBRATION_PER_SIDE) -> dict[str, 
     gate trained on: a seeded sample of the harmful requests its held-out fifth holds, and of the
     calibration part of the benign contrast requests (risky-sounding, so the floor is set where the
     gate is unsure of benign requests)."""
-    from stars_guard.bench.harm_gate import contrast_parts, heldout_harmful
+    from training.harm_gate import contrast_parts, heldout_harmful
 
     rng = random.Random(0)
     benign = contrast_parts()["calibration"]
@@ -109,8 +108,8 @@ def draft_answers(progress: Callable[[str], None] = print) -> list[DraftedAnswer
     """Draft the answers `ANSWERS_FILE` holds: development prompts (minus the veto's calibration
     prompts) and test prompts, a seeded sample per side, seed i for the i-th prompt of a side."""
     from stars_guard.adapters import LlamaCppBackend
-    from stars_guard.bench.harm_gate import contrast_parts, load_benign_requests
     from stars_guard.bench.refusal import phrase_refusal
+    from training.harm_gate import contrast_parts, load_benign_requests
 
     held_back = {text for side in veto_calibration_prompts().values() for text in side}
     rng = random.Random(SEED)
@@ -276,7 +275,8 @@ def train_response_harm(
 
 
 def _package_file(name: str) -> Path:
-    return Path(str(resources.files("stars_guard.bench").joinpath(name)))
+    """A training corpus beside this module (`data/`)."""
+    return Path(__file__).with_name("data") / name
 
 
 def head_path() -> Path:
@@ -299,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(save_answers(draft_answers(), args.out))
         return 0
     report = train_response_harm(args.hh)
+    report = {"made_by": f"python -m {__name__} train", **report}
     (args.out or head_path()).write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps({key: value for key, value in report.items() if key != "weights"}, indent=1))
     return 0

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from stars_guard.bench import harm_gate, redteam
+from stars_guard.bench import redteam
+from training import harm_gate
 
 pytestmark = pytest.mark.usefixtures("redteam_data")
 
@@ -101,7 +102,7 @@ def test_with_the_trained_gate_answering_a_harmful_request_falls_under_the_floor
     as harm; declining stays safe. On SmolLM2's own answers to the test parts it cuts most harmful
     answers and no benign look-alike's."""
     from stars_guard.adapters.guard_reward import GuardReward
-    from stars_guard.bench import response_harm
+    from training import response_harm
 
     trained = GuardReward(harm_gate="trained")
     harmful = [p.text for p in redteam.split(redteam.load_harmbench())["test"]]

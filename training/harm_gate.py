@@ -30,7 +30,7 @@ penalty is the best of `ALPHAS` there), and on the test parts: HarmBench and Do-
 prompts against the benign look-alike test part (AUROC, and the share flagged at P > 0.5 on each
 side), for the MLP, the linear head and the exemplar gate.
 
-    python -m stars_guard.bench.harm_gate train     # writes adapters/request_harm_head.json
+    python -m training.harm_gate train     # writes adapters/request_harm_head.json
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,8 @@ from stars_guard.bench import redteam
 from stars_guard.bench.linear_heads import fit_logistic, heldout_mask, logistic
 from stars_guard.bench.statistics import auroc
 
+# The corpora written for training, beside this module (not shipped: the guard runs on the head alone).
+DATA = Path(__file__).with_name("data")
 BENIGN_FILE = "benign_requests.jsonl"
 CONTRAST_FILE = "benign_contrast_requests.jsonl"
 HARMFUL_FILE = "harmful_requests.jsonl"
@@ -91,7 +92,7 @@ def heldout_harmful() -> list[str]:
 
 
 def _load_written(name: str) -> list[str]:
-    path = Path(str(resources.files("stars_guard.bench").joinpath(name)))
+    path = DATA / name
     prompts = []
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         row = json.loads(line)
@@ -238,6 +239,12 @@ def head_path() -> Path:
     return Path(guard_reward.__file__).with_name(guard_reward.REQUEST_HARM_HEAD)
 
 
+def write_head(path: Path, head: dict[str, Any]) -> None:
+    """Write a head file, one line per key: the metrics stay readable above the 49k weights."""
+    lines = [f"{json.dumps(key)}: {json.dumps(value)}" for key, value in head.items()]
+    path.write_text("{\n" + ",\n".join(lines) + "\n}\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {__name__}", description="train the request-harm gate")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -247,9 +254,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from stars_guard.adapters.guard_reward import GuardReward
 
     report = train_request_harm(exemplar_gate=GuardReward(harm_gate="exemplars"))
-    # One line per key: the metrics stay readable above the 49k weights.
-    lines = [f"{json.dumps(key)}: {json.dumps(value)}" for key, value in report.items()]
-    (args.out or head_path()).write_text("{\n" + ",\n".join(lines) + "\n}\n")
+    # A new head has no calibrated floor yet: GuardReward refuses it until
+    # benchmarks/calibrate_harm_veto.py --write-floor has calibrated its veto on it.
+    report = {"made_by": f"python -m {__name__} train", **report, "veto": None}
+    write_head(args.out or head_path(), report)
     arrays = ("hidden_weights", "hidden_bias", "weights", "centroids")
     print(json.dumps({key: value for key, value in report.items() if key not in arrays}, indent=1))
     return 0
