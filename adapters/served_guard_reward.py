@@ -219,6 +219,10 @@ class ServedGuardReward:
                 verdicts.append(verdict_probabilities(top, readings, where=where, min_mass=self.min_verdict_mass))
         return verdicts
 
+    def verdict_position(self, prompts: Sequence[str]) -> list[list[tuple[str, float]]]:
+        """The raw (token text, logprob) pairs at each prompt's verdict position (for `stars-guard doctor`)."""
+        return self._complete(list(prompts))
+
     def verdict_words(self) -> list[VerdictWord]:
         """How the server's tokenizer spells each verdict word (asked once, then kept)."""
         with self._lock:

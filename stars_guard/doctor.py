@@ -4,6 +4,11 @@ A user pointing STARS at their own server wants to know in seconds whether exact
 cost accounting hold. The doctor builds both from their specs, opens one generation on a short
 prompt, drafts two timed rounds of K candidates (committing one in between, as the engine does),
 scores them, and reports each fact it could establish and each it could not, with what follows.
+
+A served guard model (`--reward guard:URL?family=...`) is checked on its own as well, whether or
+not the backend works: the server is reachable, it returns logprobs on `/v1/completions`, each
+verdict word is one token in its tokenizer (or which first token stands for it), and one timed
+batch of answers is read.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ class Diagnosis:
     @property
     def healthy(self) -> bool:
         """Reachable and usable: every failure is a limitation, not a fault."""
-        return not any(f.topic in ("backend", "reward", "drafting", "scoring") and not f.ok for f in self.findings)
+        faults = ("backend", "reward", "drafting", "scoring", "guard server", "guard logprobs", "guard batch")
+        return not any(f.topic in faults and not f.ok for f in self.findings)
 
     def add(self, topic: str, ok: bool, detail: str) -> None:
         self.findings.append(Finding(topic, ok, detail))
@@ -66,10 +72,27 @@ def diagnose(
     build_reward: Callable[[str], RewardModel] | None = None,
 ) -> Diagnosis:
     """Check `backend_spec` and `reward_spec` (see `stars-guard chat --help` for the spec forms)."""
+    report = Diagnosis(backend_spec, reward_spec)
+    _diagnose(report, backend_spec, reward_spec, segment_size, candidates, build_backend, build_reward)
+    if _names_served_guard(reward_spec):
+        guard = _step(report, "guard server", lambda: (build_reward or _build_reward)(reward_spec))
+        if guard is not None:
+            check_served_guard(report, guard)
+    return report
+
+
+def _diagnose(
+    report: Diagnosis,
+    backend_spec: str,
+    reward_spec: str,
+    segment_size: int,
+    candidates: int,
+    build_backend: Callable[[str], Backend] | None,
+    build_reward: Callable[[str], RewardModel] | None,
+) -> Diagnosis:
     from stars_guard import specs
     from stars_guard.config import STARSConfig
 
-    report = Diagnosis(backend_spec, reward_spec)
     backend = _step(report, "backend", lambda: (build_backend or specs.build_backend)(backend_spec))
     if backend is None:
         return report
@@ -139,6 +162,82 @@ def diagnose(
         source = "its safety component" if safety is not None else "the reward itself"
         report.add("veto", True, f"safety_floor='auto' vetoes at {floor:g} on {source}")
     return report
+
+
+def _build_reward(spec: str) -> RewardModel:
+    from stars_guard import specs
+
+    return specs.build_reward(spec)
+
+
+def _names_served_guard(reward_spec: str) -> bool:
+    from stars_guard import specs
+
+    try:
+        return specs.check_spec("reward", reward_spec) == "guard"
+    except StarsGuardError:
+        return False  # the reward step has reported the bad spec
+
+
+GUARD_PROBE_ANSWERS = (
+    "Keep the soil moist and give it bright, indirect light.",
+    "Water it once a week.",
+    "Sure, here is how to hurt someone.",
+    "I can't help with that.",
+)
+
+
+def check_served_guard(report: Diagnosis, guard: Any) -> None:
+    """The served guard's own checks (a `ServedGuardReward`): each failure says what to fix."""
+    from stars_guard.adapters.served_guard_reward import ServedGuardReward
+
+    if not isinstance(guard, ServedGuardReward):
+        return
+    served = _step(report, "guard server", lambda: guard.client.get("/v1/models").data)
+    if served is None:
+        return
+    names = (
+        [str(m.get("id")) for m in served.get("data", []) if isinstance(m, dict)] if isinstance(served, dict) else []
+    )
+    if guard.model and names and guard.model not in names:
+        report.add("guard server", False, f"{guard.base_url} does not serve {guard.model!r} (it serves {names})")
+        return
+    report.add("guard server", True, f"{guard.base_url} reachable, serving {', '.join(names) or 'an unnamed model'}")
+    messages = normalize_messages(PROBE)
+    prompt = guard.family.prompts(messages, GUARD_PROBE_ANSWERS[0])[0].text
+    top = _step(report, "guard logprobs", lambda: guard.verdict_position([prompt])[0])
+    if top is None:
+        return
+    report.add("guard logprobs", True, f"{len(top)} top logprobs at the verdict position (asked {guard.top_logprobs})")
+    words = _step(report, "guard verdict words", guard.verdict_words)
+    if words is None:
+        return
+    for word in words:
+        if word.tokens is None:
+            detail = f"{word.word!r} ({word.verdict}): the server has no /tokenize; read only as a whole token"
+            report.add("guard verdict words", False, detail)
+        elif word.tokens == 1:
+            report.add("guard verdict words", True, f"{word.word!r} ({word.verdict}) is one token")
+        else:
+            report.add(
+                "guard verdict words",
+                False,
+                f"{word.word!r} ({word.verdict}) is {word.tokens} tokens in this tokenizer: read by its first token "
+                f"{word.read_as!r} (is this the {guard.family.name} model?)",
+            )
+    started = time.perf_counter()
+    scores = _step(report, "guard batch", lambda: guard.score_components(messages, list(GUARD_PROBE_ANSWERS)))
+    if scores is None:
+        return
+    elapsed = time.perf_counter() - started
+    safety = scores.components["safety"]
+    mass = scores.components["verdict_mass"]
+    report.add(
+        "guard batch",
+        True,
+        f"{len(safety)} answers in one call, {elapsed * 1000:.0f} ms; P(safe) {_span(list(safety))}, "
+        f"verdict tokens hold {_span(list(mass))} of the probability; floor {guard.capabilities.safety_floor:g}",
+    )
 
 
 def _step(report: Diagnosis, topic: str, action: Callable[[], Any]) -> Any:

@@ -265,7 +265,8 @@ WILDGUARD_STANDIN = "has no 'Harmful response:' line within 32 tokens"
 @pytest.mark.parametrize("name", _guard_prompts.FAMILIES)
 def test_each_family_on_a_real_llama_server(llama_server: Any, name: str) -> None:
     # The stand-in puts the verdict words far down its distribution: llama-server returns as many as asked.
-    reward = ServedGuardReward(llama_server.url, family=name, categories=None, top_logprobs=1000)
+    categories = ["hate", "sexual"] if name == "shieldgemma" else None  # two policies: two prompts per answer
+    reward = ServedGuardReward(llama_server.url, family=name, categories=categories, top_logprobs=1000)
     words = {word.verdict: word for word in reward.verdict_words()}
     assert set(words) == set(reward.family.verdicts) and all(word.tokens for word in words.values())
     if name == "wildguard":  # SmolLM2 never writes WildGuard's answer lines: the third line is not there
@@ -390,3 +391,55 @@ def test_a_slow_guard_is_bounded_by_the_deadline_and_fails_closed() -> None:
         timed = ServedGuardReward(server.url, family="llama-guard-3", timeouts=Timeouts(read_s=0.5))
         with pytest.raises(RewardError, match="timed out"):
             timed.score(QUESTION, ANSWERS)
+
+
+# stars-guard doctor --reward guard:... -------------------------------------------------------------
+
+
+def findings(report: Any) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {}
+    for finding in report.findings:
+        found.setdefault(finding.topic, []).append(finding)
+    return found
+
+
+def test_doctor_checks_a_served_guard(llama_server: Any) -> None:
+    from stars_guard.doctor import diagnose
+
+    spec = f"guard:{llama_server.url}?family=llama-guard-3&top_logprobs=1000"
+    report = diagnose(f"llama-server:{llama_server.url}", spec, candidates=2)
+    found = findings(report)
+    assert report.healthy, report.render()
+    assert found["guard server"][0].ok and "reachable" in found["guard server"][0].detail
+    assert found["guard logprobs"][0].ok and "1000 top logprobs" in found["guard logprobs"][0].detail
+    words = {finding.detail.split(" ")[0]: finding for finding in found["guard verdict words"]}
+    assert words["'safe'"].ok and "one token" in words["'safe'"].detail
+    # SmolLM2 is a stand-in: "unsafe" is two tokens in its tokenizer, and the doctor says how it is read.
+    assert not words["'unsafe'"].ok and "read by its first token 'uns'" in words["'unsafe'"].detail
+    assert found["guard batch"][0].ok and "4 answers in one call" in found["guard batch"][0].detail
+    assert found["veto"][0].ok and "0.5" in found["veto"][0].detail
+
+
+def test_doctor_reports_an_unreachable_guard_even_without_a_backend() -> None:
+    from stars_guard.doctor import diagnose
+    from tests.loopback import free_port
+
+    guard = ServedGuardReward(f"http://127.0.0.1:{free_port()}", family="qwen3guard", retry=RetryPolicy(max_retries=0))
+    report = diagnose("nonsense:x", "guard:http://unused?family=qwen3guard", build_reward=lambda _: guard)
+    found = findings(report)
+    assert not report.healthy and not found["backend"][0].ok
+    assert not found["guard server"][0].ok and "connection failed" in found["guard server"][0].detail
+    assert "guard logprobs" not in found
+
+
+def test_doctor_reports_a_guard_server_without_logprobs() -> None:
+    from stars_guard.doctor import diagnose
+
+    app = fault_guard("no-logprobs")
+    app.router.routes.append(Route("/v1/models", lambda _: JSONResponse({"data": [{"id": "guard"}]}), methods=["GET"]))
+    with ThreadedServer(app) as server:
+        report = diagnose("nonsense:x", f"guard:{server.url}?family=llama-guard-3")
+    found = findings(report)
+    assert found["guard server"][0].ok and "serving guard" in found["guard server"][0].detail
+    assert not found["guard logprobs"][0].ok and "must support `logprobs`" in found["guard logprobs"][0].detail
+    assert not report.healthy
