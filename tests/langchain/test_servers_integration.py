@@ -99,3 +99,25 @@ def test_llama_cpp_pythons_server_is_driven_through_openai_given_the_tokenizer(
     assert isinstance(backend, OpenAICompletionsBackend) and backend.base_url == llama_cpp_python_server.url
     message = driven.invoke("Say hello.", max_tokens=12)
     assert message.content and message.response_metadata["stars"]["llm_calls"] > 0
+
+
+def test_an_agent_on_chatopenai_is_driven_on_the_same_vllm(vllm_server: ServerProcess) -> None:
+    """vLLM: the `openai:` backend, token ids both ways and the template through vLLM's `/tokenize`."""
+    wrong = ChatOpenAI(base_url=f"{vllm_server.url}/v1", model="no-such-model", api_key="sk-local")
+    with pytest.raises(UndrivableModelError, match="no-such-model"):  # the same model name, or nothing
+        STARSMiddleware().guarded_model(wrong)
+    chat = ChatOpenAI(
+        base_url=f"{vllm_server.url}/v1", model="SmolLM2-135M-Instruct", api_key="sk-local", seed=5, max_tokens=48
+    )
+    guard = STARSMiddleware()
+    agent = create_agent(chat, [get_weather], middleware=[CallOnUserTurn(), guard])
+    messages = agent.invoke({"messages": [HumanMessage("What is the weather in Paris?")]}, {"recursion_limit": 6})[
+        "messages"
+    ]
+    backend, _ = guard.guarded_model(chat).resolved_components()
+    assert isinstance(backend, OpenAICompletionsBackend) and backend.base_url == vllm_server.url
+    assert backend.features is not None and backend.features.token_prompts  # exact token continuation
+    answers = [m for m in messages if isinstance(m, AIMessage)]
+    assert answers and all("stars" in m.response_metadata for m in answers)
+    assert answers[0].tool_calls and answers[0].tool_calls[0]["name"] == "get_weather"
+    assert any(isinstance(m, ToolMessage) and m.content == FORECAST for m in messages)
