@@ -502,10 +502,14 @@ class BudgetKeeper:
         return None if plan is None else len(plan)
 
     def _fits(self, text: bytes, left: int) -> bool:
-        """Whether the closing after `text` fits in `left` tokens (unknown closings count as fitting)."""
+        """Whether the closing after `text` fits in `left` tokens.
+
+        A closing that cannot be computed (e.g. a key's non-ASCII character cut between tokens) does
+        not fit: the row then follows the plan from the state before, whose closing is known.
+        """
         closing = self._closing(text)
         if closing is None:
-            return True  # nothing to keep: the schema's closing is unknown (logged at open)
+            return False
         end = 1 if self.closer.needs_end else 0
         if len(closing) + end <= left:  # every token spells at least one byte
             return True

@@ -34,6 +34,7 @@ from pathlib import PurePath
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
+from stars_guard.adapters._closing import WholeAnswerCloser
 from stars_guard.adapters._grammar import CALL_SEPARATOR, arguments_schema, constraint_key
 from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.capabilities import BackendCapabilities
@@ -54,6 +55,7 @@ class ServerProps:
     context: int  # tokens per slot: prompt plus answer must fit
     model: str
     build: str
+    eos_token: str = ""  # the end-of-sequence token's text (`/props`' eos_token)
 
 
 class LlamaServerBackend:
@@ -78,6 +80,7 @@ class LlamaServerBackend:
             api_key=api_key,
         )
         self._props: ServerProps | None = None
+        self._end_token: int | None = None
         self._lock = threading.Lock()
         self._grammars: OrderedDict[str, str] = OrderedDict()  # constraint_key -> GBNF of its tool calls
         self._pool = ContextThreadPool(max_workers=max(1, max_concurrency), thread_name_prefix="stars-llama-server")
@@ -96,6 +99,7 @@ class LlamaServerBackend:
                     context=int(settings.get("n_ctx") or 0),
                     model=PurePath(str(data.get("model_alias") or data.get("model_path") or "llama-server")).stem,
                     build=str(data.get("build_info") or ""),
+                    eos_token=str(data.get("eos_token") or ""),
                 )
             return self._props
 
@@ -109,9 +113,25 @@ class LlamaServerBackend:
         if context and len(prompt_ids) + request.max_new_tokens > context:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, context)
         structured = self.structured_params(request.constraint)
+        closer = None
+        if request.constraint is not None:
+            closer = WholeAnswerCloser(
+                request.constraint,
+                lambda text: self.tokenize(text, parse_special=False),
+                request.max_new_tokens,
+                self.end_token,
+            )
         return LlamaServerGeneration(
-            self, prompt_ids, request.temperature, request.top_p, request.seed, structured=structured
+            self, prompt_ids, request.temperature, request.top_p, request.seed, structured=structured, closer=closer
         )
+
+    @property
+    def end_token(self) -> int | None:
+        """The id of the server's end-of-sequence token (from `/props`), asked once; None if it does not say."""
+        if self._end_token is None and self.props.eos_token:
+            ids = self.tokenize(self.props.eos_token, parse_special=True)
+            self._end_token = ids[0] if len(ids) == 1 else -1
+        return None if self._end_token in (None, -1) else self._end_token
 
     # 'whole' for a JSON schema and forced tool calls; 'none' for 'auto' calls (free text around them,
     # which a grammar from the first token cannot leave open: the engine drafts those free).
@@ -229,10 +249,12 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         seed: int | None,
         *,
         structured: Mapping[str, Any] | None = None,
+        closer: WholeAnswerCloser | None = None,
     ) -> None:
         super().__init__()
         self._backend = backend
         self._structured = dict(structured or {})  # `json_schema` or `grammar`: held from each request's first token
+        self._closer = closer  # closes an answer the budget cut (the server's grammar does not know the budget)
         self.prompt_ids = prompt_ids
         self.response_ids: list[int] = []
         self._temperature = temperature
@@ -267,7 +289,11 @@ class LlamaServerGeneration(_text.StatelessGeneration):
             raise BackendError(f"llama-server returned {len(results)} completions for {num_candidates} candidates")
         for items, _ in outcomes:
             self._computed += _forward_tokens(items)
-        return [_candidate(item) for item in results], sum(retries for _, retries in outcomes)
+        candidates = [_candidate(item) for item in results]
+        if self._closer is not None:
+            accepted = len(self.response_ids)
+            candidates = [self._closer.close(candidate, max_tokens, accepted) for candidate in candidates]
+        return candidates, sum(retries for _, retries in outcomes)
 
     def _accept(self, candidate: Candidate) -> None:
         self.response_ids.extend(candidate.token_ids)

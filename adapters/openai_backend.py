@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
+from stars_guard.adapters._closing import WholeAnswerCloser
 from stars_guard.adapters._grammar import CALL_END, CALL_SEPARATOR, arguments_schema, call_begin
 from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.capabilities import BackendCapabilities
@@ -107,6 +108,9 @@ class OpenAICompletionsBackend:
         if self._max_model_len is not None and len(prompt_ids) + request.max_new_tokens > self._max_model_len:
             raise ContextWindowExceededError(len(prompt_ids), request.max_new_tokens, self._max_model_len)
         structured = self.structured_outputs(request.constraint)
+        closer = None
+        if request.constraint is not None:
+            closer = WholeAnswerCloser(request.constraint, self.tokenize, request.max_new_tokens, self.end_token)
         features = self._probe(prompt_ids, prompt_text)
         return OpenAICompletionsGeneration(
             self,
@@ -117,7 +121,26 @@ class OpenAICompletionsBackend:
             request.top_p,
             request.seed,
             structured=structured,
+            closer=closer,
         )
+
+    @property
+    def end_token(self) -> int | None:
+        """The end-of-sequence id that closes an answer: the local tokenizer's; None without one."""
+        token = None if self.tokenizer is None else getattr(self.tokenizer, "eos_token_id", None)
+        return token if isinstance(token, int) else None
+
+    def tokenize(self, text: str) -> list[int]:
+        """`text` as the served model's token ids, no special tokens: the local tokenizer, else vLLM's `/tokenize`."""
+        if self.tokenizer is not None:
+            return [int(token) for token in self.tokenizer.encode(text, add_special_tokens=False)]
+        payload: dict[str, Any] = {"prompt": text, "add_special_tokens": False}
+        if self._model:
+            payload["model"] = self._model
+        data = self.client.post("/tokenize", payload).data
+        if not isinstance(data, dict) or not isinstance(data.get("tokens"), list):
+            raise BackendError(f"the completions server at {self.base_url} answered /tokenize with {str(data)[:200]}")
+        return [int(token) for token in data["tokens"]]
 
     @property
     def takes_structured_outputs(self) -> bool:
@@ -286,11 +309,13 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
         seed: int | None,
         *,
         structured: Mapping[str, Any] | None = None,
+        closer: WholeAnswerCloser | None = None,
     ) -> None:
         super().__init__()
         self._backend = backend
         self._features = features
         self._structured = None if structured is None else dict(structured)  # held from each request's first token
+        self._closer = closer  # closes an answer the budget cut (the server's grammar does not know the budget)
         self.prompt_ids = prompt_ids
         self._prompt_text = prompt_text
         self._temperature = temperature
@@ -335,7 +360,11 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
         if len(choices) != num_candidates:
             raise BackendError(f"completions server returned {len(choices)} choices for n={num_candidates}")
         self._count_computed(bodies)
-        return [self._candidate(choice) for choice in choices], retries
+        candidates = [self._candidate(choice) for choice in choices]
+        if self._closer is not None:
+            accepted = len(self.response_ids)
+            candidates = [self._closer.close(candidate, max_tokens, accepted) for candidate in candidates]
+        return candidates, retries
 
     def _accept(self, candidate: Candidate) -> None:
         self.response_ids.extend(candidate.token_ids)

@@ -589,11 +589,12 @@ class Closer:
             if isinstance(outcome, _Open):
                 options.append(outcome.suffix + CALL_SUFFIX)
                 continue
-            after = text[outcome.end :]
-            if after.startswith(CALL_SUFFIX):
-                ends.append(outcome.end + len(CALL_SUFFIX))
-            elif CALL_SUFFIX.startswith(after):
-                options.append(CALL_SUFFIX[len(after) :])
+            for gap in range(outcome.end, _skip_ws(text, outcome.end) + 1):  # a server's grammar may add spaces
+                after = text[gap:]
+                if after.startswith(CALL_SUFFIX):
+                    ends.append(gap + len(CALL_SUFFIX))
+                elif CALL_SUFFIX.startswith(after):
+                    options.append(CALL_SUFFIX[len(after) :])
         if ends:
             return min(ends)
         return min(options, key=len) if options else None
