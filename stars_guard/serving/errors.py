@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 from stars_guard.errors import (
     BackendError,
     ConfigError,
+    ConstraintBudgetError,
     ContextWindowExceededError,
     InvalidMessagesError,
     LockedOverrideError,
@@ -94,6 +95,8 @@ def error_for(exc: BaseException) -> OpenAIError:
     if isinstance(exc, LockedOverrideError):
         param = f"stars.{exc.fields[0]}" if exc.fields else "stars"
         return OpenAIError(400, str(exc), param=param, code="locked_parameter")
+    if isinstance(exc, ConstraintBudgetError):  # before ConfigError, which it is
+        return OpenAIError(400, str(exc), param="max_tokens", code="max_tokens_too_small")
     if isinstance(exc, ConfigError):
         return OpenAIError(400, str(exc), param="stars", code="invalid_config")
     if isinstance(exc, RewardError):

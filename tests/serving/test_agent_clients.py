@@ -71,6 +71,15 @@ def test_openai_client_forced_call(client):
     assert arguments_of(call)["city"]
 
 
+def test_a_budget_too_small_for_the_call_is_a_400_saying_how_many_tokens_it_needs(client):
+    with pytest.raises(openai.BadRequestError) as small:
+        client.chat.completions.create(
+            model=MODEL, messages=ASK, tools=[WEATHER_TOOL], tool_choice=FORCED, max_tokens=4
+        )
+    assert small.value.body["param"] == "max_tokens" and small.value.code == "max_tokens_too_small"
+    assert "raise max_tokens to at least" in small.value.message
+
+
 def test_openai_client_streamed_call_arrives_whole_and_usage_comes_last(client):
     stream = client.chat.completions.create(
         model=MODEL,
