@@ -22,6 +22,7 @@ from stars_guard import STARSConfig
 from stars_guard.serving.app import create_app
 from tests.doubles import KeywordReward
 from tests.serving.doubles import LiveServer, ServeProcess
+from tests.serving.test_tools_api import CALLED_AND_ANSWERED
 
 pytestmark = pytest.mark.integration
 
@@ -108,22 +109,9 @@ def test_openai_client_parses_a_json_schema_answer(client):
 
 
 def test_openai_client_sends_a_tool_result_back(client):
-    history: list[Any] = [
-        *ASK,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
-    ]
-    answer = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL], seed=4, max_tokens=32)
+    answer = client.chat.completions.create(
+        model=MODEL, messages=CALLED_AND_ANSWERED, tools=[WEATHER_TOOL], seed=4, max_tokens=32
+    )
     assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
     assert answer.choices[0].message.content or answer.choices[0].message.tool_calls
 

@@ -30,6 +30,18 @@ WEATHER = {
     },
 }
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
+# A conversation in which the weather was asked for, called, and the tool answered.
+CALLED_AND_ANSWERED = [
+    *USER,
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
+]
 GOOD_CALL = render_tool_call("get_weather", {"city": "Paris"})
 BAD_CALL = render_tool_call("get_weather", {"city": "FORBIDDEN"})
 
@@ -88,23 +100,10 @@ def test_a_streamed_call_is_one_whole_delta_and_a_rejected_one_never_streams(cli
 
 
 def test_tool_turns_reach_the_engine_as_calls_and_results(client, backend):
-    history = [
-        *USER,
-        {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [
-                {
-                    "id": "call_1",
-                    "type": "function",
-                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-                }
-            ],
-        },
-        {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 21 C"},
-    ]
     backend.script = lambda request: [["It is sunny in Paris." + EOS]]
-    body = client.post("/v1/chat/completions", json={"messages": history, "tools": [WEATHER], "seed": 1}).json()
+    body = client.post(
+        "/v1/chat/completions", json={"messages": CALLED_AND_ANSWERED, "tools": [WEATHER], "seed": 1}
+    ).json()
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "It is sunny in Paris."}
     assert body["choices"][0]["finish_reason"] == "stop"
     turns = backend.opened[-1]["messages"]
