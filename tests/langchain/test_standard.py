@@ -39,8 +39,8 @@ ENDLESS_STRING = (
     "budget, so the value never closes; test_structured_output_with_bounded_strings and "
     "test_unicode_tool_call_with_a_bounded_name pass"
 )
-# Which answers run on depends on the reward's choices: with the trained harm gate as the default
-# the Pydantic joke's setup never closes, while the plain JSON-mode answer now does.
+# Which answers run on depends on the reward's choices. Since constrained answers close within
+# max_new_tokens (stars_guard.json_closing), the JSON answers of test_structured_output close too.
 ENDLESS_STRING_XFAIL = pytest.mark.xfail(reason=ENDLESS_STRING, strict=True)
 
 
@@ -100,9 +100,9 @@ class TestSTARSChatModelIntegration(ChatModelIntegrationTests):
     def test_agent_loop_with_the_call_forced(self, model: STARSChatModel) -> None:
         super().test_agent_loop(ForcedCall.forcing(model))
 
-    # test_structured_output and its async twin are not overridden (the suite allows an override
-    # only with a whole-test xfail): their "pydantic" case alone is marked ENDLESS_STRING_XFAIL by
-    # pytest_collection_modifyitems in tests/langchain/conftest.py.
+    # test_structured_output and its async twin are not overridden: every case passes (a failing
+    # case alone would be marked by pytest_collection_modifyitems in tests/langchain/conftest.py,
+    # since the suite allows an override only with a whole-test xfail).
 
     @pytest.mark.parametrize("method", ["json_schema", "function_calling", "json_mode"])
     def test_structured_output_with_bounded_strings(self, model: STARSChatModel, method: str) -> None:
