@@ -276,19 +276,27 @@ def test_each_family_on_a_real_llama_server(llama_server: Any, name: str) -> Non
     check_reading(reward)
 
 
-@pytest.mark.parametrize("name", ["llama-guard-3", "granite-guardian", "qwen3guard", "wildguard"])
+# vLLM returns at most 20 logprobs (its default --max-logprobs): the stand-in's distribution at the
+# verdict position holds the verdict words of some families there and not of others, and an
+# answer that cannot be read must fail closed with the reason.
+UNREADABLE_ON_VLLM = {
+    "llama-guard-3": r"none of the verdict tokens \(safe / uns / unsafe\) is among the 20 top logprobs",
+    "shieldgemma": r"none of the verdict tokens \(no / yes\) is among the 20 top logprobs",
+    "wildguard": WILDGUARD_STANDIN,
+}
+
+
+@pytest.mark.parametrize("name", _guard_prompts.FAMILIES)
 def test_each_family_on_a_real_vllm(vllm_server: Any, name: str) -> None:
-    reward = ServedGuardReward(vllm_server.url, family=name, model="SmolLM2-135M-Instruct", top_logprobs=20)
-    assert {word.verdict for word in reward.verdict_words()} == set(reward.family.verdicts)
-    try:
-        check_reading(reward)
-    except RewardError as exc:  # vLLM returns at most 20: the stand-in's verdict words may be further down
-        expected = WILDGUARD_STANDIN if name == "wildguard" else "none of the verdict tokens .* among the 20 top"
-        assert name in ("llama-guard-3", "wildguard"), exc
-        with pytest.raises(RewardError, match=expected):
-            raise
-    else:
-        assert name in ("granite-guardian", "qwen3guard", "llama-guard-3")
+    categories = ["hate"] if name == "shieldgemma" else None
+    reward = ServedGuardReward(vllm_server.url, family=name, model="SmolLM2-135M-Instruct", categories=categories)
+    words = reward.verdict_words()
+    assert {word.verdict for word in words} == set(reward.family.verdicts) and all(word.tokens for word in words)
+    if name in UNREADABLE_ON_VLLM:
+        with pytest.raises(RewardError, match=UNREADABLE_ON_VLLM[name]):
+            reward.score(QUESTION, ANSWERS)
+        return
+    check_reading(reward)
 
 
 def test_a_batch_of_requests_is_one_call_on_vllm(vllm_server: Any) -> None:
