@@ -102,6 +102,13 @@ class GuardFamily:
     verdict_after: str | None = None  # a marker inside the generated answer (WildGuard)
     policies: tuple[str, ...] = ()  # the policies judged, one prompt each (empty: one prompt)
     default_floor: float = 0.5
+    # Where the family names the violated category after its unsafe verdict (Llama Guard: "unsafe\nS1"):
+    # the answer up to the category code's number, and each category's number token.
+    category_prefix: str | None = None
+
+    @property
+    def category_tokens(self) -> dict[str, str]:
+        return {}
 
     def clean(self, text: str) -> str:
         return neutralize(text, self.markers, self.labels)
@@ -152,6 +159,12 @@ class LlamaGuard3(GuardFamily):
     turn; `categories` keeps a subset of S1-S14 under their own codes (the 1B card drops S14)."""
 
     categories: tuple[str, ...] = tuple(LLAMA_GUARD_3_CATEGORIES)
+    category_prefix: str | None = "unsafe\nS"
+
+    @property
+    def category_tokens(self) -> dict[str, str]:
+        """Each judged category's number as written after `unsafe\nS` (one token in Llama 3's tokenizer)."""
+        return {code: code[1:] for code in self.categories}
 
     def _render(self, turns: list[Turn], policy: str | None) -> str:
         listing = "\n".join(f"{code}: {LLAMA_GUARD_3_CATEGORIES[code]}" for code in self.categories)

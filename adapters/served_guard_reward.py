@@ -21,6 +21,9 @@ unsafe score that way). This scorer does the same for every candidate segment:
   where no verdict word is among the top-N logprobs (or their mass is under `min_verdict_mass`),
   the guard's answer cannot be read and the call fails closed with a `RewardError`, as does every
   HTTP failure (`stars_guard.adapters._http`) and a request's spent deadline.
+- with `report_categories` (Llama Guard), one more batched request writes each answer up to
+  `unsafe\nS` and reads the category numbers there: `unsafe:S<n>` = P(unsafe) * P(S<n> | unsafe),
+  the first category the guard would name.
 
 Each family ships the floor its card's decision rule gives (`RewardCapabilities.safety_floor`):
 0.5 on P(safe), the point where the guard's own greedy verdict flips between its two words.
@@ -120,6 +123,7 @@ class ServedGuardReward:
         top_logprobs: int = 20,
         max_batch_size: int = 64,
         min_verdict_mass: float = 0.0,
+        report_categories: bool = False,
         safety_floor: float | None = None,
         api_key: str | None = None,
         timeouts: Timeouts | None = None,
@@ -132,6 +136,11 @@ class ServedGuardReward:
         if top_logprobs < 2:
             raise ConfigError(f"top_logprobs must be at least 2 (got {top_logprobs})")
         self.family: GuardFamily = _guard_prompts.family(family, categories)
+        if report_categories and not self.family.category_tokens:
+            raise ConfigError(
+                f"report_categories applies to families that name a category ({self.family.name} does not)"
+            )
+        self.report_categories = report_categories
         root = base_url.rstrip("/")
         self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
         self.client = HTTPClient(
@@ -161,12 +170,16 @@ class ServedGuardReward:
         return tuple(f"unsafe:{policy}" for policy in self.family.policies)
 
     @property
+    def category_components(self) -> tuple[str, ...]:
+        return tuple(f"unsafe:{code}" for code in self.family.category_tokens) if self.report_categories else ()
+
+    @property
     def capabilities(self) -> RewardCapabilities:
         """`safety` (P(safe)) with the family's floor; P(unsafe), the verdict tokens' mass, and per
         policy its P(unsafe) where the family judges several; batched over requests."""
         extra = (CONTROVERSIAL,) if CONTROVERSIAL in self.family.verdicts else ()
         return RewardCapabilities(
-            components=("safety", UNSAFE, *extra, "verdict_mass", *self.policy_components),
+            components=("safety", UNSAFE, *extra, "verdict_mass", *self.policy_components, *self.category_components),
             safety_floor=self._floor,
             batched_scoring=True,
         )
@@ -185,13 +198,20 @@ class ServedGuardReward:
             for response in responses:
                 prompts.extend(prompt.text for prompt in self.family.prompts(turns, response))
         verdicts = self.read(prompts)
+        named = self.read_categories(prompts) if self.report_categories else None
         per = max(1, len(self.family.policies))
         results: list[RewardScores] = []
         at = 0
         for _, responses in items:
-            components: dict[str, list[float]] = {
-                name: [] for name in ("safety", UNSAFE, CONTROVERSIAL, "verdict_mass", *self.policy_components)
-            }
+            names = (
+                "safety",
+                UNSAFE,
+                CONTROVERSIAL,
+                "verdict_mass",
+                *self.policy_components,
+                *self.category_components,
+            )
+            components: dict[str, list[float]] = {name: [] for name in names}
             for _ in responses:
                 group = verdicts[at : at + per]
                 at += per
@@ -203,6 +223,9 @@ class ServedGuardReward:
                 components["verdict_mass"].append(min(verdict.mass for verdict in group))
                 for name, value in zip(self.policy_components, safeties, strict=False):
                     components[name].append(1.0 - value)
+                if named is not None:  # P(unsafe) * P(this category | unsafe)
+                    for code, value in named[at - per].probabilities.items():
+                        components[f"unsafe:{code}"].append((1.0 - safety) * value)
             if CONTROVERSIAL not in self.family.verdicts:
                 del components[CONTROVERSIAL]
             results.append(RewardScores(list(components["safety"]), components))
@@ -218,6 +241,20 @@ class ServedGuardReward:
                 where = f"guard {self.family.name} at {self.base_url} (prompt {start + index})"
                 verdicts.append(verdict_probabilities(top, readings, where=where, min_mass=self.min_verdict_mass))
         return verdicts
+
+    def read_categories(self, prompts: Sequence[str]) -> list[Verdict]:
+        """Per prompt, P(category | unsafe): the answer is written up to the category's number
+        (`unsafe\nS`) and the number tokens' mass is read there, one more batched request."""
+        readings = {code: {number} for code, number in self.family.category_tokens.items()}
+        self.verdict_words()  # checks the numbers are single tokens
+        prefix = self.family.category_prefix or ""
+        named: list[Verdict] = []
+        for start in range(0, len(prompts), self.max_batch_size):
+            chunk = [prompt + prefix for prompt in prompts[start : start + self.max_batch_size]]
+            for index, top in enumerate(self._complete(chunk, after=None)):
+                where = f"guard {self.family.name} at {self.base_url} (category of prompt {start + index})"
+                named.append(verdict_probabilities(top, readings, where=where))
+        return named
 
     def verdict_position(self, prompts: Sequence[str]) -> list[list[tuple[str, float]]]:
         """The raw (token text, logprob) pairs at each prompt's verdict position (for `stars-guard doctor`)."""
@@ -256,6 +293,13 @@ class ServedGuardReward:
                         continue
                     raise
                 words.append(VerdictWord(verdict, spelling, len(ids), self._first_piece(ids, spelling)))
+        for code, number in self.family.category_tokens.items() if self.report_categories else ():
+            if len(self._tokenize(number)) != 1:
+                raise RewardError(
+                    f"guard {self.family.name} at {self.base_url}: the category number {number!r} ({code}) is several "
+                    "tokens in this server's tokenizer, so the category cannot be read (report_categories needs the "
+                    "guard's own tokenizer, where each is one token)"
+                )
         owners: dict[str, str] = {}
         for word in words:
             owner = owners.setdefault(word.read_as, word.verdict)
@@ -293,9 +337,11 @@ class ServedGuardReward:
                 return _norm(text)
         return _norm(spelling)
 
-    def _complete(self, prompts: list[str]) -> list[list[tuple[str, float]]]:
-        """One `/v1/completions` call for `prompts`: per prompt, the top logprobs at the verdict position."""
-        after = self.family.verdict_after
+    def _complete(self, prompts: list[str], after: str | None = "") -> list[list[tuple[str, float]]]:
+        """One `/v1/completions` call for `prompts`: per prompt, the top logprobs at the verdict position
+        (the first generated token, or the one after `after`; "": the family's own)."""
+        if after == "":
+            after = self.family.verdict_after
         body: dict[str, Any] = {
             "prompt": prompts,
             "max_tokens": 1 if after is None else WILDGUARD_MAX_TOKENS,

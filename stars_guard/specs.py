@@ -35,7 +35,9 @@ LLAMACPP_OPTIONS = frozenset({"n_ctx", "n_threads"})
 HF_REWARD_OPTIONS = frozenset({"input_form", "label_index", "max_length"})
 TEI_OPTIONS = frozenset({"label"})
 VLLM_CLASSIFY_OPTIONS = frozenset({"model", "tokenizer", "label_index"})
-SERVED_GUARD_OPTIONS = frozenset({"family", "model", "categories", "controversial", "top_logprobs", "min_verdict_mass"})
+SERVED_GUARD_OPTIONS = frozenset(
+    {"family", "model", "categories", "controversial", "top_logprobs", "min_verdict_mass", "report_categories"}
+)
 OPENAI_MODERATION_OPTIONS = frozenset({"model", "per_category"})
 
 
@@ -130,6 +132,8 @@ def _served_guard_reward(argument: str | None) -> RewardModel:
     numbers: dict[str, Any] = {}
     if "top_logprobs" in options:
         numbers["top_logprobs"] = _integer("guard", "top_logprobs", options.pop("top_logprobs"))
+    if "report_categories" in options:
+        numbers["report_categories"] = options.pop("report_categories").lower() in ("1", "true", "yes")
     if "min_verdict_mass" in options:
         try:
             numbers["min_verdict_mass"] = float(options.pop("min_verdict_mass"))
@@ -192,7 +196,8 @@ REWARDS: dict[str, SpecEntry] = {
     ),
     "guard": SpecEntry(
         _served_guard_reward,
-        "guard:<URL>?family=NAME[&model=NAME&categories=A,B&controversial=unsafe|safe&top_logprobs=N]  "
+        "guard:<URL>?family=NAME[&model=NAME&categories=A,B&controversial=unsafe|safe&top_logprobs=N"
+        "&report_categories=true]  "
         "(P(safe) from a served guard model's verdict logprobs: llama-guard-3, shieldgemma, granite-guardian, "
         "qwen3guard, wildguard)",
         True,

@@ -451,3 +451,68 @@ def test_doctor_reports_a_guard_server_without_logprobs() -> None:
     assert found["guard server"][0].ok and "serving guard" in found["guard server"][0].detail
     assert not found["guard logprobs"][0].ok and "must support `logprobs`" in found["guard logprobs"][0].detail
     assert not report.healthy
+
+
+# Llama Guard's violated category (report_categories) -----------------------------------------------
+
+
+def llama3_like_guard(calls: list[list[str]]) -> Starlette:
+    """Numbers and verdict words are one token each, as in Llama 3's tokenizer; the category
+    position (after `unsafe\\nS`) favours S1, then S10."""
+
+    async def tokenize(request: Request) -> Response:
+        return JSONResponse({"tokens": [len((await request.json())["prompt"])]})
+
+    async def completions(request: Request) -> Response:
+        prompts = (await request.json())["prompt"]
+        calls.append(prompts)
+        choices = []
+        for index, prompt in enumerate(prompts):
+            if prompt.endswith("unsafe\nS"):
+                top = {"1": math.log(0.6), "10": math.log(0.3), "2": math.log(0.05), "The": math.log(0.05)}
+            else:
+                top = {"safe": math.log(0.2), "unsafe": math.log(0.8)}
+            logprobs = {"tokens": [next(iter(top))], "top_logprobs": [top], "token_logprobs": [-0.1]}
+            choices.append({"index": index, "text": "", "logprobs": logprobs})
+        return JSONResponse({"choices": choices})
+
+    routes = [Route("/tokenize", tokenize, methods=["POST"]), Route("/v1/completions", completions, methods=["POST"])]
+    return Starlette(routes=routes)
+
+
+def test_llama_guard_reports_the_category_it_would_name() -> None:
+    calls: list[list[str]] = []
+    with ThreadedServer(llama3_like_guard(calls)) as server:
+        reward = build_reward(f"guard:{server.url}?family=llama-guard-3&categories=S1,S2,S10&report_categories=true")
+        capabilities = reward_capabilities(reward)
+        assert {"unsafe:S1", "unsafe:S2", "unsafe:S10"} <= set(capabilities.components)
+        scores = reward.score_components(QUESTION, ANSWERS)
+    assert scores.components["unsafe"] == pytest.approx([0.8, 0.8])
+    # P(unsafe) * P(category | unsafe), the category read over the judged codes' numbers only.
+    assert scores.components["unsafe:S1"] == pytest.approx([0.8 * 0.6 / 0.95] * 2)
+    assert scores.components["unsafe:S10"] == pytest.approx([0.8 * 0.3 / 0.95] * 2)
+    assert scores.components["unsafe:S2"] == pytest.approx([0.8 * 0.05 / 0.95] * 2)
+    assert [len(prompts) for prompts in calls] == [2, 2] and calls[1][0] == calls[0][0] + "unsafe\nS"
+    with pytest.raises(ConfigError, match="report_categories applies"):
+        ServedGuardReward(server.url, family="qwen3guard", report_categories=True)
+
+
+def test_category_numbers_of_several_tokens_are_refused_on_a_real_server(llama_server: Any) -> None:
+    # SmolLM2 writes each digit as its own token: S1-S9 can be read, S10-S14 cannot.
+    readable = ServedGuardReward(
+        llama_server.url,
+        family="llama-guard-3",
+        categories=["S1", "S9"],
+        report_categories=True,
+        top_logprobs=1000,
+    )
+    prompt = readable.family.prompts((ChatMessage("user", QUESTION),), ANSWERS[0])[0].text
+    (named,) = readable.read_categories([prompt])  # the numbers' distribution after "unsafe\nS"
+    assert set(named.probabilities) == {"S1", "S9"} and named.mass > 0
+    assert sum(named.probabilities.values()) == pytest.approx(1.0)
+    scores = readable.score_components(QUESTION, ANSWERS[:1])
+    unsafe = scores.components["unsafe"][0]
+    assert scores.components["unsafe:S1"][0] == pytest.approx(unsafe * named.probabilities["S1"])
+    unreadable = ServedGuardReward(llama_server.url, family="llama-guard-3", report_categories=True)
+    with pytest.raises(RewardError, match=r"the category number '10' \(S10\) is several tokens"):
+        unreadable.score(QUESTION, ANSWERS[:1])
