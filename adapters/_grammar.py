@@ -7,6 +7,12 @@ and accepting the token after. Committing a candidate advances the committed mat
 ids; the forks of the round are dropped. The text the grammar accepts is the exact format that
 `stars_guard.tools` parses (`CALL_PREFIX`, compact JSON, `CALL_SUFFIX`).
 
+The grammar does not know the token budget, so each generation also has a `BudgetKeeper`, forked
+and committed with the matcher: it keeps in reserve the tokens that close the answer (the shortest
+completion from `stars_guard.json_closing`, spelled in the model's vocabulary) and makes a row
+write that closing when the budget left meets it, so a forced call or a JSON answer always ends
+valid within `max_new_tokens`; a budget under the shortest answer is a `ConstraintBudgetError`.
+
 The only module that imports xgrammar (extras `local` and `llamacpp`); it is imported when the first
 constrained generation opens, so unconstrained drafting never loads it.
 """

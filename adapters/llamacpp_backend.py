@@ -16,7 +16,8 @@ share a KV cache.
 
 Under an `OutputConstraint` each candidate forks the generation's grammar matcher, built over the
 tokens' byte pieces, and its numpy logits are masked before every token (`_grammar.py`); committing
-advances the matcher by the candidate's ids. Entropy cuts read the unmasked logits.
+advances the matcher by the candidate's ids; each row's budget keeper writes the answer's closing
+when the budget left meets it (`_grammar.BudgetKeeper`). Entropy cuts read the unmasked logits.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ sampled token is forwarded exactly once, so `llm_forward_tokens == prompt_tokens
 
 Under an `OutputConstraint` (`OpenRequest.constraint`) each row also forks the generation's grammar
 matcher and its logits are masked before every token (`_grammar.py`); committing advances the
-matcher by the candidate's ids. Without one no matcher exists and no mask work is done.
+matcher by the candidate's ids, and each row's budget keeper writes the answer's closing when the
+budget left meets it (`_grammar.BudgetKeeper`). Without one no matcher exists and no mask work is done.
 """
 
 from __future__ import annotations

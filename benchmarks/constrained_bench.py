@@ -13,6 +13,13 @@ token sampled. The order of the modes rotates per repetition, so none always run
 The target: constrained <= 1.3x unconstrained per token.
 
     python benchmarks/constrained_bench.py --out benchmarks/results
+
+`--budget` measures instead whether a forced five-field call completes within `max_new_tokens`:
+`STARSEngine` with the transformers backend and `GuardReward` (defaults otherwise), `create_ticket`
+forced, budgets 32/64/96, seeds 0-5, with the budget reserve (the closing kept in reserve and written
+when the budget meets it) and without it (the drafting before the reserve existed):
+
+    python benchmarks/constrained_bench.py --budget --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -95,14 +102,93 @@ def draft_answer(
     return {"open_s": open_s, "draft_s": draft_s, "tokens": tokens}
 
 
+TICKET = ToolSpec(
+    "create_ticket",
+    "Create a support ticket in the issue tracker.",
+    {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "description": {"type": "string"},
+            "priority": {"type": "string", "enum": ["low", "medium", "high"]},
+            "component": {"type": "string"},
+            "assignee": {"type": "string"},
+        },
+        "required": ["title", "description", "priority", "component", "assignee"],
+    },
+)
+TICKET_PROMPT = "The login page crashes on Safari 17 when I press Enter. Please file a ticket for the web team."
+
+
+def budget_runs(out: Path, budgets: list[int], seeds: int) -> int:
+    """Completed forced calls per budget, with and without the reserve (see the module docstring)."""
+    from stars_guard import STARSConfig, STARSEngine
+    from stars_guard.adapters import GuardReward, TransformersBackend
+    from stars_guard.adapters._grammar import LazyGrammars
+    from stars_guard.errors import ConstraintBudgetError
+    from stars_guard.tools import split_answer
+
+    backend, reward = TransformersBackend(), GuardReward()
+    constraint = tool_constraint([TICKET], TICKET.name)
+    keeper = LazyGrammars.keeper
+    rows: list[dict[str, Any]] = []
+    for reserve in (False, True):
+        # Without the reserve no generation gets a budget keeper: the drafting as it was before.
+        LazyGrammars.keeper = keeper if reserve else (lambda self, constraint, max_new_tokens: None)  # type: ignore[method-assign]
+        try:
+            for budget in budgets:
+                for seed in range(seeds):
+                    started = time.perf_counter()
+                    row: dict[str, Any] = {"reserve": reserve, "max_new_tokens": budget, "seed": seed}
+                    try:
+                        result = STARSEngine(backend, reward, STARSConfig(max_new_tokens=budget, seed=seed)).run(
+                            TICKET_PROMPT, constraint=constraint
+                        )
+                    except ConstraintBudgetError as exc:
+                        row |= {"completed": False, "error": str(exc), "needed": exc.needed}
+                    else:
+                        _, calls, dropped = split_answer(result.text, [TICKET.name])
+                        valid = [call for call in calls if call.error is None]
+                        row |= {
+                            "completed": bool(valid) and not dropped,
+                            "calls": len(valid),
+                            "tool_calls_dropped": result.stats.tool_calls_dropped,
+                            "finish_reason": result.finish_reason,
+                            "tokens_emitted": result.stats.tokens_emitted,
+                            "arguments": valid[0].arguments if valid else None,
+                        }
+                    row["elapsed_s"] = round(time.perf_counter() - started, 2)
+                    rows.append(row)
+                    print(json.dumps(row, ensure_ascii=False), flush=True)
+        finally:
+            LazyGrammars.keeper = keeper  # type: ignore[method-assign]
+    summary = {
+        f"{'reserve' if reserve else 'before'} {budget}": sum(
+            row["completed"] for row in rows if row["reserve"] == reserve and row["max_new_tokens"] == budget
+        )
+        for reserve in (False, True)
+        for budget in budgets
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "constrained_bench --budget", "seeds": seeds, "summary": summary, "runs": rows}
+    (out / "constrained_budget.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--budget", action="store_true", help="completed forced calls per max_new_tokens")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[32, 64, 96])
+    parser.add_argument("--seeds", type=int, default=6)
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--segment", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.budget:
+        return budget_runs(args.out, args.budgets, args.seeds)
 
     import torch
 
