@@ -297,3 +297,39 @@ def test_a_forced_five_field_call_completes_at_a_tight_budget(which: str, reques
     text, calls, dropped = split_answer(result.text, ["create_ticket"])
     assert (text.strip(), dropped, len(calls), result.stats.tool_calls_dropped) == ("", 0, 1, 0), result.text
     jsonschema.validate(calls[0].arguments, dict(TICKET.parameters))
+
+
+def test_lockstep_rounds_keep_each_requests_own_reserve(backend) -> None:
+    """Two constrained requests prefilled and drafted together (`open_batch`, `draft_batch`, as lockstep
+    serving does): each keeps its own budget and ends with a whole answer within it."""
+    from stars_guard.protocols import DraftRequest
+
+    schema = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+    constraints = [FORCED, OutputConstraint("json_schema", schema=schema)]
+    budgets = [needed_tokens(backend, FORCED) + 3, 12]
+    ask = normalize_messages("Write a very long note about the login page crashing on Safari.")
+    requests = [
+        OpenRequest(ask, budget, 0.8, 0.95, seed, constraint=constraint)
+        for seed, (budget, constraint) in enumerate(zip(budgets, constraints, strict=True))
+    ]
+    generations = backend.open_batch(requests)
+    texts, used, open_rows = ["", ""], [0, 0], [0, 1]
+    while open_rows:
+        drafts = backend.draft_batch(
+            [DraftRequest(generations[row], 2, min(8, budgets[row] - used[row])) for row in open_rows]
+        )
+        for row, candidates in zip(list(open_rows), drafts, strict=True):
+            chosen = candidates[-1]  # the last row: the first ones must not have spent its reserve
+            texts[row] += chosen.text
+            used[row] += chosen.num_tokens
+            if chosen.finish_reason == "eos" or used[row] >= budgets[row]:
+                open_rows.remove(row)
+            else:
+                generations[row].commit(chosen)
+    for generation in generations:
+        generation.close()
+    assert used[0] <= budgets[0] and used[1] <= budgets[1]
+    _, calls, dropped = split_answer(texts[0], ["create_ticket"])
+    assert dropped == 0 and len(calls) == 1 and calls[0].error is None
+    jsonschema.validate(calls[0].arguments, dict(TICKET.parameters))
+    jsonschema.validate(json.loads(texts[1]), schema)
