@@ -163,7 +163,7 @@ class LlamaGuard3(GuardFamily):
 
     @property
     def category_tokens(self) -> dict[str, str]:
-        """Each judged category's number as written after `unsafe\nS` (one token in Llama 3's tokenizer)."""
+        """Each judged category's number as written after `unsafe\\nS` (one token in Llama 3's tokenizer)."""
         return {code: code[1:] for code in self.categories}
 
     def _render(self, turns: list[Turn], policy: str | None) -> str:

@@ -22,7 +22,7 @@ unsafe score that way). This scorer does the same for every candidate segment:
   the guard's answer cannot be read and the call fails closed with a `RewardError`, as does every
   HTTP failure (`stars_guard.adapters._http`) and a request's spent deadline.
 - with `report_categories` (Llama Guard), one more batched request writes each answer up to
-  `unsafe\nS` and reads the category numbers there: `unsafe:S<n>` = P(unsafe) * P(S<n> | unsafe),
+  `unsafe\\nS` and reads the category numbers there: `unsafe:S<n>` = P(unsafe) * P(S<n> | unsafe),
   the first category the guard would name.
 
 Each family ships the floor its card's decision rule gives (`RewardCapabilities.safety_floor`):
@@ -244,7 +244,7 @@ class ServedGuardReward:
 
     def read_categories(self, prompts: Sequence[str]) -> list[Verdict]:
         """Per prompt, P(category | unsafe): the answer is written up to the category's number
-        (`unsafe\nS`) and the number tokens' mass is read there, one more batched request."""
+        (`unsafe\\nS`) and the number tokens' mass is read there, one more batched request."""
         readings = {code: {number} for code, number in self.family.category_tokens.items()}
         self.verdict_words()  # checks the numbers are single tokens
         prefix = self.family.category_prefix or ""
