@@ -333,3 +333,22 @@ def test_lockstep_rounds_keep_each_requests_own_reserve(backend) -> None:
     assert dropped == 0 and len(calls) == 1 and calls[0].error is None
     jsonschema.validate(calls[0].arguments, dict(TICKET.parameters))
     jsonschema.validate(json.loads(texts[1]), schema)
+
+
+@pytest.fixture(scope="module")
+def real_vllm(vllm_server: Any) -> Any:
+    from stars_guard.adapters._http import Timeouts
+    from stars_guard.adapters.openai_backend import OpenAICompletionsBackend
+    from stars_guard.models import default_lm_dir
+
+    backend = OpenAICompletionsBackend(vllm_server.url, tokenizer=default_lm_dir(), timeouts=Timeouts(read_s=180.0))
+    yield backend
+    backend.close()
+
+
+def test_vllm_answers_close_within_the_budget(real_vllm: Any) -> None:
+    """vLLM's `structured_outputs` hold the grammar; an answer the budget cut is closed in token ids."""
+    result = engine_answer(real_vllm, FORCED, max(needed_tokens(real_vllm, FORCED), 64), seed=0)
+    text, calls, dropped = split_answer(result.text, ["create_ticket"])
+    assert (text.strip(), dropped, len(calls), result.finish_reason) == ("", 0, 1, "stop"), result.text
+    jsonschema.validate(calls[0].arguments, dict(TICKET.parameters))
