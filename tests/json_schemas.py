@@ -73,7 +73,7 @@ def instance(draw: st.DrawFn, schema: dict[str, Any]) -> Any:
         return draw(
             TEXT
             if "maxLength" not in schema
-            else st.text(alphabet=st.sampled_from(list('ab zé')), max_size=schema["maxLength"])
+            else st.text(alphabet=st.sampled_from(list("ab zé")), max_size=schema["maxLength"])
         )
     if kind == "integer":
         return draw(st.integers(-1000, 100000))
