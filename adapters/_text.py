@@ -70,6 +70,10 @@ def eos_ids(tokenizer: Any, extra: Sequence[int] = ()) -> frozenset[int]:
     return frozenset(ids)
 
 
+# What a decoder writes for bytes that are not (yet) a whole UTF-8 character.
+REPLACEMENT = "\ufffd"
+
+
 def ends_from_pieces(pieces: Sequence[str]) -> tuple[str, tuple[int, ...]]:
     """Concatenated text and per-token end offsets from per-token text pieces."""
     ends: list[int] = []
@@ -84,20 +88,23 @@ def candidate_from_ids(tokenizer: Any, context_ids: Sequence[int], ids: Sequence
     """A candidate from sampled token ids, decoded as a continuation of `context_ids`.
 
     Decoding with a few accepted tokens in front keeps leading spaces and multi-token characters
-    right; each token's end offset is where the text decoded so far stops.
+    right; each token's end offset is where the text decoded so far stops. A character whose bytes
+    the segment ends inside (byte-level tokenizers split CJK characters and emoji over tokens)
+    decodes to U+FFFD: it is held back, not part of this candidate's text, and the next segment,
+    decoded after these tokens, writes it whole. Without this a character split at a segment
+    boundary came out as two replacement characters.
     """
     text_ids = list(ids[:-1] if hit_eos else ids)
     context = list(context_ids[-_DECODE_WINDOW:])
-    decoded_context = tokenizer.decode(context, skip_special_tokens=True)
+    # What earlier segments emitted of the context: its unfinished last character was held back.
+    emitted = tokenizer.decode(context, skip_special_tokens=True).rstrip(REPLACEMENT)
     ends: list[int] = []
     for count in range(1, len(text_ids) + 1):
-        piece = tokenizer.decode(context + text_ids[:count], skip_special_tokens=True)
-        ends.append(max(len(piece) - len(decoded_context), ends[-1] if ends else 0))
+        piece = tokenizer.decode(context + text_ids[:count], skip_special_tokens=True).rstrip(REPLACEMENT)
+        ends.append(max(len(piece) - len(emitted), ends[-1] if ends else 0))
     full = tokenizer.decode(context + text_ids, skip_special_tokens=True)
-    if full.startswith(decoded_context):
-        text = full[len(decoded_context) :]
-    else:
-        text = tokenizer.decode(text_ids, skip_special_tokens=True)
+    text = full[len(emitted) :] if full.startswith(emitted) else tokenizer.decode(text_ids, skip_special_tokens=True)
+    text = text.rstrip(REPLACEMENT)  # an unfinished character waits for the next segment
     return Candidate(
         text, tuple(int(i) for i in ids), "eos" if hit_eos else "length", tuple(min(e, len(text)) for e in ends)
     )
