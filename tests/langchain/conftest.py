@@ -43,22 +43,3 @@ def red_team_prompts(count: int, path: Path = SHARED_HH) -> list[str]:
             if len(prompts) == count:
                 break
     return prompts
-
-
-# Standard-suite cases that fail for a model limit, by test id. The standard suite forbids
-# overriding one of its tests without a whole-test xfail, so a single failing parameter of a test
-# whose other parameters pass is marked here, at collection, instead of through an override.
-# None at present: the Pydantic case of test_structured_output[_async] passes since constrained
-# answers close within max_new_tokens (stars_guard.json_closing).
-MODEL_LIMIT_CASES: tuple[str, ...] = ()
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the standard-suite cases in MODEL_LIMIT_CASES as strict xfails (reason in test_standard)."""
-    marked = [item for item in items if MODEL_LIMIT_CASES and item.nodeid.endswith(MODEL_LIMIT_CASES)]
-    if not marked:
-        return
-    from tests.langchain.test_standard import ENDLESS_STRING_XFAIL
-
-    for item in marked:
-        item.add_marker(ENDLESS_STRING_XFAIL)
