@@ -15,6 +15,8 @@ Reward scorers:
     TEIRewardModel            adapters/tei_reward.py           (TEI /predict, stars-guard serve-reward)
     VLLMClassifyRewardModel   adapters/vllm_classify_reward.py (vLLM /classify)
     LLMJudgeReward            adapters/judge_reward.py         (P(safe) from a causal LM judge)
+    ServedGuardReward         adapters/served_guard_reward.py  (a served guard model: Llama Guard, ShieldGemma, ...)
+    OpenAIModerationReward    adapters/openai_moderation_reward.py (OpenAI's moderation API)
     CompositeReward           adapters/composite_reward.py     (weighted sum with a veto)
 See docs/adapters.md.
 """
@@ -42,6 +44,8 @@ _EXPORTS = {
     "VLLMClassifyRewardModel": "stars_guard.adapters.vllm_classify_reward",
     "LLMJudgeReward": "stars_guard.adapters.judge_reward",
     "CompositeReward": "stars_guard.adapters.composite_reward",
+    "ServedGuardReward": "stars_guard.adapters.served_guard_reward",
+    "OpenAIModerationReward": "stars_guard.adapters.openai_moderation_reward",
 }
 
 __all__ = sorted(_EXPORTS)
