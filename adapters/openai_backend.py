@@ -33,7 +33,7 @@ from typing import Any
 from stars_guard.adapters import _chat, _text
 from stars_guard.adapters._closing import WholeAnswerCloser
 from stars_guard.adapters._grammar import CALL_END, CALL_SEPARATOR, arguments_schema, call_begin
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
 from stars_guard.capabilities import BackendCapabilities
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError, StarsGuardError
@@ -71,8 +71,7 @@ class OpenAICompletionsBackend:
         n_choices: bool | None = None,
         structured_outputs: bool | None = None,
     ) -> None:
-        root = base_url.rstrip("/")
-        self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.base_url = server_root(base_url)
         self.client = HTTPClient(
             self.base_url,
             error_type=BackendError,

@@ -20,7 +20,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import RewardError
 from stars_guard.messages import ChatMessage
@@ -61,8 +61,7 @@ class OpenAIModerationReward:
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        root = base_url.rstrip("/")
-        self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.base_url = server_root(base_url)
         self.client = HTTPClient(
             self.base_url,
             error_type=RewardError,

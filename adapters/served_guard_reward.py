@@ -39,7 +39,7 @@ from typing import Any
 
 from stars_guard.adapters import _guard_prompts
 from stars_guard.adapters._guard_prompts import CONTROVERSIAL, SAFE, UNSAFE, GuardFamily
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, RewardError, StarsGuardError
 from stars_guard.messages import ChatMessage, as_conversation
@@ -141,8 +141,7 @@ class ServedGuardReward:
                 f"report_categories applies to families that name a category ({self.family.name} does not)"
             )
         self.report_categories = report_categories
-        root = base_url.rstrip("/")
-        self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.base_url = server_root(base_url)
         self.client = HTTPClient(
             self.base_url,
             error_type=RewardError,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
 from stars_guard.errors import RewardError
 from stars_guard.messages import ChatMessage, as_conversation
 
@@ -43,8 +43,7 @@ class VLLMClassifyRewardModel:
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        root = base_url.rstrip("/")
-        self.base_url = root[: -len("/v1")] if root.endswith("/v1") else root
+        self.base_url = server_root(base_url)
         self.client = HTTPClient(
             self.base_url,
             error_type=RewardError,
