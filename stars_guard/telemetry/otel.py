@@ -78,8 +78,11 @@ class OpenTelemetryExporter:
         stats = record.stats
         if isinstance(stats.get("prompt_tokens"), int):
             attributes["gen_ai.usage.input_tokens"] = stats["prompt_tokens"]
-        if isinstance(stats.get("tokens_emitted"), int):
-            attributes["gen_ai.usage.output_tokens"] = stats["tokens_emitted"]
+        # Every token sampled, as LangChain's usage counts them: cost views then see the candidates
+        # STARS threw away too (`stars.tokens_emitted` is the answer's own length).
+        counts = [stats.get(key) for key in ("tokens_sampled", "tokens_emitted")]
+        if any(isinstance(count, int) for count in counts):
+            attributes["gen_ai.usage.output_tokens"] = max(count for count in counts if isinstance(count, int))
         for key, value in stats.items():
             if isinstance(value, bool | int | str) or (isinstance(value, float) and math.isfinite(value)):
                 attributes[f"stars.{key}"] = value
