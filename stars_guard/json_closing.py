@@ -38,6 +38,19 @@ _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)\Z")
 _MAX_DEPTH = 32  # schema nesting followed ($ref cycles end here)
 
 
+# The longest string or array a closing writes by itself: a schema that asks for more (a client can
+# send `minLength: 2000000000`) is not closed here, so a request cannot make this module build it.
+MAX_WRITTEN = 4096
+
+
+def _least(node: Mapping[str, Any], key: str) -> int:
+    """`minLength` / `minItems` as a count this module may write; `Unsupported` for anything else."""
+    value = node.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_WRITTEN:
+        raise Unsupported(f"{key} {value!r}")
+    return value
+
+
 class Unsupported(Exception):
     """A schema feature the closing cannot handle (the caller gets None)."""
 
@@ -109,14 +122,16 @@ class SchemaCloser:
 
     def _shortest_of(self, kind: str, node: Any, depth: int) -> str:
         if kind == "literals":
+            if not node:
+                raise Unsupported("an empty enum")
             return min((compact(value) for value in node), key=len)
         if kind == "string":
-            return '"' + "a" * int(node.get("minLength", 0)) + '"'
+            return '"' + "a" * _least(node, "minLength") + '"'
         if kind in ("integer", "number"):
             return _shortest_number(node, "", kind == "integer")
         if kind == "array":
             items = node.get("items", True)
-            count = int(node.get("minItems", 0))
+            count = _least(node, "minItems")
             return "[" + ", ".join([self.shortest(items, depth + 1)] * count) + "]" if count else "[]"
         if kind == "object":
             return "{" + self._object_rest(node, -1, True, depth)
@@ -130,8 +145,8 @@ class SchemaCloser:
         try:
             start = _skip_ws(text, 0)
             outcomes = list(self.value(self.root, text, start, 0))
-        except Unsupported:
-            return None
+        except (Unsupported, TypeError, ValueError, OverflowError, RecursionError):
+            return None  # a feature not closed here, or a malformed schema value (a client's)
         return _best(outcomes, text)
 
     def value(self, schema: Any, text: str, i: int, depth: int) -> Iterator[_Outcome]:
@@ -160,7 +175,7 @@ class SchemaCloser:
         if text[i] != "[":
             return
         items = node.get("items", True)
-        least = int(node.get("minItems", 0))
+        least = _least(node, "minItems")
 
         def rest(count: int) -> str:  # closing an array that holds `count` whole items
             missing = max(0, least - count)
@@ -318,6 +333,8 @@ class SchemaCloser:
         if "const" in schema:
             return [("literals", [schema["const"]])]
         if "enum" in schema:
+            if not isinstance(schema["enum"], list):
+                raise Unsupported(f"enum {schema['enum']!r}")
             return [("literals", list(schema["enum"]))]
         for key in ("anyOf", "oneOf"):
             if key in schema:
@@ -402,7 +419,7 @@ def _string(node: Mapping[str, Any], text: str, i: int) -> Iterator[_Outcome]:
     body = _STRING_BODY.match(text, i + 1)
     assert body is not None  # the pattern matches the empty string
     j = body.end()
-    least = int(node.get("minLength", 0))
+    least = _least(node, "minLength")
     if j < len(text) and text[j] == '"':
         yield _Done(j + 1)
         return
@@ -551,8 +568,8 @@ class Closer:
                 start = open_call_start(text)
                 return "" if start is None else self._block(text, start, auto=True)
             return self._calls(text)
-        except Unsupported:
-            return None
+        except (Unsupported, TypeError, ValueError, OverflowError, RecursionError):
+            return None  # a feature not closed here, or a malformed schema value (a client's)
 
     def _calls(self, text: str) -> str | None:
         """Only call blocks: one, or several separated by newlines when calls are parallel."""

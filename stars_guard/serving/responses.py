@@ -29,7 +29,7 @@ FINISH_REASONS = {"stop": "stop", "length": "length", "time_budget": "length", "
 def finish_reason(result: STARSResult, called: bool = False) -> str:
     """OpenAI's finish reason; `called`: the answer made tool calls, which the client is to run."""
     reason = FINISH_REASONS.get(result.finish_reason, "stop")
-    return "tool_calls" if called and reason != "content_filter" else reason
+    return "tool_calls" if called and reason == "stop" else reason  # a cut answer still says `length`
 
 
 class AnswerParts:

@@ -341,6 +341,12 @@ class ChatCompletionRequest(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _stream_options_need_a_stream(self) -> ChatCompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise _refusal("stream_options is only allowed when stream is true", param="stream_options")
+        return self
+
     def _may_answer_in_text(self) -> bool:
         return bool(self.tools) and self.tool_choice in (None, "auto")
 
@@ -423,7 +429,7 @@ def _turns(messages: list[Message]) -> list[ChatMessage]:
             "tool" if message.role == "tool" else ROLE_ALIASES[message.role],
             message.text(),
             tool_calls=tuple(
-                ToolCall(call.function.name, json.loads(call.function.arguments), call.id)
+                ToolCall(call.function.name, json.loads(call.function.arguments, parse_constant=_no_constants), call.id)
                 for call in message.tool_calls or ()
             ),
             tool_call_id=message.tool_call_id or "",
@@ -449,12 +455,23 @@ def _check_tool_turns(messages: list[Message]) -> None:
         for index, call in enumerate(message.tool_calls or ()):
             where = f"messages[{position}].tool_calls[{index}].function.arguments"
             try:
-                arguments = json.loads(call.function.arguments)
+                arguments = json.loads(call.function.arguments, parse_constant=_no_constants)
             except json.JSONDecodeError as exc:
                 raise _refusal(f"{where} is not JSON: {exc.msg} at character {exc.pos}", param=where) from None
+            except ValueError as exc:  # NaN or Infinity, which JSON does not have
+                raise _refusal(f"{where} is not JSON: {exc}", param=where) from None
+            except RecursionError:
+                raise _refusal(f"{where} is nested too deeply", param=where) from None
             if not isinstance(arguments, dict):
                 raise _refusal(f"{where} must be a JSON object", param=where)
             open_calls.add(call.id)
+
+
+def _same_value(value: Any, neutral: Any) -> bool:
+    """`0.0` is `0` (clients send either), but `False` is not `0` and `"0"` is not `0`."""
+    if isinstance(neutral, int | float) and not isinstance(neutral, bool):
+        return isinstance(value, int | float) and not isinstance(value, bool) and value == neutral
+    return type(value) is type(neutral) and value == neutral
 
 
 def _refuse_unread(name: str, value: Any, known: Mapping[str, Any]) -> None:
@@ -464,7 +481,7 @@ def _refuse_unread(name: str, value: Any, known: Mapping[str, Any]) -> None:
         return
     if name in _NOT_HONOURED:
         accepted, why = _NOT_HONOURED[name]
-        if any(value == neutral and type(value) is type(neutral) for neutral in accepted):
+        if any(_same_value(value, neutral) for neutral in accepted):
             return
         shown = ", ".join(json.dumps(neutral) for neutral in accepted)
         detail = f" (only {shown}, which asks for nothing, is accepted)" if accepted else ""

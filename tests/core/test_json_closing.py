@@ -243,3 +243,21 @@ def test_every_prefix_of_a_forced_call_closes_into_a_call_of_its_schema(data: st
         assert dropped == 0 and len(calls) == 1 and calls[0].arguments is not None
         jsonschema.validate(calls[0].arguments, schema)
         assert accepted_by_grammar(constraint, text[:cut] + closing)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "minLength": 2_000_000_000},
+        {"type": "string", "minLength": 1e300},
+        {"type": "string", "minLength": "x"},
+        {"type": "array", "items": {"type": "string"}, "minItems": -1},
+        {"enum": []},
+        {"enum": "abc"},
+    ],
+)
+def test_a_malformed_or_huge_schema_value_is_not_closed_and_raises_nothing(schema: dict) -> None:
+    """Schemas come from clients: a closing that cannot be computed is None, never a 2 GB string or a crash."""
+    closer = Closer(OutputConstraint("json_schema", schema=schema))
+    assert closer.shortest() is None
+    assert closer.closing('"ab') is None

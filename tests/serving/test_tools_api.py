@@ -46,6 +46,12 @@ GOOD_CALL = render_tool_call("get_weather", {"city": "Paris"})
 BAD_CALL = render_tool_call("get_weather", {"city": "FORBIDDEN"})
 
 
+def _call_turn(arguments: str) -> dict[str, Any]:
+    """An earlier assistant turn with one call whose arguments are `arguments` (JSON text)."""
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": arguments}}
+    return {"role": "assistant", "content": None, "tool_calls": [call]}
+
+
 def call_script(request: OpenRequest) -> list[list[str]]:
     """Round 1: a call the reward rejects, then a good one; it ends the answer."""
     return [[BAD_CALL, GOOD_CALL + EOS]]
@@ -185,6 +191,12 @@ def test_a_client_cannot_loosen_how_calls_are_judged(client, extra, param):
         ({"messages": [{"role": "user", "content": "hi", "name": "bob"}]}, "messages[0].name"),
         ({"stream_options": {"include_obfuscation": True}}, "stream_options.include_obfuscation"),
         ({"presence_penalty": 1.0}, "presence_penalty"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),  # without stream: nothing to send it on
+        (
+            {"messages": [*USER, _call_turn("[" * 5000 + "]" * 5000), *USER]},
+            "messages[1].tool_calls[0].function.arguments",
+        ),
+        ({"messages": [*USER, _call_turn('{"x": NaN}'), *USER]}, "messages[1].tool_calls[0].function.arguments"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"store": True}, "store"),
         ({"reasoning_effort": "low"}, "reasoning_effort"),
@@ -197,6 +209,6 @@ def test_what_the_service_would_not_honour_is_a_400_naming_it(client, body, para
 
 def test_parameters_that_ask_for_nothing_are_accepted(client, backend):
     backend.script = lambda request: [["Sunny." + EOS]]
-    neutral = {"frequency_penalty": 0, "presence_penalty": 0, "logit_bias": {}, "logprobs": False, "store": False}
+    neutral = {"frequency_penalty": 0.0, "presence_penalty": 0, "logit_bias": {}, "logprobs": False, "store": False}
     response = post(client, **neutral, user="u-1", n=1, parallel_tool_calls=True, tools=[WEATHER], tool_choice="none")
     assert response.status_code == 200, response.text
