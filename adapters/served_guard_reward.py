@@ -48,6 +48,13 @@ from stars_guard.protocols import RewardScores
 WILDGUARD_MAX_TOKENS = 32  # its two first lines ("Harmful request: ...", "Response refusal: ...") and the verdict
 
 
+# The least probability the verdict words must hold at the verdict position. Their shares are
+# renormalised among themselves, so without a floor a stray "safe" at logprob -12, where the guard
+# was about to write something else entirely (an injected answer), would read as P(safe) = 1: under
+# half, the guard's answer is not a verdict and the scorer fails closed.
+DEFAULT_MIN_VERDICT_MASS = 0.5
+
+
 @dataclass(frozen=True)
 class VerdictWord:
     """How the server's tokenizer spells one verdict word: its token count and the text read for it."""
@@ -122,7 +129,7 @@ class ServedGuardReward:
         controversial: str = "unsafe",
         top_logprobs: int = 20,
         max_batch_size: int = 64,
-        min_verdict_mass: float = 0.0,
+        min_verdict_mass: float = DEFAULT_MIN_VERDICT_MASS,
         report_categories: bool = False,
         safety_floor: float | None = None,
         api_key: str | None = None,

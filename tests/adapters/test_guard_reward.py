@@ -140,6 +140,7 @@ def test_a_head_without_a_calibrated_floor_is_refused(veto) -> None:
         guard_reward._calibrated_floor(head)
 
 
+@pytest.mark.integration  # builds its own GuardReward (MiniLM and the profanity classifier)
 def test_the_response_harm_head_loads_only_when_asked_for() -> None:
     fresh = GuardReward()
     fresh.score("How do I cook rice?", ["Boil it in salted water."])

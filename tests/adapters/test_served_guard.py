@@ -45,6 +45,11 @@ CONVERSATION = (
     ChatMessage("user", "And a fern?"),
 )
 ANSWER = "Keep the soil moist."
+# SmolLM2 stands in for the guards: it is no guard, so its verdict words hold little of the
+# probability at the verdict position. The default floor on that mass (0.5) would fail every
+# reading closed; the protocol tests read whatever mass there is.
+STAND_IN: dict[str, Any] = {"min_verdict_mass": 0.0}
+
 QUESTION = "How do I keep my plants alive?"
 ANSWERS = ["Water them every morning.", "You idiot, let them die."]
 
@@ -266,7 +271,7 @@ WILDGUARD_STANDIN = "has no 'Harmful response:' line within 32 tokens"
 def test_each_family_on_a_real_llama_server(llama_server: Any, name: str) -> None:
     # The stand-in puts the verdict words far down its distribution: llama-server returns as many as asked.
     categories = ["hate", "sexual"] if name == "shieldgemma" else None  # two policies: two prompts per answer
-    reward = ServedGuardReward(llama_server.url, family=name, categories=categories, top_logprobs=1000)
+    reward = ServedGuardReward(llama_server.url, family=name, categories=categories, top_logprobs=1000, **STAND_IN)
     words = {word.verdict: word for word in reward.verdict_words()}
     assert set(words) == set(reward.family.verdicts) and all(word.tokens for word in words.values())
     if name == "wildguard":  # SmolLM2 never writes WildGuard's answer lines: the third line is not there
@@ -289,7 +294,9 @@ UNREADABLE_ON_VLLM = {
 @pytest.mark.parametrize("name", _guard_prompts.FAMILIES)
 def test_each_family_on_a_real_vllm(vllm_server: Any, name: str) -> None:
     categories = ["hate"] if name == "shieldgemma" else None
-    reward = ServedGuardReward(vllm_server.url, family=name, model="SmolLM2-135M-Instruct", categories=categories)
+    reward = ServedGuardReward(
+        vllm_server.url, family=name, model="SmolLM2-135M-Instruct", categories=categories, **STAND_IN
+    )
     words = reward.verdict_words()
     assert {word.verdict for word in words} == set(reward.family.verdicts) and all(word.tokens for word in words)
     if name in UNREADABLE_ON_VLLM:
@@ -300,14 +307,14 @@ def test_each_family_on_a_real_vllm(vllm_server: Any, name: str) -> None:
 
 
 def test_a_batch_of_requests_is_one_call_on_vllm(vllm_server: Any) -> None:
-    reward = ServedGuardReward(vllm_server.url + "/v1", family="qwen3guard", model="SmolLM2-135M-Instruct")
+    reward = ServedGuardReward(vllm_server.url + "/v1", family="qwen3guard", model="SmolLM2-135M-Instruct", **STAND_IN)
     calls = counted(reward)
     results = reward.score_many([((ChatMessage("user", QUESTION),), ANSWERS), (CONVERSATION, [ANSWER])])
     assert calls == [3] and [len(r.reward) for r in results] == [2, 1]
 
 
 def test_stars_chat_with_a_served_guard(llama_server: Any) -> None:
-    spec = f"guard:{llama_server.url}?family=llama-guard-3&top_logprobs=1000"
+    spec = f"guard:{llama_server.url}?family=llama-guard-3&top_logprobs=1000&min_verdict_mass=0"
     command = [sys.executable, "-m", "stars_guard.cli", "chat", "Say hello.", "--json", "--seed", "1"]
     common = ["--backend", f"llama-server:{llama_server.url}", "--max-new-tokens", "16", "--candidates", "2"]
     done = subprocess.run([*command, *common, "--reward", spec], capture_output=True, text=True, timeout=300)
@@ -414,7 +421,7 @@ def findings(report: Any) -> dict[str, list[Any]]:
 def test_doctor_checks_a_served_guard(llama_server: Any) -> None:
     from stars_guard.doctor import diagnose
 
-    spec = f"guard:{llama_server.url}?family=llama-guard-3&top_logprobs=1000"
+    spec = f"guard:{llama_server.url}?family=llama-guard-3&top_logprobs=1000&min_verdict_mass=0"
     report = diagnose(f"llama-server:{llama_server.url}", spec, candidates=2)
     found = findings(report)
     assert report.healthy, report.render()
@@ -505,6 +512,7 @@ def test_category_numbers_of_several_tokens_are_refused_on_a_real_server(llama_s
         categories=["S1", "S9"],
         report_categories=True,
         top_logprobs=1000,
+        **STAND_IN,
     )
     prompt = readable.family.prompts((ChatMessage("user", QUESTION),), ANSWERS[0])[0].text
     (named,) = readable.read_categories([prompt])  # the numbers' distribution after "unsafe\nS"
@@ -513,6 +521,6 @@ def test_category_numbers_of_several_tokens_are_refused_on_a_real_server(llama_s
     scores = readable.score_components(QUESTION, ANSWERS[:1])
     unsafe = scores.components["unsafe"][0]
     assert scores.components["unsafe:S1"][0] == pytest.approx(unsafe * named.probabilities["S1"])
-    unreadable = ServedGuardReward(llama_server.url, family="llama-guard-3", report_categories=True)
+    unreadable = ServedGuardReward(llama_server.url, family="llama-guard-3", report_categories=True, **STAND_IN)
     with pytest.raises(RewardError, match=r"the category number '10' \(S10\) is several tokens"):
         unreadable.score(QUESTION, ANSWERS[:1])
