@@ -130,7 +130,10 @@ class OpenAIModerationReward:
                     raise RewardError(f"moderation at {self.base_url} returned no category_scores: {str(item)[:200]}")
                 values = {str(name): _probability(name, value, self.base_url) for name, value in scores.items()}
                 components["safety"].append(1.0 - max(values.values()))
-                components["not_flagged"].append(0.0 if item.get("flagged") else 1.0)
+                flagged = item.get("flagged")
+                if not isinstance(flagged, bool):  # a missing decision is not "not flagged"
+                    raise RewardError(f"moderation at {self.base_url} returned no flagged decision: {str(item)[:200]}")
+                components["not_flagged"].append(0.0 if flagged else 1.0)
                 for category in OMNI_CATEGORIES if self.per_category else ():
                     if category not in values:
                         raise RewardError(

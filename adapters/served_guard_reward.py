@@ -18,7 +18,8 @@ unsafe score that way). This scorer does the same for every candidate segment:
   server's `/tokenize`, when that first token differs from every other class's; where it does not,
   the scorer refuses to build a reading it cannot tell apart;
 - `safety` is P(safe) (for a family judging several policies one prompt each, the least safe);
-  where no verdict word is among the top-N logprobs (or their mass is under `min_verdict_mass`),
+  where no verdict word is among the top-N logprobs (or their mass is under `min_verdict_mass`,
+  0.5 by default),
   the guard's answer cannot be read and the call fails closed with a `RewardError`, as does every
   HTTP failure (`stars_guard.adapters._http`) and a request's spent deadline.
 - with `report_categories` (Llama Guard), one more batched request writes each answer up to
@@ -364,8 +365,17 @@ class ServedGuardReward:
                 f"guard at {self.base_url} returned {str(result.data)[:200]} for {len(prompts)} prompts "
                 "(a /v1/completions that takes a list of prompts is needed)"
             )
-        ordered = sorted(choices, key=lambda choice: choice.get("index", 0) if isinstance(choice, dict) else 0)
-        return [self._verdict_position(choice, after) for choice in ordered]
+        indices = [choice.get("index") if isinstance(choice, dict) else None for choice in choices]
+        if sorted(index for index in indices if isinstance(index, int)) != list(range(len(prompts))):
+            raise RewardError(  # a choice judged against another candidate's verdict would be a silent pass
+                f"guard at {self.base_url} returned choices with indices {indices}, not one for each of "
+                f"the {len(prompts)} prompts"
+            )
+        ordered = sorted(choices, key=lambda choice: choice["index"])
+        try:
+            return [self._verdict_position(choice, after) for choice in ordered]
+        except (KeyError, TypeError, ValueError) as exc:  # a malformed answer: fail closed, as a reward error
+            raise RewardError(f"guard at {self.base_url} returned a malformed completion: {exc!r}") from exc
 
     def _verdict_position(self, choice: Any, after: str | None) -> list[tuple[str, float]]:
         tokens, tops = _positions(choice, self.base_url)

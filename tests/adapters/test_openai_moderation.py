@@ -170,6 +170,15 @@ def test_a_malformed_answer_fails_closed() -> None:
         reward(bad.url).score("q", TEXTS[:2])
 
 
+def test_a_result_without_its_flagged_decision_fails_closed() -> None:
+    async def undecided(request: Request) -> Response:
+        return JSONResponse({"id": "modr-1", "results": [{"category_scores": {"violence": 0.01}}]})
+
+    app = Starlette(routes=[Route("/v1/moderations", undecided, methods=["POST"])])
+    with ThreadedServer(app) as bad, pytest.raises(RewardError, match="no flagged decision"):
+        reward(bad.url).score("q", TEXTS[:1])
+
+
 def test_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STARS_GUARD_API_KEY", API_KEY)
     built = build_reward(
