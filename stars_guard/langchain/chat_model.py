@@ -648,12 +648,16 @@ def _answer_shape(output: dict[str, Any]) -> OutputConstraint | None:
 def _schema_of(response_format: Any) -> Any:
     """The JSON schema of a bound response format: ours (the schema itself) or OpenAI's
     `{"type": "json_schema", "json_schema": {"schema": ...}}` (create_agent's provider strategy)."""
-    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_schema":
         inner = response_format.get("json_schema")
         if isinstance(inner, dict) and isinstance(inner.get("schema"), dict):
             return inner["schema"]
-    if isinstance(response_format, dict) and response_format.get("type") == "json_object":
+        raise ValueError("response_format of type 'json_schema' needs json_schema.schema, a JSON schema object")
+    if kind == "json_object":
         return {"type": "object"}
+    if kind == "text":
+        return None  # plain text: nothing to constrain
     return response_format
 
 

@@ -194,3 +194,14 @@ def test_create_agents_provider_strategy_is_held_without_tools_and_refused_with_
     agent = create_agent(llm, tools=[get_age], response_format=Person)
     with pytest.raises(ValueError, match=r"not both .*ToolStrategy"):
         agent.invoke({"messages": [HumanMessage("Ada, 36")]})
+
+
+def test_an_openai_response_format_binds_its_schema_or_says_what_is_missing() -> None:
+    from stars_guard.langchain.chat_model import _schema_of
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    assert _schema_of({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}) == schema
+    assert _schema_of({"type": "json_object"}) == {"type": "object"}
+    assert _schema_of({"type": "text"}) is None
+    with pytest.raises(ValueError, match=r"needs json_schema\.schema"):
+        _schema_of({"type": "json_schema", "json_schema": {"name": "x"}})
