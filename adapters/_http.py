@@ -264,13 +264,6 @@ class HTTPClient:
         return error
 
 
-def server_root(base_url: str) -> str:
-    """A server's root from the base URL a user gives: OpenAI clients take `.../v1`, the routes here
-    are written from the root (`/v1/completions`, `/tokenize`), so a trailing `/v1` is dropped."""
-    root = base_url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
-
-
 def _attempts(count: int) -> str:
     return f"{count} attempt{'s' if count != 1 else ''}"
 

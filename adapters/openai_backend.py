@@ -33,12 +33,13 @@ from typing import Any
 from stars_guard.adapters import _chat, _text
 from stars_guard.adapters._closing import WholeAnswerCloser
 from stars_guard.adapters._grammar import CALL_END, CALL_SEPARATOR, arguments_schema, call_begin
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.capabilities import BackendCapabilities
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, OpenRequest
+from stars_guard.specs import server_root
 from stars_guard.tools import OutputConstraint, plain_json, plain_turns
 
 # Whitespace a tool call's arguments may hold between tokens: any (xgrammar's default for JSON in a

@@ -20,11 +20,12 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import RewardError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import RewardScores
+from stars_guard.specs import server_root
 
 DEFAULT_MODEL = "omni-moderation-latest"
 DEFAULT_FLOOR = 0.5

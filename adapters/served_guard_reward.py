@@ -40,11 +40,12 @@ from typing import Any
 
 from stars_guard.adapters import _guard_prompts
 from stars_guard.adapters._guard_prompts import CONTROVERSIAL, SAFE, UNSAFE, GuardFamily
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, RewardError, StarsGuardError
 from stars_guard.messages import ChatMessage, as_conversation
 from stars_guard.protocols import RewardScores
+from stars_guard.specs import server_root
 
 WILDGUARD_MAX_TOKENS = 32  # its two first lines ("Harmful request: ...", "Response refusal: ...") and the verdict
 

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from stars_guard.adapters import _chat, _text
-from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts, server_root
+from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
 from stars_guard.errors import RewardError
 from stars_guard.messages import ChatMessage, as_conversation
+from stars_guard.specs import server_root
 
 
 class VLLMClassifyRewardModel:

@@ -41,6 +41,13 @@ SERVED_GUARD_OPTIONS = frozenset(
 OPENAI_MODERATION_OPTIONS = frozenset({"model", "per_category"})
 
 
+def server_root(base_url: str) -> str:
+    """A server's root from the base URL a user gives: OpenAI clients take `.../v1`, the adapters'
+    routes are written from the root (`/v1/completions`, `/tokenize`), so a trailing `/v1` is dropped."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
 def _local_backend(_: str | None) -> Backend:
     from stars_guard.adapters.transformers_backend import TransformersBackend
 

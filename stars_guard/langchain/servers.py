@@ -25,6 +25,7 @@ from typing import Any
 from stars_guard.errors import StarsGuardError
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Backend, OpenRequest
+from stars_guard.specs import server_root
 
 HOW_TO = (
     "give STARS a backend for the model: STARSMiddleware(backend='llama-server:http://HOST:PORT') or "
@@ -66,9 +67,9 @@ def openai_target(model: Any) -> ServerTarget:
             f"the agent's model ({type(model).__name__}, {name!r}) is OpenAI's hosted chat API, which STARS "
             f"cannot drive token by token; {HOW_TO}"
         )
-    root = str(base_url).rstrip("/")
-    root = root[: -len("/v1")] if root.endswith("/v1") else root
-    return ServerTarget(root, str(name) if name else None, _api_key(getattr(model, "openai_api_key", None)))
+    return ServerTarget(
+        server_root(str(base_url)), str(name) if name else None, _api_key(getattr(model, "openai_api_key", None))
+    )
 
 
 def _api_key(key: Any) -> str | None:
