@@ -43,7 +43,7 @@ from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
 from stars_guard.normalize import readings
 from stars_guard.protocols import RewardScores
-from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads
+from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads, tool_definition_payloads
 
 _SHARED: dict[str, Any] = {}
 # The veto floor on `safety` (1 - P(offensive) of the partial answer), calibrated on the HH harmless
@@ -461,10 +461,12 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     """What the gate reads of a conversation's client turns: each alone and all of them together,
     each as written and as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL
     escapes and rot13; leetspeak, homoglyphs and invisible characters undone). A turn's tool calls
-    (an earlier call a client can forge) are read without their JSON too: each string they carry.
+    (an earlier call a client can forge) are read without their JSON too: each string they carry;
+    so are the tool definitions a client sent (each name and description).
     Cached: every round of a request reads the same turns."""
     texts = [*turns, "\n".join(turns)] if len(turns) > 1 else list(turns)
     texts += [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
+    texts += [payload for turn in turns for payload in tool_definition_payloads(turn)]
     return tuple(dict.fromkeys(reading for text in texts for reading in readings(text)))
 
 

@@ -250,6 +250,36 @@ def tool_call_payloads(text: str) -> list[str]:
     return words
 
 
+def tool_definition_payloads(text: str) -> list[str]:
+    """The words the tool definitions in `text` carry (`tools_instruction` writes one JSON object per
+    line): each tool's name and every description in it, its parameters' included.
+
+    Tool definitions are client text: a harmful request placed in a description must be read as
+    such, not as one line among the JSON of a long instruction.
+    """
+    words: list[str] = []
+    for line in text.splitlines():
+        if not (line.startswith("{") and '"parameters"' in line):
+            continue
+        try:
+            tool = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+            words.append(tool["name"])
+            words += _descriptions(tool)
+    return [word for word in words if word.strip()]
+
+
+def _descriptions(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        found = [value["description"]] if isinstance(value.get("description"), str) else []
+        return found + [text for item in value.values() for text in _descriptions(item)]
+    if isinstance(value, list):
+        return [text for item in value for text in _descriptions(item)]
+    return []
+
+
 def open_call_start(text: str) -> int | None:
     """Where a `<tool_call>` block that `text` leaves unclosed begins; None when every block closed."""
     start = text.rfind(TOOL_CALL_OPEN)

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from stars_guard.tools import (
     CallPiece,
+    OutputConstraint,
     TextPiece,
     ToolCallSplitter,
     ToolSpec,
@@ -19,6 +20,8 @@ from stars_guard.tools import (
     strip_tool_calls,
     tool_call_payloads,
     tool_constraint,
+    tool_definition_payloads,
+    tools_instruction,
 )
 
 TOOLS = [ToolSpec("add", "Add two numbers"), ToolSpec("search")]
@@ -90,3 +93,14 @@ def test_tool_call_payloads_are_the_name_and_string_arguments_of_every_block_ope
     assert tool_call_payloads(text) == ["search", 'say "hi"', "send_email", "sam@example.com", "Dear Sam"]
     assert tool_call_payloads('plain prose with a {"json": "object"}') == []
     assert tool_call_payloads('<tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}\n</tool_call>') == ["add"]
+
+
+def test_tool_definitions_are_read_as_their_names_and_descriptions() -> None:
+    tool = ToolSpec(
+        "lookup",
+        "Find a record.",
+        {"type": "object", "properties": {"key": {"type": "string", "description": "Which record."}}},
+    )
+    text = tools_instruction(OutputConstraint("tool_calls", tools=(tool,)))
+    assert tool_definition_payloads(text) == ["lookup", "Find a record.", "Which record."]
+    assert tool_definition_payloads("plain text\n{not json") == []
