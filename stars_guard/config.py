@@ -23,6 +23,7 @@ FailClosedAction = Literal["raise", "refuse"]
 RoundSelection = Literal["first", "best"]
 SegmentBudget = Literal["flat", "shaped"]
 ToolCallGuard = Literal["off", "veto_only", "steer"]
+ToolCallSelection = Literal["consensus", "reward"]
 UnsupportedLanguage = Literal["refuse", "answer"]
 
 DEFAULT_REFUSAL = "I can't help with that."
@@ -125,6 +126,13 @@ class STARSConfig(BaseModel):
         "steer",
         description="'steer': a tool call's segments are judged like text (threshold and veto); 'veto_only': "
         "only the safety floor applies to them; 'off': the reward sees the answer without its tool calls.",
+    )
+    tool_call_selection: ToolCallSelection = Field(
+        "consensus",
+        description="Which of a round's tool-call segments is judged first. 'consensus': the text most of the "
+        "round's candidates agree on (whitespace aside), then as round_selection says: a safety reward does "
+        "not read whether an argument is the one asked for, and the model's own majority does; 'reward': as "
+        "round_selection says, like text.",
     )
 
     # When the reward model fails (a service down, a timeout after retries).

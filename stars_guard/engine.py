@@ -11,6 +11,7 @@ import math
 import numbers
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -329,10 +330,22 @@ class _Run:
         return acceptance.accepts(item.reward, threshold)
 
     def _judging_order(self, judged: list[_Judged]) -> list[_Judged]:
-        """Index order ('first'), or highest reward first ('best'; unscored fail-open drafts last)."""
+        """Index order ('first'), or highest reward first ('best'; unscored fail-open drafts last).
+
+        A round that writes only tool-call text is judged from its consensus first
+        (`tool_call_selection`): the candidates whose text most of the round agrees on. Each is
+        still judged (threshold and veto), so consensus only chooses among texts that may pass.
+        """
         if self.config.round_selection == "first":
-            return judged
-        return sorted(judged, key=lambda item: -math.inf if math.isnan(item.reward) else item.reward, reverse=True)
+            ordered = judged
+        else:
+            ordered = sorted(
+                judged, key=lambda item: -math.inf if math.isnan(item.reward) else item.reward, reverse=True
+            )
+        if self.config.tool_call_selection == "consensus" and all(item.in_call for item in judged):
+            votes = Counter(_consensus_key(item.text) for item in judged)
+            ordered = sorted(ordered, key=lambda item: votes[_consensus_key(item.text)], reverse=True)  # stable
+        return ordered
 
     def _draft(self, generation: Generation, count: int, budget: int) -> list[Candidate]:
         try:
@@ -510,6 +523,11 @@ class _Run:
         self.stats.llm_calls = generation.llm_calls
         self.stats.llm_forward_tokens = generation.llm_forward_tokens
         self.stats.backend_retries = backend_retries(generation)
+
+
+def _consensus_key(text: str) -> str:
+    """What two tool-call segments agree on: their text without whitespace (`{"a": 3}` is `{"a":3}`)."""
+    return "".join(text.split())
 
 
 def resolve_safety_floor(config: STARSConfig, reward: RewardModel) -> float | None:

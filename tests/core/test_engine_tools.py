@@ -124,3 +124,34 @@ def test_without_tools_bound_tool_call_text_is_plain_text():
     result, events, _, _ = run(rounds, lambda _: 1.0, config(segment_size=20), None)
     assert result.text == CALL and emitted(events)[0] == CALL[:20]
     assert result.stats.tool_call_candidates == 0
+
+
+CALL_HEAD = '<tool_call>\n{"name": "get_weather", '
+LYON, PARIS = '"arguments": {"city": "Lyon"}}\n</tool_call>', '"arguments": {"city": "Paris"}}\n</tool_call>'
+
+
+@pytest.mark.parametrize("round_selection", ["best", "first"])
+@pytest.mark.parametrize(("selection", "city"), [("consensus", "Paris"), ("reward", "Lyon")])
+def test_a_round_of_call_text_is_judged_from_its_consensus(round_selection: str, selection: str, city: str):
+    # Two of three candidates write Paris (one with other whitespace); the reward, which cannot tell
+    # which city was asked for, likes Lyon a little better. Every candidate passes the threshold.
+    paris_spaced = PARIS.replace('": "', '":  "')
+    rounds = [[CALL_HEAD], [LYON, PARIS, paris_spaced], ["<eos>"]]
+    reward = lambda text: 0.9 if "Lyon" in text else 0.8  # noqa: E731
+    cfg = config(segment_size=64, candidates_per_round=3, round_selection=round_selection)
+    result, _, _, _ = run(rounds, reward, cfg.with_overrides(tool_call_selection=selection), REQUIRED)
+    assert f'"city": "{city}"' in result.text.replace("  ", " ")
+
+
+def test_consensus_never_lets_a_vetoed_call_through():
+    rounds = [[CALL_HEAD], ['"arguments": {"city": "BADxx"}}\n</tool_call>'] * 2 + [PARIS], ["<eos>"]]
+    safety = lambda text: 0.0 if "BAD" in text else 1.0  # noqa: E731
+    result, _, _, _ = run(rounds, safety, config(segment_size=64, candidates_per_round=3), REQUIRED)
+    assert result.text == CALL_HEAD + PARIS and result.stats.candidates_vetoed == 2
+
+
+def test_consensus_leaves_text_rounds_to_the_reward():
+    rounds = [["Lyon is nice.", "Paris is nice.", "Paris is nice."], ["<eos>"]]
+    reward = lambda text: 0.9 if "Lyon" in text else 0.8  # noqa: E731
+    result, _, _, _ = run(rounds, reward, config(segment_size=64, candidates_per_round=3), AUTO)
+    assert result.text == "Lyon is nice."
