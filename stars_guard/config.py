@@ -21,7 +21,7 @@ RewardErrorPolicy = Literal["fail_closed", "fail_open"]
 Segmentation = Literal["fixed", "entropy"]
 FailClosedAction = Literal["raise", "refuse"]
 RoundSelection = Literal["first", "best"]
-SegmentBudget = Literal["flat", "shaped"]
+SegmentBudget = Literal["flat", "shaped", "adaptive"]
 ToolCallGuard = Literal["off", "veto_only", "steer"]
 ToolCallSelection = Literal["consensus", "reward"]
 UnsupportedLanguage = Literal["refuse", "answer"]
@@ -45,7 +45,9 @@ class STARSConfig(BaseModel):
     segment_budget: SegmentBudget = Field(
         "shaped",
         description="'shaped': K drafts for the first segment, ceil(3K/4) for the middle ones, ceil(3K/2) for "
-        "the one that reaches max_new_tokens; 'flat': K for every segment.",
+        "the one that reaches max_new_tokens; 'flat': K for every segment; 'adaptive': the first segment "
+        "as shaped, then each round as wide as pays off on this backend, given its measured cost per "
+        "candidate and the recent pass rate, at most the shaped size (stars_guard/round_sizing.py).",
     )
     segment_candidates: tuple[int, ...] | None = Field(
         None,

@@ -35,6 +35,7 @@ from stars_guard.protocols import (
     draft_segment,
     score_conversation,
 )
+from stars_guard.round_sizing import AdaptiveRounds, RoundCosts
 from stars_guard.stats import EndedBy, RefusalReason, STARSStats
 from stars_guard.stops import StopScanner
 from stars_guard.tools import (
@@ -78,10 +79,19 @@ class _OutOfTime(Exception):
 class STARSEngine:
     """Runs STARS for one backend and reward model. Thread-safe if its backend and reward are."""
 
-    def __init__(self, backend: Backend, reward: RewardModel, config: STARSConfig | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        reward: RewardModel,
+        config: STARSConfig | None = None,
+        round_costs: RoundCosts | None = None,
+    ) -> None:
         self.backend = backend
         self.reward = reward
         self.config = config or STARSConfig()
+        # What a round of k candidates costs on this backend (`segment_budget="adaptive"`): pass
+        # one `RoundCosts` to every engine over the same backend to learn it across requests.
+        self.round_costs = round_costs or RoundCosts()
 
     def run(self, messages: str | Iterable[ChatMessage | Mapping[str, object]], **overrides: Any) -> STARSResult:
         """Generate a whole answer; see `stream` for the arguments."""
@@ -107,7 +117,7 @@ class STARSEngine:
         """
         config = self.config.with_overrides(**overrides)
         turns = normalize_messages(messages)
-        run = _Run(self.backend, self.reward, config, turns, StopScanner(stop), constraint)
+        run = _Run(self.backend, self.reward, config, turns, StopScanner(stop), constraint, self.round_costs)
         yield from run.events()
 
 
@@ -122,6 +132,7 @@ class _Run:
         turns: list[ChatMessage],
         stops: StopScanner,
         constraint: OutputConstraint | None = None,
+        round_costs: RoundCosts | None = None,
     ) -> None:
         self.backend = backend
         self.reward = reward
@@ -146,6 +157,8 @@ class _Run:
         # Greedy drafts are deterministic: one candidate per segment, judged once.
         self.greedy = config.temperature == 0.0
         self.attempts_per_segment = 1 if self.greedy else config.max_attempts
+        self.round_costs = round_costs or RoundCosts()
+        self.adaptive = AdaptiveRounds(self.round_costs) if config.segment_budget == "adaptive" else None
         self.constraint = constraint
         # With tools bound, tool-call blocks are found in the answer: judged per `guard_tool_calls`,
         # and never streamed until they close (an unclosed one is dropped at the end).
@@ -249,7 +262,8 @@ class _Run:
         remaining = config.max_new_tokens - self.stats.tokens_emitted
         # A server's grammar starts at each request's first token: such a backend drafts whole answers.
         budget = remaining if self.whole_answers else min(config.segment_size, remaining)
-        round_size = 1 if self.greedy else config.round_size(segment_index, final=budget >= remaining)
+        round_cap = 1 if self.greedy else config.round_size(segment_index, final=budget >= remaining)
+        round_size = round_cap
         attempts = 0
         best: _Judged | None = None  # best candidate under the floor rule, for the fallback
         out_of_time = False
@@ -258,9 +272,14 @@ class _Run:
                 out_of_time = True
                 break
             try:
+                if self.adaptive is not None and not self.greedy:
+                    round_size = self.adaptive.size(round_cap, first_segment=segment_index == 0)
+                round_started = time.perf_counter()
                 drafts = self._draft(generation, min(round_size, self.attempts_per_segment - attempts), budget)
                 self.stats.tokens_sampled += sum(candidate.num_tokens for candidate in drafts)
                 judged = self._score(drafts, attempts)
+                if segment_index > 0:  # the first segment's rounds also pay for the prompt's prefill
+                    self.round_costs.observe(len(drafts), budget, time.perf_counter() - round_started)
             except _OutOfTime:  # the budget ran out inside a call: this round's drafts are never emitted
                 out_of_time = True
                 break
@@ -268,6 +287,8 @@ class _Run:
                 yield from self._refuse(segment_index, "reward_error")
                 return "refusal"
             schedule.observe([item.reward for item in judged if not math.isnan(item.reward)])
+            if self.adaptive is not None:
+                self.adaptive.observe([self._would_pass(item, schedule) for item in judged])
             round_best: _Judged | None = None
             for item in self._judging_order(judged):
                 attempts += 1
@@ -322,6 +343,14 @@ class _Run:
             safety,
             "tool_call" if item.in_call else "text",
         )
+
+    def _would_pass(self, item: _Judged, schedule: ThresholdSchedule) -> bool:
+        """Whether a candidate clears the veto and the hard threshold, judged or not: the pass
+        rate that sizes the next rounds (`segment_budget="adaptive"`)."""
+        if math.isnan(item.reward):
+            return True
+        threshold = schedule.threshold(self.stats.tokens_emitted + item.tokens)
+        return not self._vetoed(item) and item.reward >= threshold
 
     def _clears(self, item: _Judged, acceptance: AcceptanceRule, threshold: float) -> bool:
         """The threshold test; a tool call's segments skip it unless `guard_tool_calls='steer'`."""

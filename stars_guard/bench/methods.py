@@ -18,6 +18,7 @@ from stars_guard.config import STARSConfig
 from stars_guard.engine import STARSEngine
 from stars_guard.messages import ChatMessage, normalize_messages
 from stars_guard.protocols import Backend, OpenRequest, RewardModel
+from stars_guard.round_sizing import RoundCosts
 from stars_guard.stats import STARSStats
 
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -45,6 +46,7 @@ _FLAGS: dict[str, dict[str, Any]] = {
     "best": {"round_selection": "best"},
     "flat": {"segment_budget": "flat", "segment_candidates": None, "final_candidates": None},
     "noveto": {"safety_floor": None},
+    "adaptive": {"segment_budget": "adaptive"},
 }
 _CARDS_KEYS = {"L": ("segment_size", int), "K": ("candidates_per_round", int), "e": ("entropy_threshold", float)}
 
@@ -68,6 +70,7 @@ class Method:
     config: STARSConfig | None = None
     best_of: int | None = None
     batch_size: int = 8
+    round_costs: RoundCosts = field(default_factory=RoundCosts, repr=False, compare=False)
 
     def describe(self) -> dict[str, Any]:
         described: dict[str, Any] = {"name": self.name, "family": self.family, "sweep": self.sweep}
@@ -99,7 +102,8 @@ class Method:
             stats, text = best_of_n(backend, reward, prompt, self.best_of, self.batch_size, self.config, seed)
         else:
             assert self.config is not None
-            result = STARSEngine(backend, reward, self.config).run(prompt, seed=seed, stop=list(stop) or None)
+            engine = STARSEngine(backend, reward, self.config, self.round_costs)
+            result = engine.run(prompt, seed=seed, stop=list(stop) or None)
             stats, text = result.stats, result.text
         return Outcome(text, stats, time.perf_counter() - started)
 

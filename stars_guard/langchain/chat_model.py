@@ -55,6 +55,7 @@ from stars_guard.langchain.tools import (
 from stars_guard.messages import ChatMessage, ClientSystemPolicy, apply_system_policy
 from stars_guard.overrides import OverridePolicy
 from stars_guard.protocols import Backend, RewardModel, unwrapped
+from stars_guard.round_sizing import RoundCosts
 from stars_guard.specs import build_backend, build_reward, check_spec
 from stars_guard.telemetry.aggregator import segment_payload
 from stars_guard.tools import (
@@ -349,6 +350,7 @@ class STARSChatModel(BaseChatModel):
 
     _built: dict[str, Any] = PrivateAttr(default_factory=dict)  # backend / reward built from a spec
     _build_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _round_costs: RoundCosts = PrivateAttr(default_factory=RoundCosts)  # learnt across calls (adaptive rounds)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         for kind in ("backend", "reward"):
@@ -571,7 +573,7 @@ class STARSChatModel(BaseChatModel):
         constraint = _answer_shape(output)
         turns = apply_system_policy(to_chat_messages(messages), self.client_system, self.system_prompt)
         stops = stop if stop is not None else self.stop
-        engine = STARSEngine(backend, reward, config)
+        engine = STARSEngine(backend, reward, config, self._round_costs)
         tool_names = constraint.tool_names if constraint is not None and constraint.kind == "tool_calls" else None
         assembler = _Assembler(self.model_label, seed, tool_names, include_segments=include_segments)
         return _Call(engine, turns, list(stops) if stops else None, include_text, assembler, constraint)

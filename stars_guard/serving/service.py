@@ -31,6 +31,7 @@ from stars_guard.engine import STARSEngine
 from stars_guard.errors import BackendError, RewardError
 from stars_guard.events import CandidateJudged, Finished, TextEmitted
 from stars_guard.protocols import Backend, BackendWrapper, Generation, OpenRequest, RewardModel
+from stars_guard.round_sizing import RoundCosts
 from stars_guard.serving.admission import Admission, DeadlineExceededError, QueueFullError
 from stars_guard.serving.errors import error_for, queue_full, queue_timeout, shutting_down
 from stars_guard.serving.lockstep import LockstepStats
@@ -112,6 +113,7 @@ class ChatService:
         self.backend = backend
         self.lockstep_stats = lockstep
         self.reward = reward
+        self.round_costs = RoundCosts()  # what a round costs on this backend, learnt across requests
         self.config = config
         self.stats = stats
         self.settings = settings
@@ -244,7 +246,9 @@ class ChatService:
             return
         budget = request.config.time_budget_s
         config = request.config.with_overrides(time_budget_s=max(min(budget or math.inf, remaining), 1e-3))
-        engine = STARSEngine(_OpenNotifier(self.backend, lambda: job.put(OPENED)), self.reward, config)
+        engine = STARSEngine(
+            _OpenNotifier(self.backend, lambda: job.put(OPENED)), self.reward, config, self.round_costs
+        )
         run_id = job.run_id
         self.stats.start(
             RunInfo(run_id, self.model_name, temperature=config.temperature, max_tokens=config.max_new_tokens)

@@ -1,0 +1,82 @@
+"""Adaptive round sizes: the cost line, the choice of k, and the engine under `segment_budget="adaptive"`."""
+
+from __future__ import annotations
+
+import pytest
+
+from stars_guard import STARSConfig, STARSEngine
+from stars_guard.events import TextEmitted
+from stars_guard.round_sizing import AdaptiveRounds, RoundCosts
+from tests.doubles import ScriptedBackend, ScriptedReward
+
+
+def costs(points: dict[int, float]) -> RoundCosts:
+    """A cost line from {round size: seconds per drafted token}."""
+    learnt = RoundCosts()
+    for size, seconds in points.items():
+        learnt.observe(size, 8, seconds * 8)
+    return learnt
+
+
+def test_the_cost_line_is_fitted_from_two_round_sizes():
+    assert costs({4: 0.2}).line() is None
+    fixed, per_candidate = costs({1: 0.1, 4: 0.2}).line()
+    assert fixed == pytest.approx(0.1 - 0.1 / 3) and per_candidate == pytest.approx(0.1 / 3)
+    flat = costs({1: 0.3, 4: 0.1}).line()  # a wider round measured faster: no negative marginal cost
+    assert flat is not None and flat[1] == 0.0
+
+
+def test_cheap_extra_candidates_buy_wide_rounds_and_dear_ones_narrow():
+    in_process = AdaptiveRounds(costs({1: 0.10, 4: 0.13}))  # 4 candidates cost 1.3x one
+    engine = AdaptiveRounds(costs({1: 0.10, 4: 0.40}))  # each candidate costs about a round
+    assert in_process.size(4, first_segment=False) >= 3
+    assert engine.size(4, first_segment=False) == 1
+
+
+def test_rejections_widen_the_rounds_and_acceptances_narrow_them():
+    rounds = AdaptiveRounds(costs({1: 0.10, 4: 0.25}))
+    rounds.observe([True] * 6)
+    assert rounds.size(6, first_segment=False) == 1
+    rounds.observe([False] * 12)
+    assert rounds.size(6, first_segment=False) >= 3
+
+
+def test_the_first_segment_gets_the_full_round_and_unknown_costs_are_probed():
+    learnt = RoundCosts()
+    rounds = AdaptiveRounds(learnt)
+    assert rounds.size(4, first_segment=True) == 4
+    assert rounds.size(3, first_segment=False) == 1  # nothing timed: probe one candidate
+    learnt.observe(1, 8, 0.8)
+    assert rounds.size(3, first_segment=False) == 3  # then a full round: the second point of the line
+    assert rounds.size(1, first_segment=False) == 1
+
+
+def engine(rounds: list[list[str]], reward, **values: object) -> tuple[STARSEngine, ScriptedBackend]:
+    cfg = STARSConfig(
+        threshold_mode="absolute", reward_threshold=0.5, alpha=1.0, safety_floor=0.2, segment_size=4, **values
+    )
+    backend = ScriptedBackend(rounds)
+    return STARSEngine(backend, ScriptedReward(reward), cfg), backend
+
+
+def test_the_engine_sizes_rounds_from_the_learnt_costs():
+    segments = [["abcd"] * 4, *[["efgh"] * 4 for _ in range(5)], ["<eos>"]]
+    stars, backend = engine(segments, lambda _: 1.0, segment_budget="adaptive", max_new_tokens=24)
+    for size, seconds in {1: 0.10, 4: 0.40}.items():  # as on a serving engine
+        stars.round_costs.observe(size, 4, seconds * 4)
+    result = stars.run("hi")
+    # The first segment gets K; then every candidate passes and each costs a round: one at a time.
+    assert backend.generation.requested[0] == 4 and set(backend.generation.requested[1:]) == {1}
+    assert result.stats.tokens_sampled < 4 * result.stats.tokens_emitted
+
+
+def test_adaptive_rounds_never_emit_vetoed_text():
+    bad, good = "BAD!", "good"
+    segments = [[bad, bad, bad, good], *[[bad, good, bad, good] for _ in range(8)]]
+    stars, _ = engine(
+        segments, lambda text: 0.0 if "BAD" in text else 1.0, segment_budget="adaptive", max_new_tokens=16
+    )
+    events = list(stars.stream("hi"))
+    shown = "".join(event.text for event in events if isinstance(event, TextEmitted))
+    assert "BAD" not in shown and shown == events[-1].result.text
+    assert events[-1].result.stats.candidates_vetoed > 0
