@@ -23,6 +23,7 @@ starts at a request's first token, so it holds only over a whole answer (its cap
 from __future__ import annotations
 
 import json
+import math
 import random
 import threading
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,7 @@ from stars_guard.adapters import _chat, _text
 from stars_guard.adapters._closing import WholeAnswerCloser
 from stars_guard.adapters._grammar import CALL_END, CALL_SEPARATOR, arguments_schema, call_begin
 from stars_guard.adapters._http import HTTPClient, RetryPolicy, Timeouts
-from stars_guard.capabilities import BackendCapabilities
+from stars_guard.capabilities import BackendCapabilities, GenerationCapabilities
 from stars_guard.deadline import ContextThreadPool
 from stars_guard.errors import BackendError, ConfigError, ContextWindowExceededError, StarsGuardError
 from stars_guard.messages import ChatMessage
@@ -71,7 +72,10 @@ class OpenAICompletionsBackend:
         token_prompts: bool | None = None,
         n_choices: bool | None = None,
         structured_outputs: bool | None = None,
+        block_size: int | None = None,
     ) -> None:
+        if block_size is not None and block_size < 1:
+            raise ConfigError(f"block_size must be a positive number of tokens (got {block_size})")
         self.base_url = server_root(base_url)
         self.client = HTTPClient(
             self.base_url,
@@ -92,10 +96,25 @@ class OpenAICompletionsBackend:
         self._lock = threading.Lock()
         self._pool = ContextThreadPool(max_workers=max(1, max_concurrency), thread_name_prefix="stars-openai")
         self._server_adds_bos = self.tokenizer is not None and _text.adds_bos(self.tokenizer)
+        self._block_size = block_size  # the server's KV-cache block, given or learnt (`cache_block_size`)
+        self._block_given = block_size is not None
 
     @property
     def model_name(self) -> str:
         return self._model or self.base_url
+
+    @property
+    def cache_block_size(self) -> int | None:
+        """The server's KV-cache block size: as given, else the greatest common divisor of the
+        prefix-cache hits it has reported (vLLM's `cached_tokens` count whole blocks only, so the
+        divisor is the block size or a multiple of it, and either keeps segments on boundaries)."""
+        return self._block_size
+
+    def observe_cached_tokens(self, cached: int) -> None:
+        if self._block_given or cached <= 0:
+            return
+        with self._lock:
+            self._block_size = cached if self._block_size is None else math.gcd(self._block_size, cached)
 
     @property
     def features(self) -> ServerFeatures | None:
@@ -326,6 +345,8 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
         self._computed: int | None = 0  # stays an int only while every response reports cached tokens
         tokenizer = backend.tokenizer
         self._eos_id = None if tokenizer is None else getattr(tokenizer, "eos_token_id", None)
+        # Token-id prompts are the ones a block cache matches exactly (`segment_size="auto"`).
+        self.capabilities = GenerationCapabilities(reports_retries=True, cache_blocks=features.token_prompts)
 
     @property
     def prompt_tokens(self) -> int:
@@ -335,6 +356,13 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
     def llm_forward_tokens(self) -> int | None:
         """Known only where the server reports its prefix-cache hits (vLLM's `cached_tokens`)."""
         return self._computed
+
+    def cache_alignment(self) -> tuple[int, int] | None:
+        """(the server's block size, tokens of the next round's prompt); None until the block is known."""
+        block = self._backend.cache_block_size
+        if block is None or not self._features.token_prompts:
+            return None
+        return block, len(self.prompt_ids) + len(self.response_ids)
 
     def _draft_round(self, num_candidates: int, max_tokens: int) -> tuple[list[Candidate], int]:
         if self._structured is not None and (self.response_ids or self.response_text):
@@ -402,16 +430,16 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
         return _text.candidate_from_text(tokenizer, text, hit_eos, self._eos_id)
 
     def _count_computed(self, bodies: list[dict[str, Any]]) -> None:
-        if self._computed is None:
-            return
         for body in bodies:
             usage = body.get("usage") or {}
             details = usage.get("prompt_tokens_details") or {}
             cached = details.get("cached_tokens") if isinstance(details, dict) else None
             if not isinstance(cached, int) or not isinstance(usage.get("prompt_tokens"), int):
                 self._computed = None
-                return
-            self._computed += usage["prompt_tokens"] - cached + int(usage.get("completion_tokens") or 0)
+                continue
+            self._backend.observe_cached_tokens(cached)
+            if self._computed is not None:
+                self._computed += usage["prompt_tokens"] - cached + int(usage.get("completion_tokens") or 0)
 
 
 def tool_calls_tag(constraint: OutputConstraint) -> dict[str, Any]:

@@ -128,10 +128,14 @@ class GenerationCapabilities:
     - `entropy_segments`: `draft(..., entropy_cut=...)` ends a candidate before an unsure token
       (needs next-token logits: the local backends have them, the HTTP ones do not).
     - `reports_retries`: `backend_retries` counts the failed calls its backend retried (HTTP).
+    - `cache_blocks`: its server caches prompts in fixed-size KV blocks and matches whole blocks
+      only (vLLM); `cache_alignment()` says where the next round's prompt ends in its block, so
+      `segment_size="auto"` can end segments on block boundaries.
     """
 
     entropy_segments: bool = False
     reports_retries: bool = False
+    cache_blocks: bool = False
 
 
 NOTHING_EXTRA_REWARD = RewardCapabilities()

@@ -160,13 +160,23 @@ SAFETY_FLOOR_HELP = (
 def _add_stars_flags(command: argparse.ArgumentParser, *, temperature: str) -> None:
     """The STARS settings `chat` and `serve` both take (read back by `_config_from_flags`)."""
     for flag, field, kind, text in (
-        ("--segment-size", "segment_size", int, "tokens per candidate segment"),
+        ("--segment-size", "segment_size", _segment_size, "tokens per candidate segment, or 'auto'"),
         ("--candidates", "candidates_per_round", int, "candidates drafted per round"),
         ("--max-attempts", "max_attempts", int, "most candidates judged per segment"),
         ("--temperature", "temperature", float, temperature),
     ):
         command.add_argument(flag, type=kind, help=f"{text} (default {_default(field)})")
     command.add_argument("--safety-floor", type=_safety_floor, help=SAFETY_FLOOR_HELP)
+
+
+def _segment_size(value: str) -> int | str:
+    """A token count, or 'auto' (segments on the backend's KV-cache block boundaries)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of tokens or 'auto', got {value!r}") from None
 
 
 def _default(field: str) -> object:

@@ -8,7 +8,7 @@ validates again.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -27,6 +27,7 @@ ToolCallSelection = Literal["consensus", "reward"]
 UnsupportedLanguage = Literal["refuse", "answer"]
 
 DEFAULT_REFUSAL = "I can't help with that."
+AUTO_SEGMENT_SIZE = 8  # segment_size="auto" on a backend without block caching
 SEED_MAX = 2**63 - 1  # the widest seed every backend takes (vLLM and TGI read int64)
 
 
@@ -36,7 +37,12 @@ class STARSConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
     # Segmentation and sampling budget.
-    segment_size: int = Field(8, ge=1, le=512, description="Tokens per candidate segment (L).")
+    segment_size: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] = Field(
+        8,
+        description="Tokens per candidate segment (L). 'auto': segments end on the KV-cache block boundaries "
+        "of a backend that caches in blocks (vLLM), so no round recomputes a block's tail; "
+        f"{AUTO_SEGMENT_SIZE} tokens elsewhere.",
+    )
     candidates_per_round: int = Field(4, ge=1, le=64, description="Candidates drafted in one batched call (K).")
     max_attempts: int = Field(
         16, ge=1, le=1024, description="Most candidates judged for one segment before the fallback."

@@ -20,10 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stars_guard.capabilities import generation_capabilities
+from stars_guard.config import AUTO_SEGMENT_SIZE
 from stars_guard.engine import checked_scores, resolve_safety_floor
 from stars_guard.errors import StarsGuardError
 from stars_guard.messages import normalize_messages
-from stars_guard.protocols import Backend, Generation, OpenRequest, RewardModel, backend_retries, score_conversation
+from stars_guard.protocols import (
+    Backend,
+    Generation,
+    OpenRequest,
+    RewardModel,
+    backend_retries,
+    cache_alignment,
+    score_conversation,
+)
 
 PROBE = "Give me one tip for keeping houseplants alive."
 
@@ -135,6 +144,18 @@ def _diagnose(
             reused,
             f"round 2 computed {fresh} token positions for {candidates} candidates on a "
             f"{generation.prompt_tokens}-token prompt ({verdict})",
+        )
+    if generation_capabilities(generation).cache_blocks:
+        alignment = cache_alignment(generation)
+        report.add(
+            "cache blocks",
+            alignment is not None,
+            "no prefix-cache hit seen yet, so the block size is unknown (segment_size='auto' drafts "
+            f"{AUTO_SEGMENT_SIZE}-token segments until one is)"
+            if alignment is None
+            else f"the server caches prompts in blocks of {alignment[0]} tokens (learnt from cached_tokens): "
+            "segment_size='auto' ends each segment one token past a block boundary, so no round recomputes "
+            "a block's tail",
         )
     if generation_capabilities(generation).reports_retries:
         report.add("retries", True, f"{backend_retries(generation)} backend retries")

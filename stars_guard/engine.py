@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from stars_guard.capabilities import generation_capabilities, reward_capabilities
-from stars_guard.config import STARSConfig
+from stars_guard.config import AUTO_SEGMENT_SIZE, STARSConfig
 from stars_guard.deadline import deadline_scope, is_deadline_error
 from stars_guard.errors import ConfigError, RewardError
 from stars_guard.events import CandidateJudged, Event, Finished, FinishReason, STARSResult, TextEmitted
@@ -31,6 +31,7 @@ from stars_guard.protocols import (
     OpenRequest,
     RewardModel,
     backend_retries,
+    cache_alignment,
     constraint_support,
     draft_segment,
     score_conversation,
@@ -261,7 +262,7 @@ class _Run:
         config = self.config
         remaining = config.max_new_tokens - self.stats.tokens_emitted
         # A server's grammar starts at each request's first token: such a backend drafts whole answers.
-        budget = remaining if self.whole_answers else min(config.segment_size, remaining)
+        budget = remaining if self.whole_answers else min(self._segment_length(generation), remaining)
         round_cap = 1 if self.greedy else config.round_size(segment_index, final=budget >= remaining)
         round_size = round_cap
         attempts = 0
@@ -343,6 +344,25 @@ class _Run:
             safety,
             "tool_call" if item.in_call else "text",
         )
+
+    def _segment_length(self, generation: Generation) -> int:
+        """`segment_size`; for 'auto', where the backend caches in blocks, the tokens that make the next
+        round's prompt end one token past a block boundary, else AUTO_SEGMENT_SIZE.
+
+        One past, not on it: a server computes a prompt's last token in any case (it needs its
+        logits), so vLLM caps a cache hit at the prompt minus one token and a prompt that ended on a
+        boundary would recompute its whole last block (measured: 32 tokens a round).
+        """
+        size = self.config.segment_size
+        if size != "auto":
+            return size
+        alignment = cache_alignment(generation)
+        if alignment is None:
+            return AUTO_SEGMENT_SIZE
+        block, prompt = alignment
+        to_boundary = block - (prompt - 1) % block
+        # A sliver of a block is too short to judge: run on to the next boundary.
+        return to_boundary if to_boundary >= max(1, block // 4) else to_boundary + block
 
     def _would_pass(self, item: _Judged, schedule: ThresholdSchedule) -> bool:
         """Whether a candidate clears the veto and the hard threshold, judged or not: the pass

@@ -140,6 +140,16 @@ class RetryReporter(Protocol):
         ...
 
 
+class BlockCachedGeneration(Protocol):
+    """A generation whose server reuses a prompt's KV cache in whole blocks only (vLLM): a round
+    whose prompt ends inside a block recomputes that block's tail. Declared with
+    `GenerationCapabilities(cache_blocks=True)`."""
+
+    def cache_alignment(self) -> tuple[int, int] | None:
+        """(block size, tokens of the next round's prompt), or None while the block size is unknown."""
+        ...
+
+
 class GenerationWrapper:
     """Base for a `Generation` that wraps another and changes only some calls (timing, scheduling).
 
@@ -176,6 +186,9 @@ class GenerationWrapper:
     def draft(self, num_candidates: int, max_tokens: int, entropy_cut: float | None = None) -> list[Candidate]:
         return draft_segment(self.inner, num_candidates, max_tokens, entropy_cut)
 
+    def cache_alignment(self) -> tuple[int, int] | None:
+        return cache_alignment(self.inner)
+
     def retain(self, candidate: Candidate) -> None:
         self.inner.retain(candidate)
 
@@ -198,6 +211,14 @@ def draft_segment(
             "(its capabilities do not declare entropy_segments)"
         )
     return cast(EntropyDrafter, generation).draft(num_candidates, max_tokens, entropy_cut=entropy_cut)
+
+
+def cache_alignment(generation: Generation) -> tuple[int, int] | None:
+    """(block size, next prompt's tokens) of a block-cached generation; None for any other, or
+    while its block size is unknown."""
+    if not generation_capabilities(generation).cache_blocks:
+        return None
+    return cast(BlockCachedGeneration, generation).cache_alignment()
 
 
 def backend_retries(generation: Generation) -> int:

@@ -29,7 +29,7 @@ class SpecEntry:
     options: frozenset[str] | None = None  # the `?key=value` options it takes; None: not split (path, plugin)
 
 
-OPENAI_OPTIONS = frozenset({"model", "tokenizer"})
+OPENAI_OPTIONS = frozenset({"model", "tokenizer", "block_size"})
 TGI_OPTIONS = frozenset({"tokenizer"})
 LLAMACPP_OPTIONS = frozenset({"n_ctx", "n_threads"})
 HF_REWARD_OPTIONS = frozenset({"input_form", "label_index", "max_length"})
@@ -64,7 +64,13 @@ def _openai_backend(argument: str | None) -> Backend:
     from stars_guard.adapters.openai_backend import OpenAICompletionsBackend
 
     url, options = split_options("openai", argument, OPENAI_OPTIONS)
-    return OpenAICompletionsBackend(url, api_key=_api_key(), **options)
+    block_size: int | None = None
+    if "block_size" in options:
+        text = options.pop("block_size")
+        if not text.isdigit() or int(text) < 1:
+            raise SpecError(f"openai:...?block_size= takes a positive number of tokens (got {text!r})")
+        block_size = int(text)
+    return OpenAICompletionsBackend(url, api_key=_api_key(), block_size=block_size, **options)
 
 
 def _llama_server_backend(argument: str | None) -> Backend:
@@ -162,7 +168,7 @@ BACKENDS: dict[str, SpecEntry] = {
     "hf": SpecEntry(_hf_backend, "hf:<hub-id, directory or .gguf file>  (any Hugging Face causal LM)", True),
     "openai": SpecEntry(
         _openai_backend,
-        "openai:<URL>[?model=NAME&tokenizer=PATH]  (/v1/completions of vLLM, SGLang, llama.cpp server)",
+        "openai:<URL>[?model=NAME&tokenizer=PATH&block_size=N]  (/v1/completions of vLLM, SGLang, llama.cpp server)",
         True,
         OPENAI_OPTIONS,
     ),

@@ -33,8 +33,11 @@ def test_llamacpp_spec_defaults_to_the_f16_copy_of_the_pulled_gguf(gguf):
 
 
 def test_bad_options_and_missing_arguments_say_what_is_valid():
-    with pytest.raises(SpecError, match=r"unknown option 'colour=red' \(valid options: model, tokenizer\)"):
+    with pytest.raises(SpecError, match=r"unknown option 'colour=red' \(valid options: block_size, model, tokenizer\)"):
         build_backend("openai:http://x?colour=red")
+    with pytest.raises(SpecError, match="block_size= takes a positive number of tokens"):
+        build_backend("openai:http://x?block_size=0")
+    assert build_backend("openai:http://x?block_size=32").cache_block_size == 32
     with pytest.raises(SpecError, match="needs an argument"):
         build_reward("tei")
     with pytest.raises(SpecError, match="n_threads must be an integer"):

@@ -58,3 +58,28 @@ def test_stars_end_to_end_on_vllm(vllm_backend: OpenAICompletionsBackend, guard:
     stats = result.stats
     assert result.text.strip() and stats.segments_accepted > 0
     assert isinstance(stats.llm_forward_tokens, int) and stats.llm_forward_tokens > 0
+
+
+def test_auto_segments_end_on_the_learnt_cache_blocks(vllm_server: Any, guard: Any) -> None:
+    # A backend of its own: the block size is learnt from the cached_tokens the server reports.
+    backend = OpenAICompletionsBackend(vllm_server.url, tokenizer=default_lm_dir())
+    engine = STARSEngine(backend, guard, STARSConfig(max_new_tokens=96, segment_size="auto"))
+    engine.run(PROMPT, seed=3, max_new_tokens=16)  # learns the block from its second round's cache hit
+    assert backend.cache_block_size == 32  # the server runs with --block-size 32 (stars_guard.engines)
+    result = engine.run(PROMPT, seed=4)
+    stats = result.stats
+    # Every round's prompt ends one token past a block boundary, so a round computes its prompt's last
+    # token (vLLM always does) and the sampled tokens: nothing accepted is computed twice. (With a
+    # prompt ending on the boundary, each round recomputed its whole last block: 64 tokens here.)
+    assert isinstance(stats.llm_forward_tokens, int)
+    recomputed = stats.llm_forward_tokens - (stats.prompt_tokens + stats.tokens_sampled)
+    assert recomputed <= stats.llm_calls, stats
+    backend.close()
+
+
+def test_doctor_reports_the_cache_block_size(vllm_server: Any, guard: Any) -> None:
+    from stars_guard.doctor import diagnose
+
+    report = diagnose(f"openai:{vllm_server.url}?tokenizer={default_lm_dir()}", "guard", build_reward=lambda _: guard)
+    found = {finding.topic: finding for finding in report.findings}
+    assert found["cache blocks"].ok and "blocks of 32 tokens" in found["cache blocks"].detail, report.render()

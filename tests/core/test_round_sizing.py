@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stars_guard import STARSConfig, STARSEngine
+from stars_guard.config import AUTO_SEGMENT_SIZE
 from stars_guard.events import TextEmitted
 from stars_guard.round_sizing import AdaptiveRounds, RoundCosts
 from tests.doubles import ScriptedBackend, ScriptedReward
@@ -80,3 +81,21 @@ def test_adaptive_rounds_never_emit_vetoed_text():
     shown = "".join(event.text for event in events if isinstance(event, TextEmitted))
     assert "BAD" not in shown and shown == events[-1].result.text
     assert events[-1].result.stats.candidates_vetoed > 0
+
+
+def test_auto_segments_run_to_the_next_cache_block_boundary():
+    # Prompt of 7 tokens, blocks of 16: each round's prompt should end one past a boundary (17, 33,
+    # ...): segments of 10, then 16; the last one is cut by max_new_tokens.
+    rounds = [["x" * 64]] * 5
+    config = STARSConfig(segment_size="auto", max_new_tokens=40, candidates_per_round=1)
+    aligned = ScriptedBackend(rounds, cache_block=16)
+    STARSEngine(aligned, ScriptedReward(lambda _: 1.0), config).run("hi")
+    assert aligned.generation.budgets == [10, 16, 14]
+    # A first candidate that ended a token early leaves a 1-token sliver: run on to the next boundary.
+    sliver = ScriptedBackend([["x" * 9], *rounds], cache_block=16)
+    STARSEngine(sliver, ScriptedReward(lambda _: 1.0), config).run("hi")
+    assert sliver.generation.budgets == [10, 17, 14]
+    # A backend without block caching gets AUTO_SEGMENT_SIZE.
+    plain = ScriptedBackend(rounds)
+    STARSEngine(plain, ScriptedReward(lambda _: 1.0), config).run("hi")
+    assert plain.generation.budgets[:2] == [AUTO_SEGMENT_SIZE] * 2

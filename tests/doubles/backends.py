@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stars_guard.capabilities import BackendCapabilities
+from stars_guard.capabilities import BackendCapabilities, GenerationCapabilities
 from stars_guard.messages import ChatMessage
 from stars_guard.protocols import Candidate, OpenRequest
 
@@ -53,6 +53,17 @@ class ScriptedGeneration:
     retained: Candidate | None = None
     committed: list[str] = field(default_factory=list)
     closed: bool = False
+    cache_block: int | None = None  # says it caches in blocks of this many tokens (vLLM-like)
+    budgets: list[int] = field(default_factory=list)  # max_tokens of every draft
+
+    @property
+    def capabilities(self) -> GenerationCapabilities:
+        return GenerationCapabilities(cache_blocks=self.cache_block is not None)
+
+    def cache_alignment(self) -> tuple[int, int] | None:
+        if self.cache_block is None:
+            return None
+        return self.cache_block, self.prompt_tokens + sum(len(text) for text in self.committed)
 
     def __post_init__(self) -> None:
         self.llm_forward_tokens = self.prompt_tokens  # the prefill
@@ -67,6 +78,7 @@ class ScriptedGeneration:
         else:
             raise AssertionError("the script ran out of rounds")
         self.requested.append(num_candidates)
+        self.budgets.append(max_tokens)
         self.llm_calls += 1
         # A round may script fewer candidates than requested; the engine judges what it gets.
         self.latest = [make_candidate(text, max_tokens) for text in scripted[:num_candidates]]
@@ -109,8 +121,10 @@ class ScriptedBackend:
         open_error: BaseException | None = None,
         on_draft: Callable[[], None] | None = None,
         constraint_support: str = "none",
+        cache_block: int | None = None,
     ) -> None:
         self.script = script
+        self.cache_block = cache_block
         self.support = constraint_support  # what `capabilities.constraints` says (the grammar is the script's)
         self.then = None if then is None else list(then)
         self.delay_s = delay_s
@@ -130,7 +144,9 @@ class ScriptedBackend:
         if self.open_error is not None:
             raise self.open_error
         rounds = self.script(request) if callable(self.script) else self.script
-        generation = ScriptedGeneration([list(r) for r in rounds], then=self.then, on_draft=self._before_draft)
+        generation = ScriptedGeneration(
+            [list(r) for r in rounds], then=self.then, on_draft=self._before_draft, cache_block=self.cache_block
+        )
         with self._lock:
             self.opened.append(
                 {
