@@ -9,6 +9,19 @@ cut a candidate at a stop string and count its tokens exactly. `llm_forward_toke
 own count: the prompt tokens a request evaluated after its cache hit (`timings.prompt_n`, once per
 request: with `n_cmpl` the other slots copy the first one's KV cache) plus the tokens sampled.
 
+Slot pinning (no recompute of the accepted prefix): each result names the slot that produced it
+(`id_slot`). With `n_cmpl` the request's own slot (result `index` 0, the parent) evaluates the
+prompt; the child slots copy its KV cache (`llama_memory_seq_cp`, metadata only when the server
+runs with `--kv-unified`) and drop their context when they finish. So after a round only each
+parent slot still holds the prompt plus its own candidate. A generation remembers those slots and
+sends every request of its next round to one of them (`id_slot`): the one whose candidate was
+accepted when a parent's candidate won (a full cache hit), else the round's first parent (a hit of
+everything but the accepted segment, whose KV died with its child slot). Several requests of one
+round go to the same slot, one after the other (each takes all the slots anyway). The pin only
+saves work: a slot another generation used meanwhile is a cache miss, never a wrong answer. A
+server that refuses `id_slot` (an older build) is asked again without it, and the backend stops
+pinning from then on.
+
 The chat template is the server's (`/apply-template`). Message content is tokenised with special
 parsing off wherever it looks like a control token, so it can never forge a turn. The server's
 properties (`/props`: slots, context per slot, model, build) are read once.
@@ -84,6 +97,7 @@ class LlamaServerBackend:
         self._lock = threading.Lock()
         self._grammars: OrderedDict[str, str] = OrderedDict()  # constraint_key -> GBNF of its tool calls
         self._pool = ContextThreadPool(max_workers=max(1, max_concurrency), thread_name_prefix="stars-llama-server")
+        self.pins_slots = True  # sends `id_slot`; False once the server refused it (an older build)
 
     @property
     def props(self) -> ServerProps:
@@ -221,8 +235,22 @@ class LlamaServerBackend:
         return [int(token) for token in data["tokens"]]
 
     def complete(self, payload: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:
-        """One `/completion` call: its results (one per candidate) and the retries it took."""
-        result = self.client.post("/completion", payload)
+        """One `/completion` call: its results (one per candidate) and the retries it took.
+
+        A request pinned to a slot (`id_slot`) that the server refuses (HTTP 4xx) is sent again
+        unpinned; when that one succeeds, the server is taken not to know `id_slot` and no later
+        request is pinned. A request that fails unpinned too raises that failure.
+        """
+        if "id_slot" in payload and not self.pins_slots:
+            payload = {key: value for key, value in payload.items() if key != "id_slot"}
+        try:
+            result = self.client.post("/completion", payload)
+        except BackendError as exc:
+            status = getattr(exc, "status_code", None)
+            if "id_slot" not in payload or status is None or not 400 <= status < 500:
+                raise
+            result = self.client.post("/completion", {key: value for key, value in payload.items() if key != "id_slot"})
+            self.pins_slots = False
         data = result.data
         results = data if isinstance(data, list) else [data]
         if not all(isinstance(item, dict) and isinstance(item.get("tokens"), list) for item in results):
@@ -261,6 +289,9 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         self._top_p = top_p
         self._rng = random.Random(seed)
         self._computed = 0
+        self.slot: int | None = None  # where this generation's next round goes: the slot holding the most of it
+        self._held: dict[int, tuple[int, ...]] = {}  # parent slot -> the candidate it holds after the prompt
+        self.prompt_evaluated: list[int] = []  # per round: prompt tokens the server evaluated (after its cache)
 
     @property
     def prompt_tokens(self) -> int:
@@ -280,8 +311,9 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         slots = self._backend.props.slots
         sizes = [min(slots, num_candidates - start) for start in range(0, num_candidates, slots)]
         payloads = [self._payload(size, max_tokens) for size in sizes]
-        if len(payloads) == 1:
-            outcomes = [self._backend.complete(payloads[0])]
+        if len(payloads) == 1 or "id_slot" in payloads[0]:
+            # Pinned requests share one slot: sent in turn, each finds the prompt the previous one left.
+            outcomes = [self._backend.complete(payload) for payload in payloads]
         else:
             outcomes = [future.result() for future in [self._backend.submit(payload) for payload in payloads]]
         results = [item for items, _ in outcomes for item in items]
@@ -289,14 +321,33 @@ class LlamaServerGeneration(_text.StatelessGeneration):
             raise BackendError(f"llama-server returned {len(results)} completions for {num_candidates} candidates")
         for items, _ in outcomes:
             self._computed += _forward_tokens(items)
+        self.prompt_evaluated.append(sum(_prompt_evaluated(items) for items, _ in outcomes))
+        self._remember_slots(outcomes)
         candidates = [_candidate(item) for item in results]
         if self._closer is not None:
             accepted = len(self.response_ids)
             candidates = [self._closer.close(candidate, max_tokens, accepted) for candidate in candidates]
         return candidates, sum(retries for _, retries in outcomes)
 
+    def _remember_slots(self, outcomes: list[tuple[list[dict[str, Any]], int]]) -> None:
+        """Which slot of this round holds what: each request's parent (index 0) keeps prompt and its candidate."""
+        parents = [items[0] for items, _ in outcomes if items and int(items[0].get("index", 0)) == 0]
+        slots = [(item.get("id_slot"), item) for item in parents]
+        slots = [(int(slot), item) for slot, item in slots if isinstance(slot, int) and slot >= 0]
+        for slot, item in slots:
+            self._held[slot] = tuple(int(token) for token in item["tokens"])
+        if slots and self.slot not in self._held:
+            self.slot = slots[0][0]
+
     def _accept(self, candidate: Candidate) -> None:
         self.response_ids.extend(candidate.token_ids)
+        accepted = tuple(candidate.token_ids)
+        winner = next(
+            (slot for slot, held in self._held.items() if accepted and held[: len(accepted)] == accepted), None
+        )
+        if winner is not None:  # a parent's candidate won: its slot holds all of the new prompt
+            self.slot = winner
+        self._held = {}
 
     def _payload(self, count: int, max_tokens: int) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -315,6 +366,8 @@ class LlamaServerGeneration(_text.StatelessGeneration):
         }
         if count > 1:
             payload["n_cmpl"] = count
+        if self.slot is not None and self._backend.pins_slots:
+            payload["id_slot"] = self.slot
         payload.update(self._structured)
         return payload
 
@@ -410,9 +463,16 @@ def _forward_tokens(items: list[dict[str, Any]]) -> int:
     With `n_cmpl` the first slot evaluates the prompt and the others copy its KV cache, and each
     result repeats that slot's `prompt_n`: counting it per result would count the prompt K times.
     """
-    timings = [item.get("timings") or {} for item in items]
-    prompt = max((int(timing.get("prompt_n") or 0) for timing in timings), default=0)
-    return prompt + sum(int(timing.get("predicted_n") or 0) for timing in timings)
+    return _prompt_evaluated(items) + sum(_timing(item, "predicted_n") for item in items)
+
+
+def _prompt_evaluated(items: list[dict[str, Any]]) -> int:
+    """Prompt tokens one `/completion` call evaluated after its slot's cache hit (once for all its results)."""
+    return max((_timing(item, "prompt_n") for item in items), default=0)
+
+
+def _timing(item: dict[str, Any], key: str) -> int:
+    return int((item.get("timings") or {}).get(key) or 0)
 
 
 def _candidate(item: dict[str, Any]) -> Candidate:

@@ -162,6 +162,8 @@ def llama_server_command(gguf: Path, port: int, *, slots: int = 4, context: int 
     """`llama-server` on 127.0.0.1 with `slots` parallel sequences of `context` tokens each.
 
     A round of K candidates needs K free slots (`n_cmpl`); more are split over several requests.
+    All slots share one KV buffer (`--kv-unified`), so the child slots of an `n_cmpl` request copy
+    the parent's prompt by metadata; `--kv-unified-per-slot` keeps each slot's limit at `context`.
     """
     return [
         str(llama_server_binary()),
@@ -175,6 +177,9 @@ def llama_server_command(gguf: Path, port: int, *, slots: int = 4, context: int 
         str(slots),
         "-c",
         str(context * slots),
+        "--kv-unified",
+        "--kv-unified-per-slot",
+        str(context),
         "-t",
         str(threads),
         "--no-webui",
