@@ -68,6 +68,7 @@ bench: setup engines
 	$(PY) benchmarks/engines_bench.py --out benchmarks/results
 	$(PY) benchmarks/serve_bench.py --engine vllm --out benchmarks/results
 	$(PY) benchmarks/constrained_bench.py --out benchmarks/results
+	OMP_NUM_THREADS=2 $(PY) benchmarks/adaptive_bench.py --backends local,vllm --out benchmarks/results/adaptive
 
 # ruff, then tests/test_layers.py as a script: the import contracts between the layers, and every
 # imported package named in its extra (the same checks run under `make test` and `make unit`).
