@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -118,3 +119,62 @@ def test_doctor_reports_what_stars_will_do_on_llama_server(llama_server: Any, gu
     assert findings["exact continuation"].ok and findings["cost accounting"].ok
     assert findings["prefix cache"].ok and findings["context length"].detail == "2048 tokens"
     assert findings["veto"].ok and "0.3" in findings["veto"].detail
+
+
+def test_each_round_is_pinned_to_the_slot_holding_the_accepted_prefix(llama_server: Any) -> None:
+    backend = LlamaServerBackend(llama_server.url)  # its own backend: no other test's pins
+    sent: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+    complete = backend.complete
+
+    def spy(payload: dict[str, Any]) -> Any:
+        items, retries = complete(payload)
+        sent.append((payload, items))
+        return items, retries
+
+    backend.complete = spy  # type: ignore[method-assign]
+    generation = backend.open(request(normalize_messages("List five kinds of clouds and what they mean."), 96, seed=5))
+    segment = 8
+    for _ in range(5):
+        candidates = generation.draft(LLAMA_SERVER_SLOTS, segment)
+        generation.commit(candidates[-1])  # a child slot's candidate: its KV cache is gone, the parent's stays
+        if candidates[-1].finish_reason != "length":
+            break
+    assert len(sent) >= 4
+    assert "id_slot" not in sent[0][0]  # the first round goes wherever the server puts it
+    for (_, items_before), (payload, items) in itertools.pairwise(sent):
+        parent = items_before[0]["id_slot"]
+        assert payload["id_slot"] == parent  # the slot that kept the previous round's prompt
+        assert items[0]["id_slot"] == parent  # the server honoured the pin
+    # After the first round each round evaluates only the accepted segment (plus the token the
+    # server always recomputes), not the whole prefix, which grows by a segment per round.
+    assert generation.prompt_evaluated[0] > segment
+    assert all(evaluated <= segment + 1 for evaluated in generation.prompt_evaluated[1:])
+    assert len(generation.response_ids) > 2 * segment  # the prefix grew well past a segment
+    generation.close()
+    backend.close()
+
+
+def test_a_server_that_refuses_id_slot_is_asked_again_unpinned(llama_server: Any) -> None:
+    from stars_guard.errors import BackendError
+
+    backend = LlamaServerBackend(llama_server.url)
+    post = backend.client.post
+    refused: list[dict[str, Any]] = []
+
+    def older_build(path: str, payload: Any = None, **kwargs: Any) -> Any:
+        if path == "/completion" and "id_slot" in payload:  # what a build without id_slot answers
+            refused.append(payload)
+            error = BackendError("llama-server answered HTTP 400: invalid id_slot")
+            error.status_code = 400  # type: ignore[attr-defined]
+            raise error
+        return post(path, payload, **kwargs)
+
+    backend.client.post = older_build  # type: ignore[method-assign]
+    generation = backend.open(request(seed=6))
+    for _ in range(3):
+        candidates = generation.draft(2, 8)
+        generation.commit(candidates[0])
+    assert len(refused) == 1 and not backend.pins_slots  # refused once, then never sent again
+    assert len(generation.response_ids) > 8
+    generation.close()
+    backend.close()
