@@ -40,7 +40,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "stars-aligned": {"segment_size": "auto"},
     "stars-adaptive-aligned": {"segment_budget": "adaptive", "segment_size": "auto"},
 }
-METHODS = ("vanilla", *VARIANTS)
 
 
 @contextmanager
@@ -52,7 +51,7 @@ def backend_spec(name: str, threads: int):
         yield spec
 
 
-def measure(name: str, prompts: list[str], max_new_tokens: int, threads: int) -> dict[str, Any]:
+def measure(name: str, prompts: list[str], max_new_tokens: int, threads: int, variants: list[str]) -> dict[str, Any]:
     import torch
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
@@ -63,7 +62,7 @@ def measure(name: str, prompts: list[str], max_new_tokens: int, threads: int) ->
     from stars_guard.telemetry.timing import TimedReward
 
     configs = {"vanilla": STARSConfig.plain_sampling(max_new_tokens)}
-    configs.update({name: STARSConfig(max_new_tokens=max_new_tokens, **changes) for name, changes in VARIANTS.items()})
+    configs.update({variant: STARSConfig(max_new_tokens=max_new_tokens, **VARIANTS[variant]) for variant in variants})
     cores = os.cpu_count() or 2
     limit = cores if name == "local" else reward_threads(name)
     torch.set_num_threads(limit)
@@ -111,8 +110,7 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in report["results"]:
-        for method in METHODS:
-            row = result["summary"][method]
+        for method, row in result["summary"].items():
             lines.append(
                 f"| {result['backend']} | {method} | {row['seconds_per_emitted_token']} | {row['vs_vanilla']}x | "
                 f"{row['sampled_per_emitted']} | {row['llm_calls']} | {row['forward_ratio']} | "
@@ -128,11 +126,12 @@ def plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     results = report["results"]
+    methods = list(results[0]["summary"])
     positions = list(range(len(results)))
-    width = 0.8 / len(METHODS)
+    width = 0.8 / len(methods)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4))
-    for index, method in enumerate(METHODS):
-        offset = (index - (len(METHODS) - 1) / 2) * width
+    for index, method in enumerate(methods):
+        offset = (index - (len(methods) - 1) / 2) * width
         left.bar(
             [p + offset for p in positions], [r["summary"][method]["vs_vanilla"] for r in results], width, label=method
         )
@@ -155,6 +154,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="local", help=f"comma list of {','.join(BACKENDS)}")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {','.join(VARIANTS)}")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="the engine's CPU threads")
@@ -164,11 +164,15 @@ def main() -> int:
     unknown = sorted(set(chosen) - set(BACKENDS))
     if unknown:
         parser.error(f"unknown backend {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+    variants = [name.strip() for name in args.variants.split(",") if name.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
 
     from stars_guard.bench.harness import load_prompts
 
     prompts, source = load_prompts(None, args.prompts)
-    results = [measure(name, prompts, args.max_new_tokens, args.threads) for name in chosen]
+    results = [measure(name, prompts, args.max_new_tokens, args.threads, variants) for name in chosen]
     report = {
         "command": "python benchmarks/adaptive_bench.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
