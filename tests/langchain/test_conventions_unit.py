@@ -55,7 +55,10 @@ def test_local_names_the_embedded_default_without_loading_it() -> None:
     [
         ({"backend": "nonsense:x"}, "unknown backend spec 'nonsense:x'; valid backend specs"),
         ({"backend": "openai"}, "needs an argument"),
-        ({"backend": "openai:http://h?modle=x"}, r"unknown option 'modle=x' \(valid options: model, tokenizer\)"),
+        (
+            {"backend": "openai:http://h?modle=x"},
+            r"unknown option 'modle=x' \(valid options: block_size, model, tokenizer\)",
+        ),
         ({"reward": "tei"}, "needs an argument"),
         ({"reward": "nope"}, "unknown reward spec"),
     ],
