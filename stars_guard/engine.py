@@ -158,8 +158,8 @@ class _Run:
         # Greedy drafts are deterministic: one candidate per segment, judged once.
         self.greedy = config.temperature == 0.0
         self.attempts_per_segment = 1 if self.greedy else config.max_attempts
-        self.round_costs = round_costs or RoundCosts()
-        self.adaptive = AdaptiveRounds(self.round_costs) if config.segment_budget == "adaptive" else None
+        adaptive = config.segment_budget == "adaptive" and not self.greedy
+        self.adaptive = AdaptiveRounds(round_costs or RoundCosts()) if adaptive else None
         self.constraint = constraint
         # With tools bound, tool-call blocks are found in the answer: judged per `guard_tool_calls`,
         # and never streamed until they close (an unclosed one is dropped at the end).
@@ -273,14 +273,14 @@ class _Run:
                 out_of_time = True
                 break
             try:
-                if self.adaptive is not None and not self.greedy:
+                if self.adaptive is not None:
                     round_size = self.adaptive.size(round_cap, first_segment=segment_index == 0)
                 round_started = time.perf_counter()
                 drafts = self._draft(generation, min(round_size, self.attempts_per_segment - attempts), budget)
                 self.stats.tokens_sampled += sum(candidate.num_tokens for candidate in drafts)
                 judged = self._score(drafts, attempts)
-                if segment_index > 0:  # the first segment's rounds also pay for the prompt's prefill
-                    self.round_costs.observe(len(drafts), budget, time.perf_counter() - round_started)
+                if self.adaptive is not None and segment_index > 0:  # the first segment's also pay for the prefill
+                    self.adaptive.costs.observe(len(drafts), budget, time.perf_counter() - round_started)
             except _OutOfTime:  # the budget ran out inside a call: this round's drafts are never emitted
                 out_of_time = True
                 break

@@ -64,12 +64,9 @@ def _openai_backend(argument: str | None) -> Backend:
     from stars_guard.adapters.openai_backend import OpenAICompletionsBackend
 
     url, options = split_options("openai", argument, OPENAI_OPTIONS)
-    block_size: int | None = None
-    if "block_size" in options:
-        text = options.pop("block_size")
-        if not text.isdigit() or int(text) < 1:
-            raise SpecError(f"openai:...?block_size= takes a positive number of tokens (got {text!r})")
-        block_size = int(text)
+    block_size = _integer("openai", "block_size", options.pop("block_size")) if "block_size" in options else None
+    if block_size is not None and block_size < 1:
+        raise SpecError(f"spec 'openai': option block_size= takes a positive number of tokens (got {block_size})")
     return OpenAICompletionsBackend(url, api_key=_api_key(), block_size=block_size, **options)
 
 
