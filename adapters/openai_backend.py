@@ -110,8 +110,8 @@ class OpenAICompletionsBackend:
         divisor is the block size or a multiple of it, and either keeps segments on boundaries)."""
         return self._block_size
 
-    def observe_cached_tokens(self, cached: int) -> None:
-        if self._block_given or cached <= 0:
+    def observe_cached_tokens(self, cached: int, prompt_tokens: int) -> None:
+        if self._block_given or not 0 < cached <= prompt_tokens:  # a hit larger than its prompt is not a block count
             return
         with self._lock:
             self._block_size = cached if self._block_size is None else math.gcd(self._block_size, cached)
@@ -437,7 +437,7 @@ class OpenAICompletionsGeneration(_text.StatelessGeneration):
             if not isinstance(cached, int) or not isinstance(usage.get("prompt_tokens"), int):
                 self._computed = None
                 continue
-            self._backend.observe_cached_tokens(cached)
+            self._backend.observe_cached_tokens(cached, usage["prompt_tokens"])
             if self._computed is not None:
                 self._computed += usage["prompt_tokens"] - cached + int(usage.get("completion_tokens") or 0)
 

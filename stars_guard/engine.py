@@ -360,9 +360,13 @@ class _Run:
         if alignment is None:
             return AUTO_SEGMENT_SIZE
         block, prompt = alignment
-        to_boundary = block - (prompt - 1) % block
-        # A sliver of a block is too short to judge: run on to the next boundary.
-        return to_boundary if to_boundary >= max(1, block // 4) else to_boundary + block
+        length = block - (prompt - 1) % block
+        # A sliver of a block is too short to judge: run on by whole blocks. Blocks under
+        # AUTO_SEGMENT_SIZE (a cache that matches single tokens) keep segments that long.
+        shortest = max(1, block // 4) if block >= AUTO_SEGMENT_SIZE else AUTO_SEGMENT_SIZE
+        if length < shortest:
+            length += block * math.ceil((shortest - length) / block)
+        return length
 
     def _would_pass(self, item: _Judged, schedule: ThresholdSchedule) -> bool:
         """Whether a candidate clears the veto and the hard threshold, judged or not: the pass

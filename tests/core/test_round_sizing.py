@@ -95,6 +95,10 @@ def test_auto_segments_run_to_the_next_cache_block_boundary():
     sliver = ScriptedBackend([["x" * 9], *rounds], cache_block=16)
     STARSEngine(sliver, ScriptedReward(lambda _: 1.0), config).run("hi")
     assert sliver.generation.budgets == [10, 17, 14]
+    # A cache that matches single tokens (blocks of 1) keeps segments AUTO_SEGMENT_SIZE long, not 1.
+    tiny = ScriptedBackend(rounds, cache_block=1)
+    STARSEngine(tiny, ScriptedReward(lambda _: 1.0), config).run("hi")
+    assert tiny.generation.budgets[:2] == [AUTO_SEGMENT_SIZE] * 2
     # A backend without block caching gets AUTO_SEGMENT_SIZE.
     plain = ScriptedBackend(rounds)
     STARSEngine(plain, ScriptedReward(lambda _: 1.0), config).run("hi")
