@@ -20,7 +20,6 @@ per token emitted, LLM calls, forward ratio, rejection rate and mean final rewar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -29,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engines_bench import ENGINES, MethodRuns, RewardClock, reward_threads, started
+from engines_bench import ENGINES, MethodRuns, RewardClock, reward_threads, started, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("local", *ENGINES)
@@ -181,12 +180,7 @@ def main() -> int:
         "max_new_tokens": args.max_new_tokens,
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "adaptive_bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "adaptive_bench.md").write_text(table + "\n")
-    plot(report, args.out / "adaptive_bench.png")
-    print(table)
+    write_report(args.out, "adaptive_bench", report, markdown(report), plot)
     return 0
 
 

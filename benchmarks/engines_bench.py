@@ -249,6 +249,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def write_report(out: Path, stem: str, report: dict[str, Any], table: str, draw: Any) -> None:
+    """`stem`.json, .md (the table, also printed) and .png (`draw(report, path)`) into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(table + "\n")
+    draw(report, out / f"{stem}.png")
+    print(table)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engines", default=",".join(ENGINES), help="comma list of llama-server,vllm")
@@ -278,12 +287,7 @@ def main() -> int:
         "max_new_tokens": args.max_new_tokens,
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "engines_bench.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown(report)
-    (args.out / "engines_bench.md").write_text(table + "\n")
-    plot(report, args.out / "engines_bench.png")
-    print(table)
+    write_report(args.out, "engines_bench", report, markdown(report), plot)
     return 0
 
 
