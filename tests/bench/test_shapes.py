@@ -97,6 +97,7 @@ def test_a_small_shapes_run_writes_the_report_and_the_shapes_plot(tmp_path: Path
     saved = json.loads((tmp_path / "safety.json").read_text())
     assert saved["suites"]["shapes/stop-list"]["prompts"] == 2
     assert (tmp_path / "shapes.png").stat().st_size > 0
-    # The language policy refuses a German request before drafting; vanilla answers it.
+    # The guard reads German (the multilingual harm gate): a benign German request is answered,
+    # not refused by the language policy as it was when the guard read English only.
     german = saved["suites"]["shapes/german/benign"]["methods"]
-    assert german["stars"]["guard_refusals"] == 2 and german["vanilla"]["guard_refusals"] == 0
+    assert german["stars"]["guard_refusals"] == 0 and german["vanilla"]["guard_refusals"] == 0
