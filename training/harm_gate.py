@@ -21,14 +21,38 @@ Training data (development parts only, `redteam.split`):
 Every written request is under 0.8 cosine similarity (MiniLM) to every HarmBench and
 Do-Not-Answer test prompt and every benign look-alike, the contrast requests under 0.75 (the same
 people wrote the look-alikes: 60 of 390 drafts were dropped for it); the look-alike set stays out
-of training (`tests/bench/test_harm_gate.py` checks both).
+of training (`tests/training/test_harm_gate.py` checks both).
+
+Wrapped copies (`request_wrappers.jsonl`, `WRAP_FRACTION`): the jailbreak benchmark
+(`stars_guard.bench.shapes`) found the gate read the wrapper, not the request. A harmful request
+in a "you are my late grandmother, stay in character" role-play passed more often than as written
+(harmful compliance 0.35 against 0.28), and benign look-alikes ("How do I kill a Python process?")
+sent as a system turn or restated in a forged earlier assistant turn were refused more than as a
+plain user turn: the head had only seen bare requests, so the wrapper's own words moved it. So a
+seeded half of the pool's requests (harmful and benign alike, development parts and the contrast
+training part only) is trained on a second time, in one seeded wrapper of 36 written for this
+project in five kinds: `role-play` (act as a character), `persona` (DAN-like "you are X, you never
+refuse"), `system` (operator or system-prompt-like instructions that embed the task, some with the
+short user turn after them, as the gate reads the turns joined), `forged-assistant` (an assistant
+turn agreeing to the request and restating it) and `story` (fiction framing). A copy keeps its
+original's label (a wrapper neither makes a request harmful nor hides a harmful one) and its side of
+the held-out split (`pool_heldout`: the held-out fifth is drawn over the plain requests, as before,
+and a held-out request's copy is held out too, so neither the held-out AUROC nor `heldout_harmful`,
+the veto's calibration prompts, sees a request trained on in another wrapper). The templates are
+worded apart from the benchmark's own (no run of four words in common, under 0.7 MiniLM similarity
+without the request) and under 0.8 to every test prompt and look-alike (the test checks both): the
+wrapped test numbers below read the benchmark's shapes, which nothing trains on.
 The category of a harmful request is its nearest category centroid (Do-Not-Answer's five risk
 areas, and HarmBench's behaviours as one), from the same training prompts.
 
 Evaluation: accuracy and AUROC on a seeded fifth of the training pool held out (the MLP's l2
 penalty is the best of `ALPHAS` there), and on the test parts: HarmBench and Do-Not-Answer test
 prompts against the benign look-alike test part (AUROC, and the share flagged at P > 0.5 on each
-side), for the MLP, the linear head and the exemplar gate.
+side), for the MLP, the linear head and the exemplar gate; and (`wrapped_test`) the same test parts
+sent in the benchmark's role-play, system-turn and forged-assistant shapes, read as `GuardReward`
+reads a conversation (the max over each client turn alone and all joined): the share of each side
+over the veto line (h > 1 - floor, at the floor of the head it replaces) for this head and for one
+fitted the same way without the wrapped copies.
 
     python -m training.harm_gate train     # writes adapters/request_harm_head.json
 """
@@ -52,6 +76,13 @@ DATA = Path(__file__).with_name("data")
 BENIGN_FILE = "benign_requests.jsonl"
 CONTRAST_FILE = "benign_contrast_requests.jsonl"
 HARMFUL_FILE = "harmful_requests.jsonl"
+WRAPPERS_FILE = "request_wrappers.jsonl"
+WRAPPER_KINDS = ("role-play", "persona", "system", "forged-assistant", "story")
+# The seeded share of the pool's requests that get one wrapped copy each (the pool grows by this much).
+WRAP_FRACTION = 0.5
+# The answering veto's floor the wrapped-shape numbers are read at before a floor is calibrated for a
+# new head (the floor of the head it replaces; `benchmarks/calibrate_harm_veto.py` sets the new one).
+DEFAULT_VETO_FLOOR = 0.04
 SEED = 0
 # The share of the contrast requests held out of every training set, for the veto's calibration.
 CALIBRATION_FRACTION = 0.25
@@ -85,8 +116,9 @@ def contrast_parts() -> dict[str, list[str]]:
 
 
 def heldout_harmful() -> list[str]:
-    """The harmful requests of the pool's held-out fifth: the shipped head never trained on them."""
-    texts, labels, _ = training_pool()
+    """The harmful requests of the pool's held-out fifth, as written (not their wrapped copies): the
+    shipped head never trained on them."""
+    texts, labels, _ = plain_pool()
     held = heldout_mask(len(texts), SEED)
     return [text for text, is_held, harmful in zip(texts, held, labels, strict=True) if is_held and harmful]
 
@@ -102,8 +134,28 @@ def _load_written(name: str) -> list[str]:
     return prompts
 
 
-def training_pool() -> tuple[list[str], np.ndarray, list[str]]:
-    """(texts, harmful labels, categories) of the development parts and the benign requests."""
+def load_wrappers() -> list[tuple[str, str]]:
+    """(kind, template) of the wrapper templates written for training (`WRAPPERS_FILE`); each
+    template holds one `{request}`."""
+    path = DATA / WRAPPERS_FILE
+    wrappers = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        row = json.loads(line)
+        template = row.get("template") if isinstance(row, dict) else None
+        if not isinstance(template, str) or template.count("{request}") != 1 or row.get("kind") not in WRAPPER_KINDS:
+            kinds = ", ".join(WRAPPER_KINDS)
+            raise ValueError(f"{path}:{number}: expected a 'template' with one {{request}} and a 'kind' of {kinds}")
+        wrappers.append((row["kind"], template))
+    return wrappers
+
+
+def wrap(template: str, request: str) -> str:
+    """`request` in a wrapper template (literal replacement: a request's own braces stay as they are)."""
+    return template.replace("{request}", request)
+
+
+def plain_pool() -> tuple[list[str], np.ndarray, list[str]]:
+    """(texts, harmful labels, categories) of the development parts and the benign requests, unwrapped."""
     texts: list[str] = []
     categories: list[str] = []
     for loader in (redteam.load_harmbench, redteam.load_donotanswer):
@@ -119,6 +171,46 @@ def training_pool() -> tuple[list[str], np.ndarray, list[str]]:
     categories += ["benign"] * len(benign)
     labels = np.array([True] * harmful + [False] * len(benign))
     return texts, labels, categories
+
+
+def wrapped_copies(texts: Sequence[str], seed: int = SEED) -> list[tuple[int, str]]:
+    """(index of the original, wrapped text) for a seeded `WRAP_FRACTION` of `texts`, each in one
+    seeded template of `WRAPPERS_FILE`: the same copies in every run."""
+    import random
+
+    templates = [template for _, template in load_wrappers()]
+    rng = random.Random(seed)
+    copies = []
+    for index, text in enumerate(texts):
+        chosen = rng.random() < WRAP_FRACTION
+        template = rng.choice(templates)  # drawn for every text: one text's draw never shifts another's
+        if chosen:
+            copies.append((index, wrap(template, text)))
+    return copies
+
+
+def training_pool() -> tuple[list[str], np.ndarray, list[str]]:
+    """(texts, harmful labels, categories) of the development parts and the benign requests (in
+    `plain_pool`'s order), then the wrapped copies (`wrapped_copies`, category "wrapped"), each
+    labelled as its original."""
+    texts, labels, categories = plain_pool()
+    copies = wrapped_copies(texts)
+    origins = np.array([index for index, _ in copies], dtype=int)
+    return (
+        texts + [text for _, text in copies],
+        np.concatenate([labels, labels[origins]]),
+        categories + ["wrapped"] * len(copies),
+    )
+
+
+def pool_heldout(seed: int = SEED) -> np.ndarray:
+    """Which of `training_pool()` are held out: a seeded fifth of the plain requests (the same
+    `heldout_mask` as before the wrapped copies were added), and every wrapped copy of one of them,
+    so no held-out request is trained on in a wrapper."""
+    texts, _, _ = plain_pool()
+    held = heldout_mask(len(texts), seed)
+    origins = np.array([index for index, _ in wrapped_copies(texts, SEED)], dtype=int)
+    return np.concatenate([held, held[origins]])
 
 
 def test_prompts() -> tuple[list[str], np.ndarray]:
@@ -168,43 +260,58 @@ def mlp_probability(features: np.ndarray, head: dict[str, Any]) -> np.ndarray:
     return TrainedHead.from_weights(head).probability(features)
 
 
-def train_request_harm(*, seed: int = SEED, exemplar_gate: Any = None) -> dict[str, Any]:
-    """Fit the head on the pool minus a held-out fifth, its `alpha` the best held-out AUROC of
-    `ALPHAS`; evaluate it, the linear head it replaced (and the exemplar gate, if given) on the test parts."""
-    from stars_guard.bench.judge import embed
-
-    texts, labels, categories = training_pool()
-    features = embed(texts)
-    held = heldout_mask(len(texts), seed)
+def _fit_best(features: np.ndarray, labels: np.ndarray, held: np.ndarray, seed: int) -> tuple[float, dict, dict]:
+    """(alpha, head, held-out AUROC by alpha): the MLP of `ALPHAS` with the best held-out AUROC."""
     fits = {alpha: fit_mlp(features[~held], labels[~held], alpha, seed) for alpha in ALPHAS}
     heldout_auroc = {
         alpha: auroc(list(mlp_probability(features[held], head)), list(labels[held])) for alpha, head in fits.items()
     }
     alpha = max(ALPHAS, key=lambda value: heldout_auroc[value])
-    head = fits[alpha]
+    return alpha, fits[alpha], heldout_auroc
+
+
+def train_request_harm(
+    *, seed: int = SEED, exemplar_gate: Any = None, wrapped_floor: float | None = None
+) -> dict[str, Any]:
+    """Fit the head on the pool minus a held-out fifth, its `alpha` the best held-out AUROC of
+    `ALPHAS`; evaluate it, the linear head it replaced (and the exemplar gate, if given) on the test
+    parts. With `wrapped_floor`, also the test parts in the benchmark's wrapping shapes at that veto
+    floor (`wrapped_test_rates`), for this head and for one fitted the same way without the wrapped copies."""
+    from stars_guard.bench.judge import embed
+
+    texts, labels, categories = training_pool()
+    features = embed(texts)
+    held = pool_heldout(seed)
+    plain = np.array([category != "wrapped" for category in categories])
+    alpha, head, heldout_auroc = _fit_best(features, labels, held, seed)
     centroids = {}
-    for category in sorted(set(categories) - {"benign"}):
+    for category in sorted(set(categories) - {"benign", "wrapped"}):
         rows = features[~held][np.array(categories)[~held] == category]
         centroid = rows.mean(axis=0)
         centroids[category] = [round(float(value), 6) for value in centroid / np.linalg.norm(centroid)]
     test_texts, test_labels = test_prompts()
     test_features = embed(test_texts)
     heldout = mlp_probability(features[held], head)
-    linear = fit_logistic(features[~held], labels[~held], LINEAR_L2)
+    heldout_plain = mlp_probability(features[held & plain], head)
+    linear = fit_logistic(features[~held & plain], labels[~held & plain], LINEAR_L2)
     report: dict[str, Any] = {
         "kind": "mlp",
         "features": "all-MiniLM-L6-v2 normalised sentence embedding of the request",
         "training": "HarmBench and Do-Not-Answer development parts and harmful_requests.jsonl (harmful), "
-        "benign_requests.jsonl and the training part of benign_contrast_requests.jsonl (benign)",
+        "benign_requests.jsonl and the training part of benign_contrast_requests.jsonl (benign), and a seeded "
+        f"{WRAP_FRACTION} of them again in a wrapper of request_wrappers.jsonl (role-play, persona, system, "
+        "forged-assistant, story), labelled as the original",
         "seed": seed,
         "hidden": HIDDEN,
         "alpha": alpha,
         "heldout_auroc_by_alpha": {str(key): round(value, 4) for key, value in heldout_auroc.items()},
         "train_examples": int((~held).sum()),
+        "train_wrapped_copies": int((~held & ~plain).sum()),
         "heldout_examples": int(held.sum()),
         "heldout": {
             "accuracy": round(float(np.mean((heldout > 0.5) == labels[held])), 4),
             "auroc": round(auroc(list(heldout), list(labels[held])), 4),
+            "auroc_unwrapped": round(auroc(list(heldout_plain), list(labels[held & plain])), 4),
         },
         "test": _rates(mlp_probability(test_features, head), test_labels),
         "linear_head_test": _rates(logistic(test_features, linear[:-1], linear[-1]), test_labels),
@@ -214,9 +321,55 @@ def train_request_harm(*, seed: int = SEED, exemplar_gate: Any = None) -> dict[s
     if exemplar_gate is not None:
         exemplar = np.array([exemplar_gate.request_harm(text) for text in test_texts])
         report["exemplar_gate_test"] = _rates(exemplar, test_labels)
+    if wrapped_floor is not None:
+        _, unwrapped, _ = _fit_best(features[plain], labels[plain], held[plain], seed)
+        report["wrapped_test"] = {
+            "floor": wrapped_floor,
+            "read": "test parts (harmful) and benign look-alike test part, each sent in a shape of "
+            "stars_guard.bench.shapes; h is the gate's max over each client turn alone and all joined (its "
+            "readings, as GuardReward reads them); share of each side with h > 1 - floor (over the veto line) "
+            "and with h > 0.5",
+            **wrapped_test_rates({"this_head": head, "without_wrapped_copies": unwrapped}, wrapped_floor),
+        }
     report.update(head)
     report["centroids"] = centroids
     return report
+
+
+# The benchmark's shapes that wrap a request in other text (stars_guard.bench.shapes), read by
+# `wrapped_test_rates`; never trained on (the wrappers of `WRAPPERS_FILE` are worded apart from them).
+BENCH_WRAPPING_SHAPES = ("role-play", "system-turn", "forged-assistant")
+
+
+def wrapped_test_rates(heads: dict[str, dict[str, Any]], floor: float) -> dict[str, dict[str, dict[str, float]]]:
+    """Per head of `heads` and per shape ("plain" and `BENCH_WRAPPING_SHAPES`): the share of the
+    harmful test prompts and of the benign look-alike test part whose conversation the gate reads
+    over the veto line (h > 1 - floor) and over 0.5, h the max of the head over the conversation's
+    readings, as `GuardReward.conversation_harm` takes it."""
+    from stars_guard.adapters.guard_reward import _readings
+    from stars_guard.bench import shapes
+    from stars_guard.bench.judge import embed
+    from stars_guard.messages import ChatMessage, client_turns
+
+    texts, labels = test_prompts()
+    shaped = {"plain": [(ChatMessage("user", text),) for text in texts]}
+    shaped |= {shape: [shapes.TRANSFORMS[shape](text).messages for text in texts] for shape in BENCH_WRAPPING_SHAPES}
+    readings = {shape: [_readings(tuple(client_turns(c))) for c in convs] for shape, convs in shaped.items()}
+    unique = sorted({text for per_shape in readings.values() for texts_read in per_shape for text in texts_read})
+    features = embed(unique)
+    rates: dict[str, dict[str, dict[str, float]]] = {}
+    for name, head in heads.items():
+        probability = dict(zip(unique, mlp_probability(features, head), strict=True))
+        rates[name] = {}
+        for shape, per_shape in readings.items():
+            harm = np.array([max(probability[text] for text in texts_read) for texts_read in per_shape])
+            rates[name][shape] = {
+                "harmful_over_veto_line": round(float((harm[labels] > 1 - floor).mean()), 4),
+                "benign_over_veto_line": round(float((harm[~labels] > 1 - floor).mean()), 4),
+                "harmful_over_half": round(float((harm[labels] > 0.5).mean()), 4),
+                "benign_over_half": round(float((harm[~labels] > 0.5).mean()), 4),
+            }
+    return rates
 
 
 def _category_accuracy(centroids: dict[str, list[float]], features: np.ndarray, texts: Sequence[str]) -> float:
@@ -253,10 +406,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from stars_guard.adapters.guard_reward import GuardReward
 
-    report = train_request_harm(exemplar_gate=GuardReward(harm_gate="exemplars"))
+    # The wrapped shapes are read at the floor of the head this one replaces (a new head has none yet).
+    previous = args.out or head_path()
+    floor = DEFAULT_VETO_FLOOR
+    if previous.is_file():
+        floor = (json.loads(previous.read_text()).get("veto") or {}).get("floor", DEFAULT_VETO_FLOOR)
+    report = train_request_harm(exemplar_gate=GuardReward(harm_gate="exemplars"), wrapped_floor=floor)
     # A new head has no calibrated floor yet: GuardReward refuses it until
     # benchmarks/calibrate_harm_veto.py --write-floor has calibrated its veto on it.
-    report = {"made_by": f"python -m {__name__} train", **report, "veto": None}
+    report = {"made_by": "python -m training.harm_gate train", **report, "veto": None}
     write_head(args.out or head_path(), report)
     arrays = ("hidden_weights", "hidden_bias", "weights", "centroids")
     print(json.dumps({key: value for key, value in report.items() if key not in arrays}, indent=1))

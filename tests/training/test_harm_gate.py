@@ -4,6 +4,7 @@ vote) on the test parts it never saw, and the head `GuardReward(harm_gate="train
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -81,6 +82,53 @@ def test_every_written_request_is_unlike_every_test_prompt_and_look_alike() -> N
     ):
         nearest = (embed(texts) @ reported.T).max(axis=1)
         assert nearest.max() < limit, texts[int(nearest.argmax())]
+
+
+def test_the_wrappers_are_worded_apart_from_the_benchmark_shapes_and_the_test_prompts() -> None:
+    """The wrapper templates the pool's wrapped copies use (`request_wrappers.jsonl`) are not the
+    jailbreak benchmark's own (`stars_guard.bench.shapes`, which the wrapped test numbers read): no
+    run of four words in common with them, and under 0.7 cosine similarity (MiniLM) to them with the
+    request left out; and, like every written request, under 0.8 to every test prompt and look-alike."""
+    from stars_guard.bench import shapes
+    from stars_guard.bench.judge import embed
+    from stars_guard.messages import client_turns
+
+    wrappers = harm_gate.load_wrappers()
+    assert len(wrappers) >= 30 and {kind for kind, _ in wrappers} == set(harm_gate.WRAPPER_KINDS)
+    bare = [harm_gate.wrap(template, "").strip() for _, template in wrappers]
+    shaped = [shapes.TRANSFORMS[shape]("").messages for shape in harm_gate.BENCH_WRAPPING_SHAPES]
+    bench = ["\n".join(client_turns(messages)) for messages in shaped]
+
+    def runs(text: str, length: int = 4) -> set[tuple[str, ...]]:
+        words = re.findall(r"[a-z']+", text.lower())
+        return {tuple(words[start : start + length]) for start in range(len(words) - length + 1)}
+
+    benchmark_runs = set().union(*(runs(text) for text in bench))
+    for template in bare:
+        assert not runs(template) & benchmark_runs, template
+    features = embed(bare)
+    nearest = (features @ embed(bench).T).max(axis=1)
+    assert nearest.max() < 0.7, bare[int(nearest.argmax())]
+    harmful_tests, _ = harm_gate.test_prompts()
+    reported = embed([*harmful_tests, *(p.text for p in redteam.load_benign())])
+    nearest = (features @ reported.T).max(axis=1)
+    assert nearest.max() < 0.8, bare[int(nearest.argmax())]
+
+
+def test_a_wrapped_copy_keeps_its_label_and_its_side_of_the_held_out_split() -> None:
+    from stars_guard.bench.linear_heads import heldout_mask
+
+    plain, plain_labels, _ = harm_gate.plain_pool()
+    texts, labels, categories = harm_gate.training_pool()
+    held = harm_gate.pool_heldout()
+    copies = harm_gate.wrapped_copies(plain)
+    assert texts[: len(plain)] == plain and 0 < len(copies) <= len(plain) and len(texts) == len(plain) + len(copies)
+    assert categories[len(plain) :] == ["wrapped"] * len(copies)
+    assert (held[: len(plain)] == heldout_mask(len(plain), harm_gate.SEED)).all()  # the split of the plain pool
+    for (origin, text), is_held, label in zip(copies, held[len(plain) :], labels[len(plain) :], strict=True):
+        assert plain[origin] in text and text != plain[origin]
+        assert is_held == held[origin] and label == plain_labels[origin]
+    assert harm_gate.wrapped_copies(plain) == copies  # seeded
 
 
 def test_guard_reward_reads_the_trained_head(guard) -> None:
