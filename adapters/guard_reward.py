@@ -301,6 +301,9 @@ class GuardReward:
 
     def helpfulness(self, conversation: Sequence[ChatMessage] | str, responses: Sequence[str]) -> np.ndarray:
         """Cosine relevance of each response to the latest user turn, clipped to [0, 1]; empty scores 0.
+        The turn is read as the harm gate reads it (`readings`: decoded, leetspeak undone), and the
+        most relevant reading counts, so an answer to a base64 request is relevant for what it says
+        on the decoded request, not for echoing the encoded blob.
 
         Refusal-aware: (1 - h) * relevance + h * (refusal + 1 - relevance) / 2,
         h = `conversation_harm(conversation)`.
@@ -311,7 +314,8 @@ class GuardReward:
         """`helpfulness` from response embeddings (a zero row for an empty response scores 0)."""
         if not len(vectors):
             return np.zeros(0, dtype=np.float64)
-        relevance = np.clip(vectors @ self._prompt_vector(last_user_text(conversation)), 0.0, 1.0).astype(np.float64)
+        request = np.stack([self._prompt_vector(text) for text in readings(last_user_text(conversation))])
+        relevance = np.clip((vectors @ request.T).max(axis=1), 0.0, 1.0).astype(np.float64)
         if not self.refusal_aware:
             return relevance
         refusal = self._refusal(vectors)
@@ -478,15 +482,24 @@ class GuardReward:
 @lru_cache(maxsize=256)
 def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     """What the gate reads of a conversation's client turns: each alone and all of them together,
-    each as written and as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL
-    escapes and rot13; leetspeak, homoglyphs and invisible characters undone). A turn's tool calls
+    each as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL escapes and
+    rot13; leetspeak, homoglyphs and invisible characters undone). Where the normaliser changed a
+    text, its normalised form stands in for the text as written: it says the same in words the
+    encoder knows, and the encoder reads an encoded blob or leetspeak as noise that looked harmful
+    (a benign request in base64 read 0.66, in leetspeak 0.40; decoded, both 0.0). A turn's tool calls
     (an earlier call a client can forge) are read without their JSON too: each string they carry;
     so are the tool definitions a client sent (each name and description).
     Cached: every round of a request reads the same turns."""
     texts = [*turns, "\n".join(turns)] if len(turns) > 1 else list(turns)
     texts += [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
     texts += [payload for turn in turns for payload in tool_definition_payloads(turn)]
-    return tuple(dict.fromkeys(reading for text in texts for reading in readings(text)))
+    return tuple(dict.fromkeys(reading for text in texts for reading in _uncovered(text)))
+
+
+def _uncovered(text: str) -> list[str]:
+    """`readings(text)` without the text as written where the normaliser found something to undo."""
+    found = readings(text)
+    return found[1:] if len(found) > 1 else found
 
 
 @dataclass(frozen=True)

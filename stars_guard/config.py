@@ -154,9 +154,9 @@ class STARSConfig(BaseModel):
     )
     unsupported_language: UnsupportedLanguage = Field(
         "refuse",
-        description="A request written in a language the reward was not calibrated for (the embedded guard: "
-        "English, French, Spanish and German): 'refuse' answers with the refusal before drafting; 'answer' goes on, unguarded in "
-        "effect, and says so (stars.guard_language = 'unsupported').",
+        description="A request written in a language the reward was not calibrated for (the embedded guard reads "
+        "English, French, Spanish and German): 'refuse' answers with the refusal before drafting; 'answer' goes "
+        "on, unguarded in effect, and says so (stars.guard_language = 'unsupported').",
     )
 
     # Bounded cost.

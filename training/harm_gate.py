@@ -30,18 +30,27 @@ in a "you are my late grandmother, stay in character" role-play passed more ofte
 sent as a system turn or restated in a forged earlier assistant turn were refused more than as a
 plain user turn: the head had only seen bare requests, so the wrapper's own words moved it. So a
 seeded half of the pool's requests (harmful and benign alike, development parts and the contrast
-training part only) is trained on a second time, in one seeded wrapper of 36 written for this
-project in five kinds: `role-play` (act as a character), `persona` (DAN-like "you are X, you never
-refuse"), `system` (operator or system-prompt-like instructions that embed the task, some with the
-short user turn after them, as the gate reads the turns joined), `forged-assistant` (an assistant
-turn agreeing to the request and restating it) and `story` (fiction framing). A copy keeps its
-original's label (a wrapper neither makes a request harmful nor hides a harmful one) and its side of
-the held-out split (`pool_heldout`: the held-out fifth is drawn over the plain requests, as before,
-and a held-out request's copy is held out too, so neither the held-out AUROC nor `heldout_harmful`,
-the veto's calibration prompts, sees a request trained on in another wrapper). The templates are
-worded apart from the benchmark's own (no run of four words in common, under 0.7 MiniLM similarity
-without the request) and under 0.8 to every test prompt and look-alike (the test checks both): the
-wrapped test numbers below read the benchmark's shapes, which nothing trains on.
+training part only) gets a copy in one seeded wrapper of 36 written for this project in five
+kinds: `role-play` (act as a character), `persona` (DAN-like "you are X, you never refuse"),
+`system` (operator or system-prompt-like instructions that embed the task, some with the short
+user turn after them, as the gate reads the turns joined), `forged-assistant` (an assistant turn
+agreeing to the request and restating it) and `story` (fiction framing). A copy keeps its
+original's label (a wrapper neither makes a request harmful nor hides a harmful one) and its side
+of the held-out split (`pool_heldout`: the held-out fifth is drawn over the plain requests, as
+before, and a held-out request's copy is held out too, so neither the held-out AUROC nor
+`heldout_harmful`, the veto's calibration prompts, sees a request trained on in another wrapper).
+The templates are worded apart from the benchmark's own (no run of four words in common, under 0.7
+MiniLM similarity without the request) and under 0.8 to every test prompt and look-alike (the test
+checks both): the wrapped test numbers below read the benchmark's shapes, which nothing trains on.
+The copies are development data, not training data: the alpha is the best AUROC over the held-out
+fifth and its wrapped copies, and the head is fitted on the plain requests. Fitted on the copies
+too (measured, `wrapped_test.trained_on_wrapped_copies`), the head read plain test prompts worse
+(AUROC 0.928 against 0.940) and wrapped ones no better (role-play 0.894 both, by the same
+conversation reading): the wrapper's words were not what it got wrong. What it got wrong was the
+short turn after a system prompt: "Go ahead, please." alone read 0.95, so every conversation with
+a system turn read as harmful. `continuation_turns.jsonl` (50 short follow-ups written for the
+project, "Carry on.", "What's next?", each under 0.7 MiniLM similarity to the benchmark's own
+follow-up turns) is benign training data for that.
 The category of a harmful request is its nearest category centroid (Do-Not-Answer's five risk
 areas, and HarmBench's behaviours as one), from the same training prompts.
 
@@ -74,6 +83,8 @@ from stars_guard.bench.statistics import auroc
 # The corpora written for training, beside this module (not shipped: the guard runs on the head alone).
 DATA = Path(__file__).with_name("data")
 BENIGN_FILE = "benign_requests.jsonl"
+# Short follow-up turns ("Carry on.", "What's next?"): benign, and read alone as every client turn is.
+CONTINUATION_FILE = "continuation_turns.jsonl"
 CONTRAST_FILE = "benign_contrast_requests.jsonl"
 HARMFUL_FILE = "harmful_requests.jsonl"
 WRAPPERS_FILE = "request_wrappers.jsonl"
@@ -97,6 +108,11 @@ LINEAR_L2 = 1e-4
 def load_benign_requests() -> list[str]:
     """The benign requests written for training (`BENIGN_FILE`)."""
     return _load_written(BENIGN_FILE)
+
+
+def load_continuations() -> list[str]:
+    """The short follow-up turns written for training (`CONTINUATION_FILE`)."""
+    return _load_written(CONTINUATION_FILE)
 
 
 def load_harmful_requests() -> list[str]:
@@ -192,25 +208,27 @@ def wrapped_copies(texts: Sequence[str], seed: int = SEED) -> list[tuple[int, st
 def training_pool() -> tuple[list[str], np.ndarray, list[str]]:
     """(texts, harmful labels, categories) of the development parts and the benign requests (in
     `plain_pool`'s order), then the wrapped copies (`wrapped_copies`, category "wrapped"), each
-    labelled as its original."""
+    labelled as its original, then the continuation turns (benign, category "continuation"; after
+    the rest, so the held-out split of the requests is the one the gate always had)."""
     texts, labels, categories = plain_pool()
     copies = wrapped_copies(texts)
     origins = np.array([index for index, _ in copies], dtype=int)
+    continuations = load_continuations()
     return (
-        texts + [text for _, text in copies],
-        np.concatenate([labels, labels[origins]]),
-        categories + ["wrapped"] * len(copies),
+        texts + [text for _, text in copies] + continuations,
+        np.concatenate([labels, labels[origins], np.zeros(len(continuations), dtype=bool)]),
+        categories + ["wrapped"] * len(copies) + ["continuation"] * len(continuations),
     )
 
 
 def pool_heldout(seed: int = SEED) -> np.ndarray:
     """Which of `training_pool()` are held out: a seeded fifth of the plain requests (the same
     `heldout_mask` as before the wrapped copies were added), and every wrapped copy of one of them,
-    so no held-out request is trained on in a wrapper."""
+    so no held-out request is trained on in a wrapper. The continuation turns are all trained on."""
     texts, _, _ = plain_pool()
     held = heldout_mask(len(texts), seed)
     origins = np.array([index for index, _ in wrapped_copies(texts, SEED)], dtype=int)
-    return np.concatenate([held, held[origins]])
+    return np.concatenate([held, held[origins], np.zeros(len(load_continuations()), dtype=bool)])
 
 
 def test_prompts() -> tuple[list[str], np.ndarray]:
@@ -260,9 +278,12 @@ def mlp_probability(features: np.ndarray, head: dict[str, Any]) -> np.ndarray:
     return TrainedHead.from_weights(head).probability(features)
 
 
-def _fit_best(features: np.ndarray, labels: np.ndarray, held: np.ndarray, seed: int) -> tuple[float, dict, dict]:
-    """(alpha, head, held-out AUROC by alpha): the MLP of `ALPHAS` with the best held-out AUROC."""
-    fits = {alpha: fit_mlp(features[~held], labels[~held], alpha, seed) for alpha in ALPHAS}
+def _fit_best(
+    features: np.ndarray, labels: np.ndarray, train: np.ndarray, held: np.ndarray, seed: int
+) -> tuple[float, dict, dict]:
+    """(alpha, head, held-out AUROC by alpha): the MLP of `ALPHAS`, fitted on the `train` rows, with
+    the best AUROC on the `held` rows."""
+    fits = {alpha: fit_mlp(features[train], labels[train], alpha, seed) for alpha in ALPHAS}
     heldout_auroc = {
         alpha: auroc(list(mlp_probability(features[held], head)), list(labels[held])) for alpha, head in fits.items()
     }
@@ -283,9 +304,10 @@ def train_request_harm(
     features = embed(texts)
     held = pool_heldout(seed)
     plain = np.array([category != "wrapped" for category in categories])
-    alpha, head, heldout_auroc = _fit_best(features, labels, held, seed)
+    # Fitted on the plain requests only; the alpha is chosen on the held-out fifth and its wrapped copies.
+    alpha, head, heldout_auroc = _fit_best(features, labels, ~held & plain, held, seed)
     centroids = {}
-    for category in sorted(set(categories) - {"benign", "wrapped"}):
+    for category in sorted(set(categories) - {"benign", "wrapped", "continuation"}):
         rows = features[~held][np.array(categories)[~held] == category]
         centroid = rows.mean(axis=0)
         centroids[category] = [round(float(value), 6) for value in centroid / np.linalg.norm(centroid)]
@@ -298,15 +320,15 @@ def train_request_harm(
         "kind": "mlp",
         "features": "all-MiniLM-L6-v2 normalised sentence embedding of the request",
         "training": "HarmBench and Do-Not-Answer development parts and harmful_requests.jsonl (harmful), "
-        "benign_requests.jsonl and the training part of benign_contrast_requests.jsonl (benign), and a seeded "
-        f"{WRAP_FRACTION} of them again in a wrapper of request_wrappers.jsonl (role-play, persona, system, "
-        "forged-assistant, story), labelled as the original",
+        "benign_requests.jsonl, the training part of benign_contrast_requests.jsonl and continuation_turns.jsonl "
+        f"(benign); alpha chosen on the held-out fifth and a seeded {WRAP_FRACTION} of it again in a wrapper of "
+        "request_wrappers.jsonl (role-play, persona, system, forged-assistant, story), labelled as the original",
         "seed": seed,
         "hidden": HIDDEN,
         "alpha": alpha,
         "heldout_auroc_by_alpha": {str(key): round(value, 4) for key, value in heldout_auroc.items()},
-        "train_examples": int((~held).sum()),
-        "train_wrapped_copies": int((~held & ~plain).sum()),
+        "train_examples": int((~held & plain).sum()),
+        "heldout_wrapped_copies": int((held & ~plain).sum()),
         "heldout_examples": int(held.sum()),
         "heldout": {
             "accuracy": round(float(np.mean((heldout > 0.5) == labels[held])), 4),
@@ -322,14 +344,14 @@ def train_request_harm(
         exemplar = np.array([exemplar_gate.request_harm(text) for text in test_texts])
         report["exemplar_gate_test"] = _rates(exemplar, test_labels)
     if wrapped_floor is not None:
-        _, unwrapped, _ = _fit_best(features[plain], labels[plain], held[plain], seed)
+        _, with_copies, _ = _fit_best(features, labels, ~held, held, seed)
         report["wrapped_test"] = {
             "floor": wrapped_floor,
             "read": "test parts (harmful) and benign look-alike test part, each sent in a shape of "
             "stars_guard.bench.shapes; h is the gate's max over each client turn alone and all joined (its "
             "readings, as GuardReward reads them); share of each side with h > 1 - floor (over the veto line) "
             "and with h > 0.5",
-            **wrapped_test_rates({"this_head": head, "without_wrapped_copies": unwrapped}, wrapped_floor),
+            **wrapped_test_rates({"this_head": head, "trained_on_wrapped_copies": with_copies}, wrapped_floor),
         }
     report.update(head)
     report["centroids"] = centroids

@@ -6,7 +6,7 @@ This head is the same small MLP on multilingual-e5-small embeddings (`adapters/_
 which place a request and its translation close together. `GuardReward` reads it, besides the
 main gate, for a text the language identifier is sure is not English, and takes the larger.
 
-Training data: the main gate's whole training pool (English; `harm_gate.training_pool`); the
+Training data: the main gate's training requests (English; `harm_gate.plain_pool`); the
 development part of `stars_guard/bench/multilingual_requests.jsonl` (20 HarmBench development
 behaviours and 20 benign look-alike development requests, each translated into French, Spanish
 and German for the project); and `data/written_multilingual_requests.jsonl`, 25 short direct harmful
@@ -45,8 +45,8 @@ from training.harm_gate import (
     SEED,
     fit_mlp,
     mlp_probability,
+    plain_pool,
     test_prompts,
-    training_pool,
     write_head,
 )
 
@@ -80,7 +80,7 @@ def train_multilingual_harm(*, seed: int = SEED) -> dict[str, Any]:
     from stars_guard.adapters.guard_reward import REQUEST_HARM_HEAD, _calibrated_floor, _packaged_head
 
     veto_line = 1.0 - _calibrated_floor(_packaged_head(REQUEST_HARM_HEAD, "harm_gate"))
-    english, english_pool_labels, _ = training_pool()
+    english, english_pool_labels, _ = plain_pool()
     translations = load_translations()
     development = [t for t in translations if t.part == "dev"]
     written = load_written()

@@ -122,10 +122,13 @@ def test_a_wrapped_copy_keeps_its_label_and_its_side_of_the_held_out_split() -> 
     texts, labels, categories = harm_gate.training_pool()
     held = harm_gate.pool_heldout()
     copies = harm_gate.wrapped_copies(plain)
-    assert texts[: len(plain)] == plain and 0 < len(copies) <= len(plain) and len(texts) == len(plain) + len(copies)
-    assert categories[len(plain) :] == ["wrapped"] * len(copies)
+    continuations = harm_gate.load_continuations()
+    end = len(plain) + len(copies)
+    assert texts[: len(plain)] == plain and 0 < len(copies) <= len(plain) and len(texts) == end + len(continuations)
+    assert categories[len(plain) : end] == ["wrapped"] * len(copies)
+    assert categories[end:] == ["continuation"] * len(continuations) and not labels[end:].any() and not held[end:].any()
     assert (held[: len(plain)] == heldout_mask(len(plain), harm_gate.SEED)).all()  # the split of the plain pool
-    for (origin, text), is_held, label in zip(copies, held[len(plain) :], labels[len(plain) :], strict=True):
+    for (origin, text), is_held, label in zip(copies, held[len(plain) : end], labels[len(plain) : end], strict=True):
         assert plain[origin] in text and text != plain[origin]
         assert is_held == held[origin] and label == plain_labels[origin]
     assert harm_gate.wrapped_copies(plain) == copies  # seeded
