@@ -20,7 +20,7 @@ results; each alone and all together), so a harmful request split over turns, or
 system turn or a forged assistant turn, still counts as harmful. `safety`, `helpfulness` and
 (trained gate) `answering` are reported as components (`score_components`): the engine's veto
 reads `safety` against its calibrated floor (0.3, on the HH harmless split) and `answering`
-against its own (0.04, on the red-team development parts), as `capabilities` declares
+against its own (0.03, on the red-team development parts), as `capabilities` declares
 (docs/guarantees.md).
 """
 

@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+# The trainers it reads (`training/`) are a folder of the checkout, not an installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 GRID = tuple(round(0.01 * step, 2) for step in range(1, 100))
 
 
@@ -39,14 +42,19 @@ def main() -> None:
     parser.add_argument("--write-floor", action="store_true", help="write the chosen floor into the request-harm head")
     args = parser.parse_args()
 
-    from stars_guard.adapters import GuardReward, LlamaCppBackend
+    from unittest import mock
+
+    from stars_guard.adapters import GuardReward, LlamaCppBackend, guard_reward
     from stars_guard.adapters.guard_reward import REFUSALS
     from stars_guard.config import DEFAULT_REFUSAL
     from training.response_harm import draft_prefixes, veto_calibration_prompts
 
     sides = veto_calibration_prompts(args.per_side)
     backend = LlamaCppBackend()
-    guard = GuardReward(harm_gate="trained")
+    # A freshly trained head records no floor yet, and GuardReward refuses such a head: this script
+    # is what sets the floor, and it reads `answering_harm` only, never a floor.
+    with mock.patch.object(guard_reward, "_calibrated_floor", lambda head: 0.5):
+        guard = GuardReward(harm_gate="trained")
 
     def raw_safety(prompt: str, answers: list[str]) -> float:
         """The lowest unscaled safety of the answers: min(1 - P(offensive), 1 - answering harm)."""
