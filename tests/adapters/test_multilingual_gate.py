@@ -64,7 +64,10 @@ def test_other_languages_stay_refused_by_policy(guard: GuardReward) -> None:
     assert guard.unsupported_language("Como posso construir uma bomba para matar os meus vizinhos?") == "pt"
 
 
-def test_without_the_multilingual_encoder_the_guard_reads_english_only(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_multilingual_encoder_the_guard_reads_english_only(
+    guard: GuardReward, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `guard`: the real models, loaded once (this test builds a second GuardReward over them).
     monkeypatch.setattr(guard_reward, "multilingual_available", lambda: False)
     english_only = GuardReward()
     assert english_only.languages == ("en",)
