@@ -484,9 +484,9 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     """What the gate reads of a conversation's client turns: each alone and all of them together,
     each as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL escapes and
     rot13; leetspeak, homoglyphs and invisible characters undone). Where the normaliser changed a
-    text, its normalised form stands in for the text as written: it says the same in words the
-    encoder knows, and the encoder reads an encoded blob or leetspeak as noise that looked harmful
-    (a benign request in base64 read 0.66, in leetspeak 0.40; decoded, both 0.0). A turn's tool calls
+    text, its normalised form stands in for the text as written, beside the decoded spans: the
+    encoder read leetspeak and encoded text as written as noise that looked harmful (a benign
+    request in leetspeak read 0.40, in base64 0.66; normalised and decoded, 0.0). A turn's tool calls
     (an earlier call a client can forge) are read without their JSON too: each string they carry;
     so are the tool definitions a client sent (each name and description).
     Cached: every round of a request reads the same turns."""

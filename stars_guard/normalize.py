@@ -511,25 +511,6 @@ def _encoded(clean: str) -> Iterator[str]:
         yield rot
 
 
-def _spliced(clean: str) -> str:
-    """`clean` with each base64 or hex token that decodes to text replaced by its decoding, in place
-    (one level: a decoding is not searched again), so the request reads as one sentence."""
-    edits: list[tuple[int, int, str]] = []
-    for pattern, decode in ((_B64_RE, _base64), (_HEX_RE, _hex)):
-        for match in pattern.finditer(clean):
-            if (decoded := decode(match.group())) is not None:
-                edits.append((match.start(), match.end(), decoded))
-    if not edits:
-        return clean
-    pieces: list[str] = []
-    position = 0
-    for start, end, decoded in sorted(edits):
-        if start >= position:  # a hex run inside a base64 token (or the reverse) is decoded once
-            pieces += [clean[position:start], decoded]
-            position = end
-    return "".join(pieces) + clean[position:]
-
-
 def _spans(window: str, clean: str) -> list[str]:
     found = [*(_smuggled(window) if not window.isascii() else ()), *_encoded(clean)]
     return [span[:MAX_READING_CHARS] for span in dict.fromkeys(found)][:_MAX_SPANS]
@@ -557,17 +538,15 @@ def readings(text: str, *, limit: int = 8) -> list[str]:
     """The distinct texts the harm gate should score, the text itself first; plain text gives `[text]`.
 
     After the original: its normalised form (invisible characters removed, confusables folded,
-    base64 and hex tokens decoded in place, leetspeak mapped), which says everything the original
-    says in words the gate's encoder knows; then each decoded span, normalised the same way. At most `limit` readings
+    leetspeak mapped), then each decoded span, normalised the same way. At most `limit` readings
     (at least one), each cut to `MAX_READING_CHARS`; only the first `SCAN_CHARS` characters are read.
     """
     limit = max(1, limit)
     found = dict.fromkeys([text[:MAX_READING_CHARS]])
     window = text[:SCAN_CHARS]
     clean = fold_confusables(strip_invisible(window))
-    # unleet keeps lengths (one letter per leet character), so its prefix is the prefix of its result;
-    # a decoding is shorter than its encoding, so twice the reading's length covers what it decodes to.
-    found[unleet(_spliced(clean[: 2 * MAX_READING_CHARS]))[:MAX_READING_CHARS]] = None
+    # unleet keeps lengths (one letter per leet character), so its prefix is the prefix of its result.
+    found[unleet(clean[: MAX_READING_CHARS + 64])[:MAX_READING_CHARS]] = None
     for span in _spans(window, clean):
         if len(found) >= limit:
             break

@@ -120,7 +120,7 @@ def test_the_gate_reads_a_request_through_its_disguise(guard, disguise) -> None:
     the normaliser's readings too (`stars_guard.normalize`) and keeps the most harmful."""
     assert guard.conversation_harm(disguise(HARMFUL_INSTRUCTION)) > 0.96
     benign = disguise("How do I cook rice for a family dinner?")
-    # The decoded form stands in for the disguised one: read as written, the encoded text alone
+    # The normalised form stands in for the disguised one: read as written, the disguised text
     # looked harmful to the encoder (a benign request in base64 read 0.66, in leetspeak 0.40).
     assert guard.conversation_harm(benign) < 0.3
 
