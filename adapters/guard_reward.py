@@ -242,8 +242,10 @@ class GuardReward:
     def unsupported_language(self, conversation: Sequence[ChatMessage] | str) -> str | None:
         """The language of a client turn (each alone, and all together) that the guard was not
         calibrated for (`languages`), or None. A turn too short or too mixed to tell counts as
-        readable: the harm gate still reads it."""
-        for text in _readings(tuple(client_turns(as_conversation(conversation)))):
+        readable: the harm gate still reads it. The turns as written are read too, where the gate
+        reads their normalised form instead: folding a mixed-script word must not hide a language."""
+        turns = tuple(client_turns(as_conversation(conversation)))
+        for text in dict.fromkeys((*turns, *_readings(turns))):
             language = unsupported_language(text, self.languages)
             if language is not None:
                 return language
