@@ -42,7 +42,7 @@ from stars_guard.adapters._multilingual import embed_requests, multilingual_avai
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
-from stars_guard.normalize import readings
+from stars_guard.normalize import normalised, readings
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads, tool_definition_payloads
 
@@ -486,9 +486,10 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     """What the gate reads of a conversation's client turns: each alone and all of them together,
     each as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL escapes and
     rot13; leetspeak, homoglyphs and invisible characters undone). Where the normaliser changed a
-    text, its normalised form stands in for the text as written, beside the decoded spans: the
-    encoder read leetspeak and encoded text as written as noise that looked harmful (a benign
-    request in leetspeak read 0.40, in base64 0.66; normalised and decoded, 0.0). A turn's tool calls
+    text (leetspeak, homoglyphs, invisible characters), its normalised form stands in for the text
+    as written: the encoder read leetspeak as written as noise that looked harmful (0.40 for a
+    request about stripping paint; normalised, 0.0). A text whose only disguise is an encoded span
+    is still read as written too: the words around the span may be the request. A turn's tool calls
     (an earlier call a client can forge) are read without their JSON too: each string they carry;
     so are the tool definitions a client sent (each name and description).
     Cached: every round of a request reads the same turns."""
@@ -499,9 +500,12 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _uncovered(text: str) -> list[str]:
-    """`readings(text)` without the text as written where the normaliser found something to undo."""
+    """`readings(text)`, the normalised form standing in for the text as written where they differ
+    (never a decoded span alone: the words around an encoded span are part of the request)."""
     found = readings(text)
-    return found[1:] if len(found) > 1 else found
+    if len(found) > 1 and found[1] == normalised(text) != found[0]:
+        return found[1:]
+    return found
 
 
 @dataclass(frozen=True)

@@ -534,6 +534,15 @@ def _normalise(text: str) -> str:
     return unleet(fold_confusables(strip_invisible(text)))
 
 
+def normalised(text: str) -> str:
+    """The text as the gate's second reading has it: invisible characters removed, confusables
+    folded, leetspeak mapped, cut to `MAX_READING_CHARS` (equal to the text's own cut when there
+    was nothing to undo)."""
+    clean = fold_confusables(strip_invisible(text[:SCAN_CHARS]))
+    # unleet keeps lengths (one letter per leet character), so its prefix is the prefix of its result.
+    return unleet(clean[: MAX_READING_CHARS + 64])[:MAX_READING_CHARS]
+
+
 def readings(text: str, *, limit: int = 8) -> list[str]:
     """The distinct texts the harm gate should score, the text itself first; plain text gives `[text]`.
 
@@ -545,8 +554,7 @@ def readings(text: str, *, limit: int = 8) -> list[str]:
     found = dict.fromkeys([text[:MAX_READING_CHARS]])
     window = text[:SCAN_CHARS]
     clean = fold_confusables(strip_invisible(window))
-    # unleet keeps lengths (one letter per leet character), so its prefix is the prefix of its result.
-    found[unleet(clean[: MAX_READING_CHARS + 64])[:MAX_READING_CHARS]] = None
+    found[normalised(text)] = None
     for span in _spans(window, clean):
         if len(found) >= limit:
             break
