@@ -316,7 +316,7 @@ class GuardReward:
         """`helpfulness` from response embeddings (a zero row for an empty response scores 0)."""
         if not len(vectors):
             return np.zeros(0, dtype=np.float64)
-        request = np.stack([self._prompt_vector(text) for text in readings(last_user_text(conversation))])
+        request = np.stack([self._prompt_vector(text) for text in _request_readings(last_user_text(conversation))])
         relevance = np.clip((vectors @ request.T).max(axis=1), 0.0, 1.0).astype(np.float64)
         if not self.refusal_aware:
             return relevance
@@ -440,10 +440,11 @@ class GuardReward:
         vector = self._prompt_vector(prompt)
         if self._head is not None:
             harm = float(self._head.probability(vector[None, :])[0])
-            if self._multilingual_head is not None and unsupported_language(prompt, GUARD_LANGUAGES) is not None:
-                foreign = float(self._multilingual_head.probability(embed_requests([prompt]))[0])
+            if self._multilingual_head is not None:
                 whole = sure_other_language(prompt, GUARD_LANGUAGES) is not None
-                harm = foreign if whole else max(harm, foreign)
+                if whole or unsupported_language(prompt, GUARD_LANGUAGES) is not None:
+                    foreign = float(self._multilingual_head.probability(embed_requests([prompt]))[0])
+                    harm = foreign if whole else max(harm, foreign)
         else:
             nearest_harmful = float((self._exemplar_vectors("harmful") @ vector).max())
             nearest_benign = float((self._exemplar_vectors("benign") @ vector).max())
@@ -497,6 +498,12 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     texts += [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
     texts += [payload for turn in turns for payload in tool_definition_payloads(turn)]
     return tuple(dict.fromkeys(reading for text in texts for reading in _uncovered(text)))
+
+
+@lru_cache(maxsize=256)
+def _request_readings(text: str) -> tuple[str, ...]:
+    """`readings` of the latest user turn, cached: every round of a request scores against it."""
+    return tuple(readings(text))
 
 
 def _uncovered(text: str) -> list[str]:
