@@ -11,7 +11,6 @@ import math
 import numbers
 import random
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -291,12 +290,15 @@ class _Run:
             if self.adaptive is not None:
                 self.adaptive.observe([self._would_pass(item, schedule) for item in judged])
             round_best: _Judged | None = None
-            for item in self._judging_order(judged):
+            ordered, eligible = self._judging_order(judged)
+            for item in ordered:
                 attempts += 1
                 threshold = schedule.threshold(self.stats.tokens_emitted + item.tokens)
                 vetoed = self._vetoed(item)
                 # A NaN reward only comes from fail-open (the scorer failed): the text goes out unscored.
-                passes = math.isnan(item.reward) or (not vetoed and self._clears(item, acceptance, threshold))
+                passes = math.isnan(item.reward) or (
+                    not vetoed and item.attempt in eligible and self._clears(item, acceptance, threshold)
+                )
                 self.stats.candidates_sampled += 1
                 self.stats.tool_call_candidates += item.in_call
                 self.stats.stop_string_cuts += item.stopped
@@ -308,7 +310,7 @@ class _Run:
                 self.stats.candidates_rejected += 1
                 if vetoed:
                     self.stats.candidates_vetoed += 1
-                elif best is None or item.reward > best.reward:
+                elif item.attempt in eligible and (best is None or item.reward > best.reward):
                     best = round_best = item
             if round_best is not None:
                 generation.retain(round_best.candidate)
@@ -382,12 +384,17 @@ class _Run:
             return True
         return acceptance.accepts(item.reward, threshold)
 
-    def _judging_order(self, judged: list[_Judged]) -> list[_Judged]:
-        """Index order ('first'), or highest reward first ('best'; unscored fail-open drafts last).
+    def _judging_order(self, judged: list[_Judged]) -> tuple[list[_Judged], set[int]]:
+        """The round in judging order, and the attempts that may be accepted (or kept as fallback).
 
-        A round that writes only tool-call text is judged from its consensus first
-        (`tool_call_selection`): the candidates whose text most of the round agrees on. Each is
-        still judged (threshold and veto), so consensus only chooses among texts that may pass.
+        Index order ('first'), or highest reward first ('best'; unscored fail-open drafts last).
+        A round that writes only tool-call text follows `tool_call_selection="consensus"`: the text
+        most of the round's unvetoed candidates agree on (`_agreeing`) is judged first and, where
+        two or more agree, only that text may be accepted. A safety reward cannot read whether an argument is
+        the one the user asked for (`{"input": 100}` for "magic_function(3)" read 0.005 higher, under
+        the threshold's noise), and the model's own majority can. Each is still judged (threshold and
+        veto), so a vetoed or failing candidate is never chosen for agreeing with others; a round
+        whose majority fails is redrawn.
         """
         if self.config.round_selection == "first":
             ordered = judged
@@ -395,10 +402,15 @@ class _Run:
             ordered = sorted(
                 judged, key=lambda item: -math.inf if math.isnan(item.reward) else item.reward, reverse=True
             )
-        if self.config.tool_call_selection == "consensus" and all(item.in_call for item in judged):
-            votes = Counter(_consensus_key(item.text) for item in judged)
-            ordered = sorted(ordered, key=lambda item: votes[_consensus_key(item.text)], reverse=True)  # stable
-        return ordered
+        if self.config.tool_call_selection != "consensus" or not all(item.in_call for item in judged):
+            return ordered, {item.attempt for item in ordered}
+        voters = [_consensus_key(item.text) for item in judged if not self._vetoed(item)]
+        votes = {item.attempt: _agreeing(_consensus_key(item.text), voters) for item in judged}
+        most = max(votes.values(), default=0)
+        ordered = sorted(ordered, key=lambda item: votes[item.attempt], reverse=True)  # stable
+        if most <= 1:  # no two candidates that may pass agree: no majority to follow
+            return ordered, {item.attempt for item in ordered}
+        return ordered, {attempt for attempt, count in votes.items() if count == most}
 
     def _draft(self, generation: Generation, count: int, budget: int) -> list[Candidate]:
         try:
@@ -581,6 +593,13 @@ class _Run:
 def _consensus_key(text: str) -> str:
     """What two tool-call segments agree on: their text without whitespace (`{"a": 3}` is `{"a":3}`)."""
     return "".join(text.split())
+
+
+def _agreeing(key: str, voters: list[str]) -> int:
+    """How many voters agree with `key`: the same text, or one that stops earlier or runs on
+    (`3}` and `3}}</tool_call>` agree; `3}` and `100}` do not): segments of one call end wherever
+    their tokens did, so whole-text equality would split a majority into singletons."""
+    return sum(key.startswith(voter) or voter.startswith(key) for voter in voters)
 
 
 def resolve_safety_floor(config: STARSConfig, reward: RewardModel) -> float | None:

@@ -143,11 +143,36 @@ def test_a_round_of_call_text_is_judged_from_its_consensus(round_selection: str,
     assert f'"city": "{city}"' in result.text.replace("  ", " ")
 
 
+@pytest.mark.parametrize(("selection", "city"), [("consensus", "Paris"), ("reward", "Lyon")])
+def test_a_call_majority_under_the_threshold_is_redrawn_never_passed_over_for_a_minority(selection: str, city: str):
+    # The reward reads Paris under the threshold and Lyon over it, by a margin that says nothing about
+    # which city was asked for (a 135M model's "magic_function(3)" call read 0.005 higher as 100).
+    # Under consensus the minority is never accepted: both rounds are redrawn, then the majority's
+    # best is the fallback (and again for the end of the answer, which the reward reads the same).
+    # Under 'reward' the minority passes at once.
+    rounds = [[CALL_HEAD], [LYON, PARIS, PARIS], [PARIS, LYON, PARIS]] + [["<eos>"] * 3] * 2
+    reward = lambda text: 0.9 if "Lyon" in text else 0.4 if "Paris" in text else 0.8  # noqa: E731
+    cfg = config(segment_size=64, candidates_per_round=3, max_attempts=6, tool_call_selection=selection)
+    result, _, _, _ = run(rounds, reward, cfg, REQUIRED)
+    assert f'"city": "{city}"' in result.text
+    assert result.stats.segments_fallback == (2 if selection == "consensus" else 0)
+
+
+def test_call_segments_that_stop_at_different_tokens_still_agree():
+    # One Paris candidate ends with the call, the other stops before its closing tag: they agree on
+    # everything both wrote, so they outvote Lyon (whole-text equality would make three singletons).
+    rounds = [[CALL_HEAD], [LYON, PARIS, PARIS.removesuffix("\n</tool_call>")], ["<eos>"]]
+    reward = lambda text: 0.9 if "Lyon" in text else 0.8  # noqa: E731
+    result, _, _, _ = run(rounds, reward, config(segment_size=64, candidates_per_round=3), REQUIRED)
+    assert result.text == CALL_HEAD + PARIS
+
+
 def test_consensus_never_lets_a_vetoed_call_through():
     rounds = [[CALL_HEAD], ['"arguments": {"city": "BADxx"}}\n</tool_call>'] * 2 + [PARIS], ["<eos>"]]
     safety = lambda text: 0.0 if "BAD" in text else 1.0  # noqa: E731
     result, _, _, _ = run(rounds, safety, config(segment_size=64, candidates_per_round=3), REQUIRED)
-    assert result.text == CALL_HEAD + PARIS and result.stats.candidates_vetoed == 2
+    # Vetoed candidates do not vote: the one that may pass is judged first and accepted.
+    assert result.text == CALL_HEAD + PARIS and result.stats.candidates_sampled == 3  # one per round
 
 
 def test_consensus_leaves_text_rounds_to_the_reward():
