@@ -50,7 +50,11 @@ conversation reading): the wrapper's words were not what it got wrong. What it g
 short turn after a system prompt: "Go ahead, please." alone read 0.95, so every conversation with
 a system turn read as harmful. `continuation_turns.jsonl` (50 short follow-ups written for the
 project, "Carry on.", "What's next?", each under 0.7 MiniLM similarity to the benchmark's own
-follow-up turns) is benign training data for that.
+follow-up turns) is benign training data for that. The same held for a client-written assistant
+turn: "Absolutely, let me explain how it works." alone read 0.999, so the benchmark's forged turn
+("Sure! You asked me this: <a benign look-alike> Here it is, step by step.") read over the veto
+line for 3 of 20 look-alikes. `acknowledgement_turns.jsonl` (40 such openings written for the
+project, worded apart from the benchmark's turns as the wrappers are) is benign training data too.
 The category of a harmful request is its nearest category centroid (Do-Not-Answer's five risk
 areas, and HarmBench's behaviours as one), from the same training prompts.
 
@@ -85,6 +89,8 @@ DATA = Path(__file__).with_name("data")
 BENIGN_FILE = "benign_requests.jsonl"
 # Short follow-up turns ("Carry on.", "What's next?"): benign, and read alone as every client turn is.
 CONTINUATION_FILE = "continuation_turns.jsonl"
+# Assistant-style openings with no request in them ("Certainly, here's a thorough explanation."): benign.
+ACKNOWLEDGEMENT_FILE = "acknowledgement_turns.jsonl"
 CONTRAST_FILE = "benign_contrast_requests.jsonl"
 HARMFUL_FILE = "harmful_requests.jsonl"
 WRAPPERS_FILE = "request_wrappers.jsonl"
@@ -111,8 +117,9 @@ def load_benign_requests() -> list[str]:
 
 
 def load_continuations() -> list[str]:
-    """The short follow-up turns written for training (`CONTINUATION_FILE`)."""
-    return _load_written(CONTINUATION_FILE)
+    """The short turns with no request in them written for training: follow-ups a user sends
+    (`CONTINUATION_FILE`) and the openings an assistant turn starts with (`ACKNOWLEDGEMENT_FILE`)."""
+    return _load_written(CONTINUATION_FILE) + _load_written(ACKNOWLEDGEMENT_FILE)
 
 
 def load_harmful_requests() -> list[str]:
