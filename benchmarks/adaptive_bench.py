@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engines_bench import ENGINES, MethodRuns, RewardClock, reward_threads, started, write_report
+from engines_bench import ENGINES, Clock, MethodRuns, reward_threads, started, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("local", *ENGINES)
@@ -58,7 +58,7 @@ def measure(name: str, prompts: list[str], max_new_tokens: int, threads: int, va
     from stars_guard import STARSConfig, STARSEngine
     from stars_guard.adapters import GuardReward
     from stars_guard.specs import build_backend
-    from stars_guard.telemetry.timing import TimedReward
+    from stars_guard.telemetry.timing import TimedBackend, TimedReward
 
     configs = {"vanilla": STARSConfig.plain_sampling(max_new_tokens)}
     configs.update({variant: STARSConfig(max_new_tokens=max_new_tokens, **VARIANTS[variant]) for variant in variants})
@@ -66,8 +66,9 @@ def measure(name: str, prompts: list[str], max_new_tokens: int, threads: int, va
     limit = cores if name == "local" else reward_threads(name)
     torch.set_num_threads(limit)
     with threadpool_limits(limits=limit), backend_spec(name, threads) as spec:
-        backend = build_backend(spec)
-        clock = RewardClock()
+        clock, drafting = Clock(), Clock()
+        engine_backend = build_backend(spec)
+        backend = TimedBackend(engine_backend, drafting)
         reward = TimedReward(GuardReward(), clock)
         runners = {method: STARSEngine(backend, reward, config) for method, config in configs.items()}
         for runner in runners.values():  # first-call costs off the clock
@@ -76,7 +77,7 @@ def measure(name: str, prompts: list[str], max_new_tokens: int, threads: int, va
         with tqdm(total=len(prompts) * len(runners), desc=name, file=sys.stderr) as progress:
             for seed, prompt in enumerate(prompts):
                 for method, runner in runners.items():
-                    reward_before = clock.seconds
+                    reward_before, drafting_before = clock.seconds, drafting.seconds
                     start = time.perf_counter()
                     result = runner.run(prompt, seed=seed)
                     wall = time.perf_counter() - start
@@ -85,18 +86,18 @@ def measure(name: str, prompts: list[str], max_new_tokens: int, threads: int, va
                             "seed": seed,
                             "wall_s": wall,
                             "reward_s": clock.seconds - reward_before,
+                            "drafting_s": drafting.seconds - drafting_before,
                             **result.stats.as_dict(),
                         }
                     )
                     progress.update()
-        close = getattr(backend, "close", None)
+        close = getattr(engine_backend, "close", None)
         if close is not None:
             close()
     summaries = {method: runs[method].summary() for method in runs}
     vanilla = summaries["vanilla"]["seconds_per_emitted_token"]
     for summary in summaries.values():
         summary["vs_vanilla"] = round(summary["seconds_per_emitted_token"] / vanilla, 2)
-        summary["sampled_per_emitted"] = round(summary["tokens_sampled"] / max(summary["tokens_emitted"], 1), 2)
     return {"backend": name, "spec": spec.split("?")[0], "summary": summaries}
 
 

@@ -9,7 +9,9 @@ both scored by the offline GuardReward, seed *i* for prompt *i*.
 
 Reports per engine: seconds per emitted token and its STARS / vanilla ratio, the forward-token
 ratio `llm_forward_tokens / (prompt_tokens + tokens_sampled)` (the engine's own counts: 1.0 means
-nothing was computed twice), LLM calls, time spent in the reward, and mean final reward. Writes
+nothing was computed twice), tokens sampled per token emitted, LLM calls, the reward's share of
+the wall time, the engine's idle share (the wall time with no drafting request in flight: the
+reward, the client's own work, the HTTP round trips' ends), and mean final reward. Writes
 `engines_bench.json`, `engines_bench.md` and `engines_bench.png` into --out.
 
     python benchmarks/engines_bench.py --out benchmarks/results        # 8 prompts, 128 new tokens
@@ -81,8 +83,8 @@ def started(engine: str, threads: int) -> Iterator[tuple[str, Any]]:
 
 
 @dataclass
-class RewardClock:
-    """Scoring time, fed by telemetry's `TimedReward`."""
+class Clock:
+    """Seconds spent in one kind of call, fed by telemetry's `TimedReward` or `TimedBackend`."""
 
     seconds: float = 0.0
 
@@ -95,7 +97,7 @@ class MethodRuns:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def total(self, key: str) -> float:
-        return float(sum(row[key] or 0 for row in self.rows))
+        return float(sum(row.get(key) or 0 for row in self.rows))
 
     def summary(self) -> dict[str, Any]:
         emitted = max(self.total("tokens_emitted"), 1.0)
@@ -106,8 +108,12 @@ class MethodRuns:
             "prompts": len(self.rows),
             "wall_s": round(wall, 2),
             "reward_s": round(self.total("reward_s"), 2),
+            "drafting_s": round(self.total("drafting_s"), 2),
+            "reward_share": round(self.total("reward_s") / wall, 3),
+            "engine_idle_share": round(1.0 - self.total("drafting_s") / wall, 3),
             "tokens_emitted": int(self.total("tokens_emitted")),
             "tokens_sampled": int(self.total("tokens_sampled")),
+            "sampled_per_emitted": round(self.total("tokens_sampled") / emitted, 2),
             "llm_calls": int(self.total("llm_calls")),
             "seconds_per_emitted_token": round(wall / emitted, 5),
             "forward_ratio": round(
@@ -116,6 +122,7 @@ class MethodRuns:
             if known
             else None,
             "rejection_rate": round(self.total("candidates_rejected") / max(self.total("candidates_sampled"), 1.0), 3),
+            "refused": int(self.total("refused")),
             "mean_final_reward": round(self.total("final_reward") / len(self.rows), 4),
         }
 
@@ -136,15 +143,16 @@ def measure_engine(engine: str, prompts: list[str], max_new_tokens: int, threads
     from stars_guard import STARSConfig, STARSEngine
     from stars_guard.adapters import GuardReward
     from stars_guard.specs import build_backend
-    from stars_guard.telemetry.timing import TimedReward
+    from stars_guard.telemetry.timing import TimedBackend, TimedReward
 
     configs = {
         "vanilla": STARSConfig.plain_sampling(max_new_tokens),
         "stars": STARSConfig(max_new_tokens=max_new_tokens),
     }
     with started(engine, threads) as (spec, process):
-        backend = build_backend(spec)
-        clock = RewardClock()
+        clock, drafting = Clock(), Clock()
+        engine_backend = build_backend(spec)
+        backend = TimedBackend(engine_backend, drafting)
         reward = TimedReward(GuardReward(), clock)
         runners = {name: STARSEngine(backend, reward, config) for name, config in configs.items()}
         runners["stars"].run("Warm up.", seed=0, max_new_tokens=16)  # first-call costs off the clock
@@ -153,7 +161,7 @@ def measure_engine(engine: str, prompts: list[str], max_new_tokens: int, threads
         with tqdm(total=len(prompts) * len(runners), desc=engine, file=sys.stderr) as progress:
             for seed, prompt in enumerate(prompts):
                 for name, runner in runners.items():
-                    reward_before = clock.seconds
+                    reward_before, drafting_before = clock.seconds, drafting.seconds
                     start = time.perf_counter()
                     result = runner.run(prompt, seed=seed)
                     wall = time.perf_counter() - start
@@ -163,12 +171,13 @@ def measure_engine(engine: str, prompts: list[str], max_new_tokens: int, threads
                             "seed": seed,
                             "wall_s": wall,
                             "reward_s": clock.seconds - reward_before,
+                            "drafting_s": drafting.seconds - drafting_before,
                             "text": result.text,
                             **stats,
                         }
                     )
                     progress.update()
-        backend.close()
+        engine_backend.close()
         startup = process.startup_s
     summaries = {name: method.summary() for name, method in runs.items()}
     vanilla, stars = summaries["vanilla"], summaries["stars"]
@@ -192,9 +201,9 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"Prompts: {report['prompts']}, max_new_tokens: {report['max_new_tokens']}, machine: {report['machine']}",
         "",
-        "| engine | method | s / emitted token | STARS / vanilla | forward ratio | LLM calls | reward s | "
-        "rejection rate | mean final reward |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| engine | method | s / emitted token | STARS / vanilla | forward ratio | sampled / emitted | LLM calls | "
+        "reward share | engine idle share | rejection rate | refused | mean final reward |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for result in report["results"]:
         for name in ("vanilla", "stars"):
@@ -202,7 +211,8 @@ def markdown(report: dict[str, Any]) -> str:
             ratio = f"{result['ratios']['seconds_per_emitted_token']}x" if name == "stars" else ""
             lines.append(
                 f"| {result['engine']} | {name} | {row['seconds_per_emitted_token']} | {ratio} | "
-                f"{row['forward_ratio']} | {row['llm_calls']} | {row['reward_s']} | {row['rejection_rate']} | "
+                f"{row['forward_ratio']} | {row['sampled_per_emitted']} | {row['llm_calls']} | {row['reward_share']} | "
+                f"{row['engine_idle_share']} | {row['rejection_rate']} | {row['refused']} of {row['prompts']} | "
                 f"{row['mean_final_reward']} |"
             )
     return "\n".join(lines)
@@ -218,7 +228,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     names = [result["engine"] for result in results]
     positions = list(range(len(names)))
     width = 0.38
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right, shares) = plt.subplots(1, 3, figsize=(15, 4))
     for offset, method in ((-width / 2, "vanilla"), (width / 2, "stars")):
         left.bar(
             [p + offset for p in positions],
@@ -240,6 +250,20 @@ def plot(report: dict[str, Any], path: Path) -> None:
             va="bottom",
         )
     right.axhline(1.0, color="grey", linewidth=0.8)
+    # Where the wall time went: the engine drafting, the reward scoring, and the rest (client work,
+    # HTTP round trips): the engine idles for the last two.
+    labels = [f"{result['engine']}\n{method}" for result in results for method in ("vanilla", "stars")]
+    rows = [result["summary"][method] for result in results for method in ("vanilla", "stars")]
+    drafting = [1.0 - row["engine_idle_share"] for row in rows]
+    scoring = [row["reward_share"] for row in rows]
+    other = [max(0.0, 1.0 - d - s) for d, s in zip(drafting, scoring, strict=True)]
+    bars = range(len(rows))
+    shares.bar(bars, drafting, label="engine drafting")
+    shares.bar(bars, scoring, bottom=drafting, label="reward")
+    shares.bar(bars, other, bottom=[d + s for d, s in zip(drafting, scoring, strict=True)], label="other")
+    shares.set_xticks(list(bars), labels)
+    shares.set_title("share of wall time")
+    shares.legend()
     for axis, title in ((left, "ms per emitted token"), (right, "forward tokens / (prompt + sampled)")):
         axis.set_xticks(positions, names)
         axis.set_title(title)
