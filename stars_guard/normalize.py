@@ -538,7 +538,11 @@ def normalised(text: str) -> str:
     """The text as the gate's second reading has it: invisible characters removed, confusables
     folded, leetspeak mapped, cut to `MAX_READING_CHARS` (equal to the text's own cut when there
     was nothing to undo)."""
-    clean = fold_confusables(strip_invisible(text[:SCAN_CHARS]))
+    return _unleeted_reading(fold_confusables(strip_invisible(text[:SCAN_CHARS])))
+
+
+def _unleeted_reading(clean: str) -> str:
+    """`normalised` from the scan window already stripped and folded."""
     # unleet keeps lengths (one letter per leet character), so its prefix is the prefix of its result.
     return unleet(clean[: MAX_READING_CHARS + 64])[:MAX_READING_CHARS]
 
@@ -554,7 +558,7 @@ def readings(text: str, *, limit: int = 8) -> list[str]:
     found = dict.fromkeys([text[:MAX_READING_CHARS]])
     window = text[:SCAN_CHARS]
     clean = fold_confusables(strip_invisible(window))
-    found[normalised(text)] = None
+    found[_unleeted_reading(clean)] = None  # normalised(text), from the window folded once
     for span in _spans(window, clean):
         if len(found) >= limit:
             break
