@@ -71,12 +71,25 @@ def test_the_engine_sizes_rounds_from_the_learnt_costs():
     assert result.stats.tokens_sampled < 4 * result.stats.tokens_emitted
 
 
-def test_adaptive_rounds_never_emit_vetoed_text():
+@pytest.mark.parametrize("extra_candidate_cost", [0.01, 0.40], ids=["wide-rounds", "narrow-rounds"])
+def test_adaptive_rounds_never_emit_vetoed_text(extra_candidate_cost: float):
+    # Round sizes follow wall time, so the script must not depend on them: every round, however
+    # wide, drafts from the same rotation, and the costs start where a wide or a narrow rule lives.
     bad, good = "BAD!", "good"
-    segments = [[bad, bad, bad, good], *[[bad, good, bad, good] for _ in range(8)]]
-    stars, _ = engine(
-        segments, lambda text: 0.0 if "BAD" in text else 1.0, segment_budget="adaptive", max_new_tokens=16
+    cfg = STARSConfig(
+        threshold_mode="absolute",
+        reward_threshold=0.5,
+        alpha=1.0,
+        safety_floor=0.2,
+        segment_size=4,
+        segment_budget="adaptive",
+        round_selection="first",  # judge the vetoed candidate too, not only the best
+        max_new_tokens=16,
     )
+    backend = ScriptedBackend([], then=[bad, good, bad, good])
+    stars = STARSEngine(backend, ScriptedReward(lambda text: 0.0 if "BAD" in text else 1.0), cfg)
+    for size, seconds in {1: 0.10, 4: 0.10 + 3 * extra_candidate_cost}.items():
+        stars.round_costs.observe(size, 4, seconds * 4)
     events = list(stars.stream("hi"))
     shown = "".join(event.text for event in events if isinstance(event, TextEmitted))
     assert "BAD" not in shown and shown == events[-1].result.text
