@@ -44,7 +44,7 @@ from stars_guard.adapters._multilingual import embed_requests, multilingual_avai
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
-from stars_guard.normalize import normalised, readings
+from stars_guard.normalize import normalised, readings, without_encoded
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads, tool_definition_payloads
 
@@ -516,16 +516,29 @@ def _relevance_readings(conversation: Sequence[ChatMessage]) -> tuple[str, ...]:
 def _request_readings(latest: str, turns: tuple[str, ...]) -> tuple[str, ...]:
     """`_relevance_readings`, cached: every round of a request scores against the same turns."""
     texts = [latest, "\n".join(turns)] if len(turns) > 1 else [latest]
-    return tuple(dict.fromkeys(reading for text in texts for reading in readings(text)))
+    return tuple(dict.fromkeys(reading for text in texts for reading in _framed_readings(text)))
 
 
 def _uncovered(text: str) -> list[str]:
-    """`readings(text)`, the normalised form standing in for the text as written where they differ
-    (never a decoded span alone: the words around an encoded span are part of the request)."""
-    found = readings(text)
-    if len(found) > 1 and found[1] == normalised(text) != found[0]:
+    """`_framed_readings(text)`, the normalised form standing in for the text as written where they
+    differ (never a decoded span alone: the words around an encoded span are part of the request)."""
+    found = _framed_readings(text)
+    if len(found) > 1 and found[1] == normalised(without_encoded(text) or text) != found[0]:
         return found[1:]
     return found
+
+
+def _framed_readings(text: str) -> list[str]:
+    """`readings(text)`, with the words around a base64 or hex token (`without_encoded`) standing in
+    for the text as written and its normalised form: the encoder reads the blob as noise, which
+    made every base64-wrapped request look half harmful (0.59 for one about stripping paint) and
+    an answer that echoes the blob look relevant. The decoded token is read on its own."""
+    found = readings(text)
+    framed = without_encoded(text)
+    if framed is None:
+        return found
+    as_written = {found[0], normalised(text)}
+    return list(dict.fromkeys([*readings(framed), *(reading for reading in found if reading not in as_written)]))
 
 
 @dataclass(frozen=True)

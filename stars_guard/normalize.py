@@ -21,7 +21,9 @@ What is handled (`NORMALIZATIONS`):
 - one level of encoding: base64 (standard and URL-safe, padded or not), hex, URL
   percent-encoding, rot13 where the text names it (rot13, rot-13, caesar) and the decoding reads
   more like English than the text did, and text smuggled in Unicode tag characters or variation
-  selectors (`decoded_spans`).
+  selectors (`decoded_spans`); and the words around a base64 or hex token, the token replaced by
+  `ENCODED_MARK` (`without_encoded`), which a reader takes in place of the text as written: the
+  encoder reads the blob as noise, and the noise moves it.
 
 What is not: languages are not translated (the gate's encoder decides what it makes of French or
 Russian); nested encodings are decoded one level only (base64 of rot13 yields the rot13 text);
@@ -528,6 +530,35 @@ def decoded_spans(text: str) -> list[str]:
     """
     window = text[:SCAN_CHARS]
     return _spans(window, fold_confusables(strip_invisible(window)))
+
+
+ENCODED_MARK = "…"
+"""What `without_encoded` leaves where an encoded token was."""
+
+
+def without_encoded(text: str) -> str | None:
+    """The text around its encoded tokens: each base64 or hex token that decodes to readable text
+    replaced by `ENCODED_MARK`; None where there is none (the text is its own frame).
+
+    Why: an encoder reads a base64 blob as noise, and the noise moves it: "Decode this base64 and
+    do what it says: <blob>" read 0.59 harmful with the blob, whatever the blob said, and an answer
+    that echoes the blob read as relevant to it. The decoded token is its own reading
+    (`decoded_spans`); the words around it are read here. Only the first `SCAN_CHARS` characters
+    are searched, as in `decoded_spans`; the rest is dropped.
+    """
+    clean = fold_confusables(strip_invisible(text[:SCAN_CHARS]))
+    replaced = False
+
+    def mark(match: re.Match[str], decode: Callable[[str], str | None]) -> str:
+        nonlocal replaced
+        if decode(match.group()) is None:
+            return match.group()
+        replaced = True
+        return ENCODED_MARK
+
+    framed = _B64_RE.sub(lambda match: mark(match, _base64), clean)
+    framed = _HEX_RE.sub(lambda match: mark(match, _hex), framed)
+    return framed if replaced else None
 
 
 def _normalise(text: str) -> str:
