@@ -29,6 +29,7 @@ against its own (0.06, on the red-team development parts), as `capabilities` dec
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -76,6 +77,15 @@ HarmGate = Literal["exemplars", "trained"]
 # `STARSConfig.unsupported_language` says.
 GUARD_LANGUAGES: tuple[str, ...] = ("en",)
 _SHARED_LOCK = threading.Lock()
+# A user turn made only of these words asks for nothing new ("Yes, continue.", "Go ahead, please.",
+# "OK, keep going"): after earlier turns, relevance reads the conversation instead of it
+# (`_relevance_readings`).
+_GO_ON_VOCABULARY = (
+    "yes yeah yep ok okay sure alright right fine good great cool please pls thanks thank you go ahead on "
+    "continue continuing keep going proceed more carry do it that so and then now next"
+)
+_GO_ON_WORDS = frozenset(_GO_ON_VOCABULARY.split())
+_WORD_RE = re.compile(r"[a-z]+")
 
 
 def minilm_encoder() -> Any:
@@ -508,8 +518,19 @@ def _relevance_readings(conversation: Sequence[ChatMessage]) -> tuple[str, ...]:
     client turn read together, each as the gate reads it (decoded, leetspeak undone). The latest
     turn alone is not the request where it only says "Go ahead, please." after a system turn, or
     "Yes, continue." after an earlier assistant turn: relevance to it rewards answers that say
-    nothing ("What would you like me to do?"). The most relevant reading counts."""
-    return _request_readings(last_user_text(conversation), tuple(client_turns(conversation)))
+    nothing ("What would you like me to do?"). The most relevant reading counts. A latest turn that
+    only says go on (`_GO_ON_WORDS`) is not read alone: an answer that echoed it ("Yes, continue."
+    to "Yes, continue.") read as relevant as it gets (0.997, against 0.84 for an answer to the
+    request it followed)."""
+    latest, turns = last_user_text(conversation), tuple(client_turns(conversation))
+    if len(turns) > 1 and _only_says_go_on(latest):
+        latest = "\n".join(turns)
+    return _request_readings(latest, turns)
+
+
+def _only_says_go_on(text: str) -> bool:
+    words = _WORD_RE.findall(normalised(text).lower())
+    return bool(words) and all(word in _GO_ON_WORDS for word in words)
 
 
 @lru_cache(maxsize=256)
