@@ -52,11 +52,13 @@ def test_the_first_segment_gets_the_full_round_and_unknown_costs_are_probed():
     assert rounds.size(1, first_segment=False) == 1
 
 
-def engine(rounds: list[list[str]], reward, **values: object) -> tuple[STARSEngine, ScriptedBackend]:
+def engine(
+    rounds: list[list[str]], reward, *, then: list[str] | None = None, **values: object
+) -> tuple[STARSEngine, ScriptedBackend]:
     cfg = STARSConfig(
         threshold_mode="absolute", reward_threshold=0.5, alpha=1.0, safety_floor=0.2, segment_size=4, **values
     )
-    backend = ScriptedBackend(rounds)
+    backend = ScriptedBackend(rounds, then=then)
     return STARSEngine(backend, ScriptedReward(reward), cfg), backend
 
 
@@ -76,18 +78,14 @@ def test_adaptive_rounds_never_emit_vetoed_text(extra_candidate_cost: float):
     # Round sizes follow wall time, so the script must not depend on them: every round, however
     # wide, drafts from the same rotation, and the costs start where a wide or a narrow rule lives.
     bad, good = "BAD!", "good"
-    cfg = STARSConfig(
-        threshold_mode="absolute",
-        reward_threshold=0.5,
-        alpha=1.0,
-        safety_floor=0.2,
-        segment_size=4,
+    stars, _ = engine(
+        [],
+        lambda text: 0.0 if "BAD" in text else 1.0,
+        then=[bad, good, bad, good],
         segment_budget="adaptive",
         round_selection="first",  # judge the vetoed candidate too, not only the best
         max_new_tokens=16,
     )
-    backend = ScriptedBackend([], then=[bad, good, bad, good])
-    stars = STARSEngine(backend, ScriptedReward(lambda text: 0.0 if "BAD" in text else 1.0), cfg)
     for size, seconds in {1: 0.10, 4: 0.10 + 3 * extra_candidate_cost}.items():
         stars.round_costs.observe(size, 4, seconds * 4)
     events = list(stars.stream("hi"))
