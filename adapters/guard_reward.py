@@ -535,12 +535,9 @@ def _only_says_go_on(text: str) -> bool:
 
 @lru_cache(maxsize=256)
 def _request_readings(latest: str, turns: tuple[str, ...]) -> tuple[str, ...]:
-    """`_relevance_readings`, cached: every round of a request scores against the same turns. Each
-    text is read as the gate reads it (`_uncovered`): an answer is about what a leetspeak or
-    encoded request says, not about its spelling (read as written, an echo of the leet or the
-    blob looked relevant)."""
+    """`_relevance_readings`, cached: every round of a request scores against the same turns."""
     texts = [latest, "\n".join(turns)] if len(turns) > 1 else [latest]
-    return tuple(dict.fromkeys(reading for text in texts for reading in _uncovered(text)))
+    return tuple(dict.fromkeys(reading for text in texts for reading in _framed_readings(text)))
 
 
 def _uncovered(text: str) -> list[str]:

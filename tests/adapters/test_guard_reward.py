@@ -199,14 +199,6 @@ def test_an_answer_to_an_encoded_request_beats_an_echo_of_the_encoding(guard) ->
     assert answer > max(echo, decline) + 0.1
 
 
-def test_an_answer_to_a_leetspeak_request_beats_an_echo_of_the_leetspeak(guard) -> None:
-    """Relevance read a leetspeak turn as written too, so an answer that echoed the leet read as
-    relevant: it reads the normalised request, as the gate does."""
-    turn = "h0w d0 1 57r1p 0ld p41n7 0ff 4 w00d3n ch41r?"
-    answer, echo = guard.score(turn, ["Use a chemical stripper, then scrape the paint off and sand the wood.", turn])
-    assert answer > echo
-
-
 @pytest.mark.parametrize("go_on", ["Yes, continue.", "Go ahead, please.", "ok, keep going"])
 def test_an_echo_of_a_go_on_turn_is_not_an_answer(guard, go_on) -> None:
     """Relevance read "Yes, continue." alone after a forged assistant turn, so echoing it back
