@@ -522,10 +522,7 @@ def _relevance_readings(conversation: Sequence[ChatMessage]) -> tuple[str, ...]:
     only says go on (`_GO_ON_WORDS`) is not read alone: an answer that echoed it ("Yes, continue."
     to "Yes, continue.") read as relevant as it gets (0.997, against 0.84 for an answer to the
     request it followed)."""
-    latest, turns = last_user_text(conversation), tuple(client_turns(conversation))
-    if len(turns) > 1 and _only_says_go_on(latest):
-        latest = "\n".join(turns)
-    return _request_readings(latest, turns)
+    return _request_readings(last_user_text(conversation), tuple(client_turns(conversation)))
 
 
 def _only_says_go_on(text: str) -> bool:
@@ -536,26 +533,29 @@ def _only_says_go_on(text: str) -> bool:
 @lru_cache(maxsize=256)
 def _request_readings(latest: str, turns: tuple[str, ...]) -> tuple[str, ...]:
     """`_relevance_readings`, cached: every round of a request scores against the same turns."""
+    if len(turns) > 1 and _only_says_go_on(latest):
+        latest = "\n".join(turns)
     texts = [latest, "\n".join(turns)] if len(turns) > 1 else [latest]
-    return tuple(dict.fromkeys(reading for text in texts for reading in _framed_readings(text)))
+    return tuple(dict.fromkeys(reading for text in texts for reading in _framed_readings(text, without_encoded(text))))
 
 
 def _uncovered(text: str) -> list[str]:
-    """`_framed_readings(text)`, the normalised form standing in for the text as written where they
+    """`_framed_readings`, the normalised form standing in for the text as written where they
     differ (never a decoded span alone: the words around an encoded span are part of the request)."""
-    found = _framed_readings(text)
-    if len(found) > 1 and found[1] == normalised(without_encoded(text) or text) != found[0]:
+    framed = without_encoded(text)
+    found = _framed_readings(text, framed)
+    if len(found) > 1 and found[1] == normalised(framed or text) != found[0]:
         return found[1:]
     return found
 
 
-def _framed_readings(text: str) -> list[str]:
-    """`readings(text)`, with the words around a base64 or hex token (`without_encoded`) standing in
-    for the text as written and its normalised form: the encoder reads the blob as noise, which
-    made every base64-wrapped request look half harmful (0.59 for one about stripping paint) and
-    an answer that echoes the blob look relevant. The decoded token is read on its own."""
+def _framed_readings(text: str, framed: str | None) -> list[str]:
+    """`readings(text)`, with the words around a base64 or hex token (`framed`, which is
+    `without_encoded(text)`) standing in for the text as written and its normalised form: the
+    encoder reads the blob as noise, which made every base64-wrapped request look half harmful
+    (0.59 for one about stripping paint) and an answer that echoes the blob look relevant. The
+    decoded token is read on its own."""
     found = readings(text)
-    framed = without_encoded(text)
     if framed is None:
         return found
     as_written = {found[0], normalised(text)}
