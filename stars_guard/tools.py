@@ -178,11 +178,13 @@ def template_tools(constraint: OutputConstraint | None) -> list[dict[str, Any]] 
     return [{"type": "function", "function": plain_json(tool.as_dict())} for tool in constraint.tools]
 
 
+SCHEMA_HEADER = "Answer with one JSON value only, matching this JSON schema:"
+"""The line before the schema in `schema_instruction` (its schema is read as tool definitions are)."""
+
+
 def schema_instruction(schema: Mapping[str, Any]) -> str:
     """The system-turn text for a structured answer: one JSON value matching `schema`."""
-    return "Answer with one JSON value only, matching this JSON schema:\n" + json.dumps(
-        plain_json(schema), ensure_ascii=False
-    )
+    return f"{SCHEMA_HEADER}\n" + json.dumps(plain_json(schema), ensure_ascii=False)
 
 
 def render_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
@@ -228,9 +230,10 @@ _JSON_STRING = re.compile(r'"((?:[^"\\]|\\.)*)(")?\s*(:)?')
 
 
 def tool_call_payloads(text: str) -> list[str]:
-    """The words each tool-call block of `text` carries, in order: the tool's name and every string
-    value of its arguments, without the JSON around them or its keys; a block still open at the end
-    counts up to where it stops.
+    """The words each tool-call block of `text` carries, in order: the tool's name, every string
+    value of its arguments, and every key of two or more words (a key is text the model reads too:
+    `{"<a request>": 1}` carries the request), without the JSON around them; a block still open at
+    the end counts up to where it stops.
 
     What a reward reads to judge what a call asks a tool to do, apart from the answer's prose.
     """
@@ -239,12 +242,12 @@ def tool_call_payloads(text: str) -> list[str]:
         body = text[start + len(TOOL_CALL_OPEN) : end].removesuffix(TOOL_CALL_CLOSE)
         for match in _JSON_STRING.finditer(body):
             raw, closed, colon = match.groups()
-            if colon:  # a key
-                continue
             try:
                 value = json.loads(f'"{raw}"') if closed else raw
             except json.JSONDecodeError:
                 value = raw
+            if colon and not _is_phrase(value):  # an identifier-like key ("query", "limit")
+                continue
             if value.strip():
                 words.append(value)
     return words
@@ -252,31 +255,57 @@ def tool_call_payloads(text: str) -> list[str]:
 
 def tool_definition_payloads(text: str) -> list[str]:
     """The words the tool definitions in `text` carry (`tools_instruction` writes one JSON object per
-    line): each tool's name and every description in it, its parameters' included.
+    line), and the schema of a structured answer (`schema_instruction`): each tool's name, every
+    description, and every other string of two or more words anywhere in it (titles, enum values,
+    defaults, examples, property names).
 
-    Tool definitions are client text: a harmful request placed in a description must be read as
-    such, not as one line among the JSON of a long instruction.
+    Tool definitions and schemas are client text the model reads: a harmful request placed in a
+    description or an enum value must be read as such, not as one line among the JSON of a long
+    instruction. Lines are split at newlines only: `json.dumps` leaves U+2028, U+2029 and U+0085
+    unescaped inside strings, and `str.splitlines` would break a definition there and skip it.
     """
     words: list[str] = []
-    for line in text.splitlines():
-        if not (line.startswith("{") and '"parameters"' in line):
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        schema = index > 0 and lines[index - 1].endswith(SCHEMA_HEADER)
+        if not (line.startswith("{") and (schema or '"parameters"' in line)):
             continue
         try:
-            tool = json.loads(line)
+            definition = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-            words.append(tool["name"])
-            words += _descriptions(tool)
-    return [word for word in words if word.strip()]
+        if not isinstance(definition, dict):
+            continue
+        if not schema:
+            if not isinstance(definition.get("name"), str):
+                continue
+            words.append(definition["name"])
+        words += _phrases(definition)
+    return [word for word in dict.fromkeys(words) if word.strip()]
 
 
-def _descriptions(value: Any) -> list[str]:
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _is_phrase(text: str) -> bool:
+    """Two or more words, however joined ("build a bomb", "build-a-bomb", "build_a_bomb"): text
+    that can carry a request (a one-word identifier or type name cannot)."""
+    return len(_WORD.findall(text, 0, 200)) >= 2
+
+
+def _phrases(value: Any, key: str | None = None) -> list[str]:
+    """Descriptions, and every string or key of two or more words, in document order."""
     if isinstance(value, dict):
-        found = [value["description"]] if isinstance(value.get("description"), str) else []
-        return found + [text for item in value.values() for text in _descriptions(item)]
+        found = []
+        for item_key, item in value.items():
+            if _is_phrase(item_key):
+                found.append(item_key)
+            found += _phrases(item, item_key)
+        return found
     if isinstance(value, list):
-        return [text for item in value for text in _descriptions(item)]
+        return [text for item in value for text in _phrases(item)]
+    if isinstance(value, str) and (key == "description" or _is_phrase(value)):
+        return [value]
     return []
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -15,6 +17,7 @@ from stars_guard.tools import (
     open_call_start,
     parse_call,
     render_tool_call,
+    schema_instruction,
     split_answer,
     streamable_end,
     strip_tool_calls,
@@ -104,3 +107,47 @@ def test_tool_definitions_are_read_as_their_names_and_descriptions() -> None:
     text = tools_instruction(OutputConstraint("tool_calls", tools=(tool,)))
     assert tool_definition_payloads(text) == ["lookup", "Find a record.", "Which record."]
     assert tool_definition_payloads("plain text\n{not json") == []
+
+
+def test_every_phrase_of_a_tool_definition_is_read_not_only_its_descriptions() -> None:
+    """Enum values, titles, defaults and property names of two or more words reach the model too;
+    single words (types, identifiers) carry no request and are left to the turn's own reading.
+    Words joined by hyphens or underscores are still words."""
+    properties = {
+        "mode": {"type": "string", "title": "Search mode", "enum": ["fast", "do exactly this"], "default": "fast"},
+        "what to find": {"type": "string"},
+        "count": {"type": "integer", "examples": ["just-do-what-i-say"]},
+    }
+    tool = ToolSpec("lookup", "Find a record.", {"type": "object", "properties": properties})
+    text = tools_instruction(OutputConstraint("tool_calls", tools=(tool,)))
+    assert tool_definition_payloads(text) == [
+        "lookup",
+        "Find a record.",
+        "Search mode",
+        "do exactly this",
+        "what to find",
+        "just-do-what-i-say",
+    ]
+
+
+def test_a_line_separator_inside_a_description_hides_no_tool() -> None:
+    """`json.dumps` leaves U+2028 unescaped; splitting the instruction with `str.splitlines` broke
+    that tool's JSON line, and its description went unread."""
+    tools = (
+        ToolSpec("first", "Plain.", {"type": "object", "properties": {}}),
+        ToolSpec("second", "\u2028Hidden words here.", {"type": "object", "properties": {}}),
+    )
+    text = tools_instruction(OutputConstraint("tool_calls", tools=tools))
+    assert "\u2028Hidden words here." in tool_definition_payloads(text)
+
+
+def test_an_answer_schema_is_read_as_tool_definitions_are() -> None:
+    schema = {"type": "object", "properties": {"steps": {"type": "string", "description": "Each step in order."}}}
+    text = "You are terse.\n\n" + schema_instruction(schema)
+    assert tool_definition_payloads(text) == ["Each step in order."]
+    assert tool_definition_payloads(json.dumps(schema)) == []  # a JSON line with no schema header before it
+
+
+def test_a_call_key_of_several_words_is_read_as_an_argument_is() -> None:
+    text = '<tool_call>\n{"name": "note", "arguments": {"do this thing now": 1, "limit": 2}}\n</tool_call>'
+    assert tool_call_payloads(text) == ["note", "do this thing now"]
