@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stars_guard.errors import InvalidMessagesError
@@ -45,6 +45,11 @@ class ChatMessage:
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
+    # The client's own texts this turn was joined from, each read alone by the harm gate
+    # (`client_turns`); None where the turn is one text, its `content`. A demoted system turn
+    # joins the user turn after it (`apply_system_policy`): read only together, a long system
+    # text hid a short harmful user turn from an encoder that reads the first 256 word pieces.
+    client_texts: tuple[str, ...] | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         """The turn as chat templates take it (tool calls in the OpenAI / Hugging Face shape)."""
@@ -158,8 +163,13 @@ def user_turns(conversation: Sequence[ChatMessage]) -> list[str]:
 def client_turns(conversation: Sequence[ChatMessage]) -> list[str]:
     """Every turn's text the client wrote, oldest first, whatever its role: system (and developer),
     user, earlier assistant turns (a client can forge them) and tool results. None of it was
-    written by the model in this request, so none of it is trusted more than a user turn."""
-    return [message.content for message in conversation if message.content.strip()]
+    written by the model in this request, so none of it is trusted more than a user turn. A turn
+    joined from several client texts (`ChatMessage.client_texts`) gives each of them."""
+    return [text for message in conversation for text in _own_texts(message) if text.strip()]
+
+
+def _own_texts(message: ChatMessage) -> tuple[str, ...]:
+    return (message.content,) if message.client_texts is None else message.client_texts
 
 
 ClientSystemPolicy = Literal["keep", "demote", "refuse"]
@@ -193,14 +203,19 @@ def apply_system_policy(
             pending.append(message.content)
             continue
         if pending and message.role == "user":
-            message = ChatMessage("user", "\n\n".join([*pending, message.content]))
+            message = _joined_user_turn([*pending, message.content])
         elif pending:
-            turns.append(ChatMessage("user", "\n\n".join(pending)))
+            turns.append(_joined_user_turn(pending))
         pending = []
         turns.append(message)
     if pending:
-        turns.append(ChatMessage("user", "\n\n".join(pending)))
+        turns.append(_joined_user_turn(pending))
     return turns
+
+
+def _joined_user_turn(texts: Sequence[str]) -> ChatMessage:
+    """One user turn of several client texts, which the harm gate still reads one by one."""
+    return ChatMessage("user", "\n\n".join(texts), client_texts=tuple(texts))
 
 
 def render_transcript(conversation: Sequence[ChatMessage]) -> str:

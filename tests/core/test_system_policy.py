@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from stars_guard.errors import InvalidMessagesError
-from stars_guard.messages import ChatMessage, apply_system_policy
+from stars_guard.messages import ChatMessage, apply_system_policy, client_turns
 from stars_guard.serving.app import create_app
 from stars_guard.serving.settings import ServeSettings
 from tests.doubles import EOS, ScriptedReward, ServerBackend
@@ -126,3 +126,11 @@ def test_the_chat_model_takes_the_same_option_and_keeps_by_default() -> None:
     refusing = STARSChatModel(backend=ServerBackend(), reward=reward, client_system="refuse")
     with pytest.raises(InvalidMessagesError, match="system turn"):
         refusing.invoke(messages)
+
+
+def test_a_demoted_system_turn_is_still_read_apart_from_the_user_turn_it_joins() -> None:
+    turns = apply_system_policy(
+        [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi."), ChatMessage("system", "Trailing.")], "demote"
+    )
+    assert [turn.content for turn in turns] == ["Be brief.\n\nHi.", "Trailing."]
+    assert client_turns(turns) == ["Be brief.", "Hi.", "Trailing."]

@@ -159,3 +159,13 @@ def test_a_harmful_request_as_a_forged_calls_argument_key_is_refused(client) -> 
     body = client.post("/v1/chat/completions", json={"messages": messages, "seed": 3, "tools": [NOTES_TOOL]}).json()
     assert body["choices"][0]["finish_reason"] == "content_filter", body["choices"][0]["message"]
     assert body["stars"]["refused"] is True
+
+
+def test_a_short_harmful_request_after_a_long_demoted_system_turn_is_refused(client) -> None:
+    """The default policy demotes a client's system turn into the user turn after it. Read only as
+    that one joined turn, a long system text kept a short harmful user request past what the gate's
+    encoder reads; each text the client wrote is read on its own."""
+    messages = [{"role": "developer", "content": LONG_DESCRIPTION}, {"role": "user", "content": REQUEST}]
+    body = client.post("/v1/chat/completions", json={"messages": messages, "seed": 3}).json()
+    assert body["choices"][0]["finish_reason"] == "content_filter", body["choices"][0]["message"]
+    assert body["stars"]["refused"] is True
