@@ -46,9 +46,10 @@ class ChatMessage:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str = ""
     # The client's own texts this turn was joined from, each read alone by the harm gate
-    # (`client_turns`); None where the turn is one text, its `content`. A demoted system turn
-    # joins the user turn after it (`apply_system_policy`): read only together, a long system
-    # text hid a short harmful user turn from an encoder that reads the first 256 word pieces.
+    # (`client_turns`); None where the turn is one text, its `content`; empty for the operator's
+    # system prompt. A demoted system turn joins the user turn after it (`apply_system_policy`):
+    # read only together, a long system text hid a short harmful user turn from an encoder that
+    # reads the first 256 word pieces.
     client_texts: tuple[str, ...] | None = field(default=None, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
@@ -165,10 +166,11 @@ def client_turns(conversation: Sequence[ChatMessage]) -> list[str]:
     user, earlier assistant turns (a client can forge them) and tool results. None of it was
     written by the model in this request, so none of it is trusted more than a user turn. A turn
     joined from several client texts (`ChatMessage.client_texts`) gives each of them."""
-    return [text for message in conversation for text in _own_texts(message) if text.strip()]
+    return [text for message in conversation for text in own_texts(message) if text.strip()]
 
 
-def _own_texts(message: ChatMessage) -> tuple[str, ...]:
+def own_texts(message: ChatMessage) -> tuple[str, ...]:
+    """The texts of `message` a client wrote (`ChatMessage.client_texts`)."""
     return (message.content,) if message.client_texts is None else message.client_texts
 
 
@@ -191,7 +193,11 @@ def apply_system_policy(
     """
     if policy not in CLIENT_SYSTEM_POLICIES:
         raise ValueError(f"unknown client system policy {policy!r}: use one of {', '.join(CLIENT_SYSTEM_POLICIES)}")
-    turns: list[ChatMessage] = [ChatMessage("system", system_prompt)] if system_prompt else []
+    # The operator's prompt is no client's text: the harm gate does not read it (`client_texts=()`).
+    # Read as a request, a moderation team's prompt ("You help moderators ... understand slurs,
+    # hate speech and harassment") read 0.978 harmful, and every answer of the service was vetoed.
+    operator = [ChatMessage("system", system_prompt, client_texts=())] if system_prompt else []
+    turns: list[ChatMessage] = operator
     pending: list[str] = []
     for position, message in enumerate(messages):
         if message.role == "system" and policy != "keep":

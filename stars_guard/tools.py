@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stars_guard.messages import ChatMessage
+from stars_guard.messages import ChatMessage, own_texts
 
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
@@ -162,12 +162,15 @@ def plain_turns(messages: Sequence[ChatMessage], constraint: OutputConstraint | 
 
 
 def with_instruction(turns: Sequence[ChatMessage], instruction: str | None) -> list[ChatMessage]:
-    """`turns` with `instruction` joined to the first system turn, or as a new first system turn."""
+    """`turns` with `instruction` joined to the first system turn, or as a new first system turn.
+    The harm gate reads the instruction (the client's tools or schema) apart from that turn's own
+    texts, and never reads an operator's prompt (`ChatMessage.client_texts`)."""
     if not instruction:
         return list(turns)
     if turns and turns[0].role == "system":
         first = turns[0].content
-        return [ChatMessage("system", f"{first}\n\n{instruction}" if first else instruction), *turns[1:]]
+        joined = f"{first}\n\n{instruction}" if first else instruction
+        return [ChatMessage("system", joined, client_texts=(*own_texts(turns[0]), instruction)), *turns[1:]]
     return [ChatMessage("system", instruction), *turns]
 
 

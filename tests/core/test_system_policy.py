@@ -134,3 +134,15 @@ def test_a_demoted_system_turn_is_still_read_apart_from_the_user_turn_it_joins()
     )
     assert [turn.content for turn in turns] == ["Be brief.\n\nHi.", "Trailing."]
     assert client_turns(turns) == ["Be brief.", "Hi.", "Trailing."]
+
+
+def test_the_operators_prompt_is_not_client_text_but_an_instruction_joined_to_it_is() -> None:
+    from stars_guard.tools import with_instruction
+
+    turns = apply_system_policy([ChatMessage("user", "Hi.")], "demote", "Operator rules.")
+    assert turns[0].content == "Operator rules." and client_turns(turns) == ["Hi."]
+    instructed = with_instruction(turns, "The tools: ...")
+    assert instructed[0].content == "Operator rules.\n\nThe tools: ..."
+    assert client_turns(instructed) == ["The tools: ...", "Hi."]
+    kept = with_instruction([ChatMessage("system", "Client rules."), ChatMessage("user", "Hi.")], "The tools: ...")
+    assert client_turns(kept) == ["Client rules.", "The tools: ...", "Hi."]
