@@ -68,7 +68,11 @@ bench: setup engines
 	$(PY) benchmarks/engines_bench.py --out benchmarks/results
 	$(PY) benchmarks/serve_bench.py --engine vllm --out benchmarks/results
 	$(PY) benchmarks/constrained_bench.py --out benchmarks/results
-	OMP_NUM_THREADS=2 $(PY) benchmarks/adaptive_bench.py --backends local,vllm --out benchmarks/results/adaptive
+	OMP_NUM_THREADS=2 $(PY) benchmarks/adaptive_bench.py --backends local,vllm --variants stars,stars-adaptive,stars-aligned,stars-adaptive-aligned --out benchmarks/results/adaptive
+	for backend in local llama-server vllm; do \
+	  out=benchmarks/results/adaptive-benign$$( [ $$backend = local ] || echo -$${backend%%-*} ); \
+	  $(PY) benchmarks/adaptive_bench.py --backends $$backend --variants stars,stars-adaptive,stars-adaptive-q0.33 --prompt-set benign --prompts 12 --out $$out || exit 1; \
+	done
 
 # ruff, then tests/test_layers.py as a script: the import contracts between the layers, and every
 # imported package named in its extra (the same checks run under `make test` and `make unit`).
