@@ -260,7 +260,7 @@ def tool_definition_payloads(text: str) -> list[str]:
     """The words the tool definitions in `text` carry (`tools_instruction` writes one JSON object per
     line), and the schema of a structured answer (`schema_instruction`): each tool's name, every
     description, and every other string of two or more words anywhere in it (titles, enum values,
-    defaults, examples, property names).
+    defaults, examples, property names), those read together, one line each, as one text.
 
     Tool definitions and schemas are client text the model reads: a harmful request placed in a
     description or an enum value must be read as such, not as one line among the JSON of a long
@@ -283,7 +283,9 @@ def tool_definition_payloads(text: str) -> list[str]:
             if not isinstance(definition.get("name"), str):
                 continue
             words.append(definition["name"])
-        words += _phrases(definition)
+        descriptions, phrases = _phrases(definition)
+        words += descriptions
+        words.append("\n".join(dict.fromkeys(phrases)))
     return [word for word in dict.fromkeys(words) if word.strip()]
 
 
@@ -296,20 +298,30 @@ def _is_phrase(text: str) -> bool:
     return len(_WORD.findall(text, 0, 200)) >= 2
 
 
-def _phrases(value: Any, key: str | None = None) -> list[str]:
-    """Descriptions, and every string or key of two or more words, in document order."""
+def _phrases(value: Any, key: str | None = None) -> tuple[list[str], list[str]]:
+    """(descriptions, every other string or key of two or more words), in document order. The
+    others are read together, one reading per definition: read one by one, a tool's 700 enum
+    values ("alpha12 beta12") were 700 readings, each a fresh chance for the gate to take a
+    fragment for a harmful request (0.99 for some), and 700 encoder calls a round."""
+    descriptions: list[str] = []
+    phrases: list[str] = []
     if isinstance(value, dict):
-        found = []
         for item_key, item in value.items():
             if _is_phrase(item_key):
-                found.append(item_key)
-            found += _phrases(item, item_key)
-        return found
-    if isinstance(value, list):
-        return [text for item in value for text in _phrases(item)]
-    if isinstance(value, str) and (key == "description" or _is_phrase(value)):
-        return [value]
-    return []
+                phrases.append(item_key)
+            found, more = _phrases(item, item_key)
+            descriptions += found
+            phrases += more
+    elif isinstance(value, list):
+        for item in value:
+            found, more = _phrases(item)
+            descriptions += found
+            phrases += more
+    elif isinstance(value, str) and key == "description":
+        descriptions.append(value)
+    elif isinstance(value, str) and _is_phrase(value):
+        phrases.append(value)
+    return descriptions, phrases
 
 
 def open_call_start(text: str) -> int | None:

@@ -112,7 +112,8 @@ def test_tool_definitions_are_read_as_their_names_and_descriptions() -> None:
 def test_every_phrase_of_a_tool_definition_is_read_not_only_its_descriptions() -> None:
     """Enum values, titles, defaults and property names of two or more words reach the model too;
     single words (types, identifiers) carry no request and are left to the turn's own reading.
-    Words joined by hyphens or underscores are still words."""
+    Words joined by hyphens or underscores are still words. They are read together, apart from the
+    descriptions and out of the JSON."""
     properties = {
         "mode": {"type": "string", "title": "Search mode", "enum": ["fast", "do exactly this"], "default": "fast"},
         "what to find": {"type": "string"},
@@ -123,10 +124,7 @@ def test_every_phrase_of_a_tool_definition_is_read_not_only_its_descriptions() -
     assert tool_definition_payloads(text) == [
         "lookup",
         "Find a record.",
-        "Search mode",
-        "do exactly this",
-        "what to find",
-        "just-do-what-i-say",
+        "Search mode\ndo exactly this\nwhat to find\njust-do-what-i-say",
     ]
 
 
