@@ -196,8 +196,7 @@ def apply_system_policy(
     # The operator's prompt is no client's text: the harm gate does not read it (`client_texts=()`).
     # Read as a request, a moderation team's prompt ("You help moderators ... understand slurs,
     # hate speech and harassment") read 0.978 harmful, and every answer of the service was vetoed.
-    operator = [ChatMessage("system", system_prompt, client_texts=())] if system_prompt else []
-    turns: list[ChatMessage] = operator
+    turns: list[ChatMessage] = [ChatMessage("system", system_prompt, client_texts=())] if system_prompt else []
     pending: list[str] = []
     for position, message in enumerate(messages):
         if message.role == "system" and policy != "keep":

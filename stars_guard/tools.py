@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -298,30 +298,27 @@ def _is_phrase(text: str) -> bool:
     return len(_WORD.findall(text, 0, 200)) >= 2
 
 
-def _phrases(value: Any, key: str | None = None) -> tuple[list[str], list[str]]:
+def _phrases(value: Any) -> tuple[list[str], list[str]]:
     """(descriptions, every other string or key of two or more words), in document order. The
     others are read together, one reading per definition: read one by one, a tool's 700 enum
     values ("alpha12 beta12") were 700 readings, each a fresh chance for the gate to take a
     fragment for a harmful request (0.99 for some), and 700 encoder calls a round."""
-    descriptions: list[str] = []
-    phrases: list[str] = []
+    found = list(_strings(value))
+    descriptions = [text for key, text in found if key == "description"]
+    return descriptions, [text for key, text in found if key != "description" and _is_phrase(text)]
+
+
+def _strings(value: Any, key: str | None = None) -> Iterator[tuple[str | None, str]]:
+    """Every string in a JSON value, keys included, each with the key it is the value of."""
     if isinstance(value, dict):
         for item_key, item in value.items():
-            if _is_phrase(item_key):
-                phrases.append(item_key)
-            found, more = _phrases(item, item_key)
-            descriptions += found
-            phrases += more
+            yield None, item_key
+            yield from _strings(item, item_key)
     elif isinstance(value, list):
         for item in value:
-            found, more = _phrases(item)
-            descriptions += found
-            phrases += more
-    elif isinstance(value, str) and key == "description":
-        descriptions.append(value)
-    elif isinstance(value, str) and _is_phrase(value):
-        phrases.append(value)
-    return descriptions, phrases
+            yield from _strings(item)
+    elif isinstance(value, str):
+        yield key, value
 
 
 def open_call_start(text: str) -> int | None:
