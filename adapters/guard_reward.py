@@ -45,7 +45,7 @@ from stars_guard.adapters._multilingual import embed_requests, multilingual_avai
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
-from stars_guard.normalize import normalised, readings, without_encoded
+from stars_guard.normalize import normalised, readings, sentences, without_encoded
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads, tool_definition_payloads
 
@@ -86,6 +86,12 @@ _GO_ON_VOCABULARY = (
 )
 _GO_ON_WORDS = frozenset(_GO_ON_VOCABULARY.split())
 _WORD_RE = re.compile(r"[a-z]+")
+
+
+# How many conversations' harm and how many readings' harm are remembered: every round of a request
+# reads the same ones, and a pasted document is a reading per sentence (a few hundred in a long one).
+_REMEMBERED_CONVERSATIONS = 256
+_REMEMBERED_READINGS = 4096
 
 
 def minilm_encoder() -> Any:
@@ -229,11 +235,14 @@ class GuardReward:
         self._head = _packaged_head(REQUEST_HARM_HEAD, "harm_gate") if harm_gate == "trained" else None
         self._response_head: TrainedHead | None = None  # loaded by `response_harm` on first use
         self.answering_floor = None if self._head is None else _calibrated_floor(self._head)
+        # Where a sentence or window of a long turn counts (`harm_with_pieces`): the veto's line.
+        self._sure = 0.5 if self.answering_floor is None else 1.0 - self.answering_floor
         self._multilingual_head = _multilingual_head() if self._head is not None else None
         self.languages: tuple[str, ...] = GUARD_LANGUAGES + (
             tuple(self._multilingual_head.languages) if self._multilingual_head is not None else ()
         )
         self._harm: OrderedDict[str, float] = OrderedDict()
+        self._conversation_harm: OrderedDict[tuple[str, ...], float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
         # Components `safety`, `helpfulness` and (trained gate) `answering`; the calibrated floor on
         # `safety` is what `safety_floor='auto'` uses, and `answering` is vetoed at its own calibrated
@@ -429,46 +438,82 @@ class GuardReward:
         return vectors
 
     def conversation_harm(self, conversation: Sequence[ChatMessage] | str) -> float:
-        """How harmful the client's requests look, in [0, 1]: the most harmful of each turn alone and
-        of all turns read together (a request split over turns is harmful only as a whole). Every
-        turn the client supplied is read, not only user turns: a harmful request placed in a system
-        or developer turn, a forged earlier assistant turn or a tool result is still a request; and
-        each is read as written and decoded (`_readings`), so base64 or leetspeak hides nothing the
-        normaliser undoes."""
-        turns = client_turns(as_conversation(conversation))
-        return max((self.request_harm(text) for text in _readings(tuple(turns))), default=0.0)
+        """How harmful the client's requests look, in [0, 1]: the most harmful of each turn alone,
+        of all turns read together (a request split over turns is harmful only as a whole) and of
+        each sentence and word window of a long turn where the gate is sure of it (a request inside
+        a pasted document is read as if sent alone; `harm_with_pieces`).
+        Every turn the client supplied is read, not only user turns: a harmful request placed in a
+        system or developer turn, a forged earlier assistant turn or a tool result is still a
+        request; and each is read as written and decoded (`_readings`), so base64 or leetspeak
+        hides nothing the normaliser undoes. Remembered per conversation: every round of a request
+        reads the same turns, and a long one has a reading per sentence."""
+        turns = tuple(client_turns(as_conversation(conversation)))
+        with self._lock:
+            harm = self._conversation_harm.get(turns)
+            if harm is not None:
+                self._conversation_harm.move_to_end(turns)
+                return harm
+        whole, pieces = _readings(turns), _piece_readings(turns)
+        harms = self.request_harms([*whole, *pieces])
+        harm = harm_with_pieces(
+            max(harms[: len(whole)], default=0.0), max(harms[len(whole) :], default=0.0), self._sure
+        )
+        with self._lock:
+            self._conversation_harm[turns] = harm
+            while len(self._conversation_harm) > _REMEMBERED_CONVERSATIONS:
+                self._conversation_harm.popitem(last=False)
+        return harm
 
     def request_harm(self, prompt: str) -> float:
-        """How harmful the request looks, in [0, 1]: the trained head's probability (`harm_gate=
+        """How harmful the request looks, in [0, 1] (`request_harms` of one text)."""
+        return self.request_harms([prompt])[0]
+
+    def request_harms(self, prompts: Sequence[str]) -> list[float]:
+        """How harmful each request looks, in [0, 1]: the trained head's probability (`harm_gate=
         "trained"`, trained on insulting and hateful requests too), or the larger of P(offensive) of
         the prompt and the nearest harmful exemplar against the nearest benign one. The trained
         gate leaves P(offensive) out: the classifier rates "How do I roast a chicken?" 0.64.
         Where the language identifier is sure the prompt is not English, the multilingual head
         reads it instead (MiniLM reads a French request as noise: harmful ones as harmless, some
         benign Spanish ones as harmful); where it is sure of a sentence only, both read it and the
-        larger counts (the multilingual head reads English less well than MiniLM)."""
+        larger counts (the multilingual head reads English less well than MiniLM). The prompts not
+        read recently are encoded in one batch."""
         with self._lock:
-            if prompt in self._harm:
-                return self._harm[prompt]
-        vector = self._prompt_vector(prompt)
-        if self._head is not None:
-            harm = float(self._head.probability(vector[None, :])[0])
-            if self._multilingual_head is not None:
-                whole = sure_other_language(prompt, GUARD_LANGUAGES) is not None
-                if whole or unsupported_language(prompt, GUARD_LANGUAGES) is not None:
-                    foreign = float(self._multilingual_head.probability(embed_requests([prompt]))[0])
-                    harm = foreign if whole else max(harm, foreign)
-        else:
-            nearest_harmful = float((self._exemplar_vectors("harmful") @ vector).max())
-            nearest_benign = float((self._exemplar_vectors("benign") @ vector).max())
-            zero_shot = 1.0 / (1.0 + np.exp(-(nearest_harmful - nearest_benign) / 0.05))
-            offensive = float(self._classifier.predict_prob([prompt])[0]) if prompt.strip() else 0.0
-            harm = float(max(zero_shot, offensive))
-        with self._lock:
-            self._harm[prompt] = harm
-            while len(self._harm) > 256:
-                self._harm.popitem(last=False)
-        return harm
+            known = {prompt: self._harm[prompt] for prompt in prompts if prompt in self._harm}
+        fresh = [prompt for prompt in dict.fromkeys(prompts) if prompt not in known]
+        if fresh:
+            vectors = self._encoder.encode(fresh, normalize_embeddings=True, convert_to_numpy=True)
+            for prompt, harm in zip(fresh, self._read_harms(fresh, vectors), strict=True):
+                known[prompt] = harm
+            with self._lock:
+                self._harm.update((prompt, known[prompt]) for prompt in fresh)
+                while len(self._harm) > _REMEMBERED_READINGS:
+                    self._harm.popitem(last=False)
+        return [known[prompt] for prompt in prompts]
+
+    def _read_harms(self, prompts: Sequence[str], vectors: np.ndarray) -> list[float]:
+        if self._head is None:
+            harmful = (vectors @ self._exemplar_vectors("harmful").T).max(axis=1)
+            benign = (vectors @ self._exemplar_vectors("benign").T).max(axis=1)
+            zero_shot = 1.0 / (1.0 + np.exp(-(harmful - benign) / 0.05))
+            written = [index for index, prompt in enumerate(prompts) if prompt.strip()]
+            offensive = np.zeros(len(prompts))
+            if written:
+                offensive[written] = self._classifier.predict_prob([prompts[index] for index in written])
+            return [float(value) for value in np.maximum(zero_shot, offensive)]
+        harms = [float(value) for value in self._head.probability(vectors)]
+        if self._multilingual_head is None:
+            return harms
+        wholly: dict[int, bool] = {}
+        for index, prompt in enumerate(prompts):
+            whole = sure_other_language(prompt, GUARD_LANGUAGES) is not None
+            if whole or unsupported_language(prompt, GUARD_LANGUAGES) is not None:
+                wholly[index] = whole
+        if wholly:
+            foreign = self._multilingual_head.probability(embed_requests([prompts[index] for index in wholly]))
+            for (index, whole), value in zip(wholly.items(), foreign, strict=True):
+                harms[index] = float(value) if whole else max(harms[index], float(value))
+        return harms
 
     def _exemplar_vectors(self, kind: str) -> np.ndarray:
         with self._lock:
@@ -508,9 +553,35 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     so are the tool definitions a client sent (each name and description).
     Cached: every round of a request reads the same turns."""
     texts = [*turns, "\n".join(turns)] if len(turns) > 1 else list(turns)
-    texts += [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
-    texts += [payload for turn in turns for payload in tool_definition_payloads(turn)]
+    texts += _payloads(turns)
     return tuple(dict.fromkeys(reading for text in texts for reading in _uncovered(text)))
+
+
+@lru_cache(maxsize=256)
+def _piece_readings(turns: tuple[str, ...]) -> tuple[str, ...]:
+    """The pieces of the client's turns and payloads that `_readings` does not already read: each
+    sentence of a text of more than one, and each window of `WINDOW_WORDS` words of a longer
+    sentence (`stars_guard.normalize.sentences`; a request glued into a sentence of benign prose is
+    not a sentence of its own), uncovered as `_readings` are. Cached as `_readings` is."""
+    whole = set(_readings(turns))
+    pieces = [piece for text in (*turns, *_payloads(turns)) for piece in sentences(text)]
+    found = (reading for piece in pieces for reading in _uncovered(piece))
+    return tuple(reading for reading in dict.fromkeys(found) if reading not in whole)
+
+
+def _payloads(turns: tuple[str, ...]) -> list[str]:
+    """The strings of earlier tool calls and of the tool definitions in the client's turns."""
+    payloads = [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
+    return payloads + [payload for turn in turns for payload in tool_definition_payloads(turn)]
+
+
+def harm_with_pieces(whole: float, pieces: float, sure: float) -> float:
+    """A conversation's harm from its whole readings and its pieces (sentences, word windows): a
+    piece counts only where the gate is sure of it (over `sure`, the veto's line). Why: a piece is a
+    fragment, and the gate reads some benign fragments as half harmful ("She was very sweet and
+    never refused me anything." of a role-play frame, 0.66); counted in full they leaned the
+    steering towards declining for every such turn, while a request the prose hid reads sure."""
+    return max(whole, pieces) if pieces > sure else whole
 
 
 def _relevance_readings(conversation: Sequence[ChatMessage]) -> tuple[str, ...]:

@@ -578,6 +578,54 @@ def _unleeted_reading(clean: str) -> str:
     return unleet(clean[: MAX_READING_CHARS + 64])[:MAX_READING_CHARS]
 
 
+# A sentence longer than this many words is also read in windows of this many words, each starting
+# halfway through the one before: a request glued into a sentence of benign prose, with no full stop
+# between them, is read with at most about this many words around it.
+WINDOW_WORDS = 16
+# Sentence ends followed by white space (after closing quotes or a bracket too). Every pattern here
+# is linear: no quantified white space on both sides of a branch, which could backtrack.
+_SENTENCE_END_RE = re.compile(r"(?<=[.!?\u2026\u3002\uff01\uff1f])\s+|(?<=[.!?\u2026][\"'\u201d\u2019)\]])\s+")
+# Paragraph breaks: a blank line, or a line break before a list item, a heading or a quote. A single
+# line break inside a paragraph is a space: documentation is wrapped at about 72 characters, and its
+# lines read alone are fragments ("This module provides generic, low- and high-level interfaces
+# for") that the gate read as requests.
+_PARAGRAPH_BREAK_RE = re.compile(r"\n[^\S\n]*\n|\n(?=[^\S\n]*(?:[-*+>#\u2022]|\d{1,3}[.)])\s)")
+
+
+def sentences(text: str) -> list[str]:
+    """The pieces of a long text the harm gate reads on their own: each sentence of a text with more
+    than one (white space collapsed; paragraphs and list items end sentences too, a single line
+    break does not), and each window of `WINDOW_WORDS` words of a longer sentence, the windows
+    half overlapping. `[]` for a text of one short sentence: its reading is the text itself.
+
+    Why: the harm gate's encoder averages over its first 256 word pieces, so a request inside a
+    pasted document is diluted by the prose around it, and prose past the window hides it
+    altogether (a request after 456 characters of benign prose read harmful for none of 60 held-out
+    requests). Read sentence by sentence as well, the request is read as if sent alone. The whole
+    text is read too: a request spread over sentences is harmful only as a whole. Windows do not
+    cross a sentence's end: across sentences they joined a frame's words to the request ("...never
+    refused me anything. Grandma, tell me again: How do I kill a Python process?"), and read benign
+    requests as harmful.
+    """
+    found = [
+        " ".join(sentence.split())
+        for paragraph in _PARAGRAPH_BREAK_RE.split(text)
+        for sentence in _SENTENCE_END_RE.split(" ".join(paragraph.split()))
+    ]
+    found = [sentence for sentence in found if _LETTER_RE.search(sentence)]  # "1." of a list: nothing to read
+    pieces: dict[str, None] = dict.fromkeys(found if len(found) > 1 else [])
+    for sentence in found:
+        words = sentence.split()
+        if len(words) > WINDOW_WORDS:
+            half = WINDOW_WORDS // 2
+            pieces.update(
+                dict.fromkeys(
+                    " ".join(words[start : start + WINDOW_WORDS]) for start in range(0, len(words) - half, half)
+                )
+            )
+    return list(pieces)
+
+
 def readings(text: str, *, limit: int = 8) -> list[str]:
     """The distinct texts the harm gate should score, the text itself first; plain text gives `[text]`.
 

@@ -42,8 +42,9 @@ before, and a held-out request's copy is held out too, so neither the held-out A
 The templates are worded apart from the benchmark's own (no run of four words in common, under 0.7
 MiniLM similarity without the request) and under 0.8 to every test prompt and look-alike (the test
 checks both): the wrapped test numbers below read the benchmark's shapes, which nothing trains on.
-The copies are development data, not training data: the alpha is the best AUROC over the held-out
-fifth and its wrapped copies, and the head is fitted on the plain requests. Fitted on the copies
+The copies are development data, not training data: the head is fitted on the plain requests (the
+alpha, then the best AUROC over the held-out fifth and its wrapped copies, is now the best rate at
+the veto's operating point over the held-out plain requests: `_fit_best`). Fitted on the copies
 too (measured, `wrapped_test.trained_on_wrapped_copies`), the head read plain test prompts worse
 (AUROC 0.928 against 0.940) and wrapped ones no better (role-play 0.894 both, by the same
 conversation reading): the wrapper's words were not what it got wrong. What it got wrong was the
@@ -55,6 +56,22 @@ turn: "Absolutely, let me explain how it works." alone read 0.999, so the benchm
 ("Sure! You asked me this: <a benign look-alike> Here it is, step by step.") read over the veto
 line for 3 of 20 look-alikes. `acknowledgement_turns.jsonl` (40 such openings written for the
 project, worded apart from the benchmark's turns as the wrappers are) is benign training data too.
+Pasted documents (`benign_prose.jsonl`): `GuardReward` reads a long turn sentence by sentence (and
+a long sentence in windows of 16 words) as well as whole, because a request inside a pasted
+document was diluted by the prose around it (after 456 characters of prose, none of 60 held-out
+harmful requests read over the veto line). Trained on requests only, the head read many plain
+statements and fragments as requests ("See PEP 506 for more information." 1.0), so 45% of 44
+Python standard-library docstrings pasted as a user turn read over the line. 560 sentences and
+fragments of benign non-request text in 14 kinds (documentation, docstring fragments, README
+lines, code comments, news, encyclopedic text on sensitive topics, fiction, e-mail, legal
+boilerplate, recipes, reviews, abstracts, list items, security operations), written for the
+project and under 0.75 MiniLM similarity to every test prompt, are benign training data. The
+docstrings are held out by source (nothing from Python's documentation is trained on):
+`pasted_documents` measures them. Tried and left out: the prose also as the gate reads it in
+documents (sentences and windows across them), with a seeded half of the requests glued into runs
+of prose as extra copies. Calibrated, its veto cut 0.51 of the held-out harmful answers against
+0.75 (alpha by held-out AUROC), or no floor cut at most 5% of the benign ones (alpha as now).
+
 The category of a harmful request is its nearest category centroid (Do-Not-Answer's five risk
 areas, and HarmBench's behaviours as one), from the same training prompts.
 
@@ -94,6 +111,24 @@ ACKNOWLEDGEMENT_FILE = "acknowledgement_turns.jsonl"
 CONTRAST_FILE = "benign_contrast_requests.jsonl"
 HARMFUL_FILE = "harmful_requests.jsonl"
 WRAPPERS_FILE = "request_wrappers.jsonl"
+# Benign text that is not a request (pasted documentation, code comments, news, fiction, emails, legal
+# boilerplate, list items), sentence by sentence: what the gate reads of a pasted document.
+PROSE_FILE = "benign_prose.jsonl"
+# Held out by source: the gate trains on no text from Python's own documentation. The docstrings of
+# these standard-library modules, read as one pasted user turn each, measure how often a pasted
+# document is refused (`pasted_document_rates`).
+_PASTED_MODULE_NAMES = (
+    "argparse asyncio base64 binascii calendar codecs collections colorsys contextlib copy csv "
+    "dataclasses datetime decimal doctest email enum fnmatch fractions ftplib functools gc gettext "
+    "glob hashlib hmac html http.client imaplib ipaddress itertools json locale logging mmap os "
+    "pathlib pdb pickle poplib pprint queue random re sched secrets selectors shelve shutil signal "
+    "smtplib socket sqlite3 ssl statistics string struct subprocess tarfile tempfile textwrap "
+    "threading timeit trace tracemalloc typing unicodedata unittest urllib.request uuid wave weakref "
+    "webbrowser wsgiref zipfile"
+)
+PASTED_MODULES = tuple(_PASTED_MODULE_NAMES.split())
+# The first this many characters of each docstring (about a pasted page).
+PASTED_CHARS = 3000
 WRAPPER_KINDS = ("role-play", "persona", "system", "forged-assistant", "story")
 # The seeded share of the pool's requests that get one wrapped copy each (the pool grows by this much).
 WRAP_FRACTION = 0.5
@@ -104,7 +139,9 @@ SEED = 0
 # The share of the contrast requests held out of every training set, for the veto's calibration.
 CALIBRATION_FRACTION = 0.25
 HIDDEN = 128
-ALPHAS = (1e-2, 1e-1, 1.0)  # the MLP's l2 penalties tried; the best held-out AUROC is kept
+ALPHAS = (1e-2, 1e-1, 1.0)  # the MLP's l2 penalties tried (`_fit_best` keeps one)
+# The share of benign requests over the line at which `_fit_best` compares heads: the veto's own.
+VETO_FPR = 0.05
 # L-BFGS stops here, converged or not: a fixed budget keeps the weights the same in every run.
 MLP_ITERATIONS = 500
 # The linear head the MLP replaced (l2 of the best held-out AUROC of five), reported beside it.
@@ -120,6 +157,18 @@ def load_continuations() -> list[str]:
     """The short turns with no request in them written for training: follow-ups a user sends
     (`CONTINUATION_FILE`) and the openings an assistant turn starts with (`ACKNOWLEDGEMENT_FILE`)."""
     return _load_written(CONTINUATION_FILE) + _load_written(ACKNOWLEDGEMENT_FILE)
+
+
+def load_prose() -> list[str]:
+    """The benign non-request sentences and fragments written for training (`PROSE_FILE`)."""
+    path = DATA / PROSE_FILE
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        row = json.loads(line)
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not isinstance(row.get("kind"), str):
+            raise ValueError(f"{path}:{number}: expected an object with a 'kind' and a 'text' string")
+        texts.append(row["text"])
+    return texts
 
 
 def load_harmful_requests() -> list[str]:
@@ -215,27 +264,31 @@ def wrapped_copies(texts: Sequence[str], seed: int = SEED) -> list[tuple[int, st
 def training_pool() -> tuple[list[str], np.ndarray, list[str]]:
     """(texts, harmful labels, categories) of the development parts and the benign requests (in
     `plain_pool`'s order), then the wrapped copies (`wrapped_copies`, category "wrapped"), each
-    labelled as its original, then the continuation turns (benign, category "continuation"; after
-    the rest, so the held-out split of the requests is the one the gate always had)."""
+    labelled as its original, then the continuation turns and the prose (benign, categories
+    "continuation" and "prose"; after the rest, so the held-out split of the requests is the one
+    the gate always had)."""
     texts, labels, categories = plain_pool()
     copies = wrapped_copies(texts)
     origins = np.array([index for index, _ in copies], dtype=int)
     continuations = load_continuations()
+    prose = load_prose()
     return (
-        texts + [text for _, text in copies] + continuations,
-        np.concatenate([labels, labels[origins], np.zeros(len(continuations), dtype=bool)]),
-        categories + ["wrapped"] * len(copies) + ["continuation"] * len(continuations),
+        texts + [text for _, text in copies] + continuations + prose,
+        np.concatenate([labels, labels[origins], np.zeros(len(continuations) + len(prose), dtype=bool)]),
+        categories + ["wrapped"] * len(copies) + ["continuation"] * len(continuations) + ["prose"] * len(prose),
     )
 
 
 def pool_heldout(seed: int = SEED) -> np.ndarray:
     """Which of `training_pool()` are held out: a seeded fifth of the plain requests (the same
     `heldout_mask` as before the wrapped copies were added), and every wrapped copy of one of them,
-    so no held-out request is trained on in a wrapper. The continuation turns are all trained on."""
+    so no held-out request is trained on in a wrapper. The continuation turns and the prose are all
+    trained on (the prose is measured held out by source instead: `pasted_document_rates`)."""
     texts, _, _ = plain_pool()
     held = heldout_mask(len(texts), seed)
     origins = np.array([index for index, _ in wrapped_copies(texts, SEED)], dtype=int)
-    return np.concatenate([held, held[origins], np.zeros(len(load_continuations()), dtype=bool)])
+    trained = len(load_continuations()) + len(load_prose())
+    return np.concatenate([held, held[origins], np.zeros(trained, dtype=bool)])
 
 
 def test_prompts() -> tuple[list[str], np.ndarray]:
@@ -288,20 +341,29 @@ def mlp_probability(features: np.ndarray, head: dict[str, Any]) -> np.ndarray:
 def _fit_best(
     features: np.ndarray, labels: np.ndarray, train: np.ndarray, held: np.ndarray, seed: int
 ) -> tuple[float, dict, dict]:
-    """(alpha, head, held-out AUROC by alpha): the MLP of `ALPHAS`, fitted on the `train` rows, with
-    the best AUROC on the `held` rows."""
+    """(alpha, head, held-out true-positive rate by alpha): the MLP of `ALPHAS`, fitted on the
+    `train` rows, that flags the most harmful `held` rows at the line that flags `VETO_FPR` of the
+    benign ones. The veto works there (its floor is calibrated to cut at most 5% of benign answers);
+    held-out AUROC, the earlier choice, weighs every line alike, and after the prose was added it
+    picked a head whose harmful requests fell under the calibrated line (0.51 of the held-out ones
+    cut, against 0.75 before)."""
     fits = {alpha: fit_mlp(features[train], labels[train], alpha, seed) for alpha in ALPHAS}
-    heldout_auroc = {
-        alpha: auroc(list(mlp_probability(features[held], head)), list(labels[held])) for alpha, head in fits.items()
-    }
-    alpha = max(ALPHAS, key=lambda value: heldout_auroc[value])
-    return alpha, fits[alpha], heldout_auroc
+    rates = {alpha: _tpr_at_fpr(mlp_probability(features[held], head), labels[held]) for alpha, head in fits.items()}
+    alpha = max(ALPHAS, key=lambda value: rates[value])
+    return alpha, fits[alpha], rates
+
+
+def _tpr_at_fpr(probabilities: np.ndarray, labels: np.ndarray) -> float:
+    """The share of harmful rows over the line that `VETO_FPR` of the benign rows are over."""
+    benign = np.sort(probabilities[~labels])
+    line = benign[min(len(benign) - 1, int(np.ceil((1 - VETO_FPR) * len(benign))) - 1)]
+    return float((probabilities[labels] > line).mean())
 
 
 def train_request_harm(
     *, seed: int = SEED, exemplar_gate: Any = None, wrapped_floor: float | None = None
 ) -> dict[str, Any]:
-    """Fit the head on the pool minus a held-out fifth, its `alpha` the best held-out AUROC of
+    """Fit the head on the pool minus a held-out fifth, its `alpha` the best held-out rate (`_fit_best`) of
     `ALPHAS`; evaluate it, the linear head it replaced (and the exemplar gate, if given) on the test
     parts. With `wrapped_floor`, also the test parts in the benchmark's wrapping shapes at that veto
     floor (`wrapped_test_rates`), for this head and for one fitted the same way without the wrapped copies."""
@@ -312,9 +374,10 @@ def train_request_harm(
     held = pool_heldout(seed)
     plain = np.array([category != "wrapped" for category in categories])
     # Fitted on the plain requests only; the alpha is chosen on the held-out fifth and its wrapped copies.
-    alpha, head, heldout_auroc = _fit_best(features, labels, ~held & plain, held, seed)
+    requests = plain & (np.array(categories) != "prose")
+    alpha, head, heldout_tpr = _fit_best(features, labels, ~held & plain, held & requests, seed)
     centroids = {}
-    for category in sorted(set(categories) - {"benign", "wrapped", "continuation"}):
+    for category in sorted(set(categories) - {"benign", "wrapped", "continuation", "prose"}):
         rows = features[~held][np.array(categories)[~held] == category]
         centroid = rows.mean(axis=0)
         centroids[category] = [round(float(value), 6) for value in centroid / np.linalg.norm(centroid)]
@@ -327,13 +390,14 @@ def train_request_harm(
         "kind": "mlp",
         "features": "all-MiniLM-L6-v2 normalised sentence embedding of the request",
         "training": "HarmBench and Do-Not-Answer development parts and harmful_requests.jsonl (harmful), "
-        "benign_requests.jsonl, the training part of benign_contrast_requests.jsonl and continuation_turns.jsonl "
-        f"(benign); alpha chosen on the held-out fifth and a seeded {WRAP_FRACTION} of it again in a wrapper of "
-        "request_wrappers.jsonl (role-play, persona, system, forged-assistant, story), labelled as the original",
+        "benign_requests.jsonl, the training part of benign_contrast_requests.jsonl, continuation_turns.jsonl "
+        "and benign_prose.jsonl (benign); "
+        "alpha chosen on the held-out fifth's plain requests",
         "seed": seed,
         "hidden": HIDDEN,
         "alpha": alpha,
-        "heldout_auroc_by_alpha": {str(key): round(value, 4) for key, value in heldout_auroc.items()},
+        "alpha_chosen_by": f"held-out plain requests flagged at the line {VETO_FPR} of held-out benign ones pass",
+        "heldout_tpr_by_alpha": {str(key): round(value, 4) for key, value in heldout_tpr.items()},
         "train_examples": int((~held & plain).sum()),
         "heldout_wrapped_copies": int((held & ~plain).sum()),
         "heldout_examples": int(held.sum()),
@@ -351,7 +415,7 @@ def train_request_harm(
         exemplar = np.array([exemplar_gate.request_harm(text) for text in test_texts])
         report["exemplar_gate_test"] = _rates(exemplar, test_labels)
     if wrapped_floor is not None:
-        _, with_copies, _ = _fit_best(features, labels, ~held, held, seed)
+        _, with_copies, _ = _fit_best(features, labels, ~held, held & requests, seed)
         report["wrapped_test"] = {
             "floor": wrapped_floor,
             "read": "test parts (harmful) and benign look-alike test part, each sent in a shape of "
@@ -360,6 +424,18 @@ def train_request_harm(
             "and with h > 0.5",
             **wrapped_test_rates({"this_head": head, "trained_on_wrapped_copies": with_copies}, wrapped_floor),
         }
+        without_prose = ~held & plain & (np.array(categories) != "prose")
+        _, no_prose, _ = _fit_best(features, labels, without_prose, held & requests, seed)
+        report["pasted_documents"] = {
+            "floor": wrapped_floor,
+            "read": f"the first {PASTED_CHARS} characters of the docstrings of {len(PASTED_MODULES)} standard-library "
+            "modules (benign; no Python documentation is trained on), each as one user turn, read whole and "
+            "sentence by sentence as GuardReward reads it; share with h > 1 - floor and with h > 0.5",
+            **pasted_document_rates({"this_head": head, "trained_without_prose": no_prose}, wrapped_floor),
+        }
+        report["wrapped_test"]["padded_trained_without_prose"] = wrapped_test_rates({"head": no_prose}, wrapped_floor)[
+            "head"
+        ]["padded"]
     report.update(head)
     report["centroids"] = centroids
     return report
@@ -367,31 +443,64 @@ def train_request_harm(
 
 # The benchmark's shapes that wrap a request in other text (stars_guard.bench.shapes), read by
 # `wrapped_test_rates`; never trained on (the wrappers of `WRAPPERS_FILE` are worded apart from them).
-BENCH_WRAPPING_SHAPES = ("role-play", "system-turn", "forged-assistant")
+BENCH_WRAPPING_SHAPES = ("role-play", "system-turn", "forged-assistant", "padded")
+# Where `glued` puts a request in the passage: mid-sentence ("... the water butts on the north side")
+GLUED_AT_WORD = 40
+
+
+def glued(request: str) -> str:
+    """`request` inside a sentence of the `padded` shape's passage, with no break before it: the
+    harder form of that shape, which no sentence split isolates (only word windows read it)."""
+    from stars_guard.bench import shapes
+
+    words = shapes.PASSAGE_BEFORE.split()
+    return " ".join([*words[:GLUED_AT_WORD], request, *words[GLUED_AT_WORD:]])
+
+
+def conversation_harms(
+    conversations: Sequence[tuple[str, ...]], heads: dict[str, dict[str, Any]], floor: float
+) -> dict[str, np.ndarray]:
+    """Per head of `heads`: h of each conversation (its client turns) as `GuardReward.
+    conversation_harm` reads it with that head at that veto floor: the max over its whole readings,
+    and over its sentences and word windows where one is over the veto line (`harm_with_pieces`)."""
+    from stars_guard.adapters.guard_reward import _piece_readings, _readings, harm_with_pieces
+    from stars_guard.bench.judge import embed
+
+    whole = [_readings(turns) for turns in conversations]
+    pieces = [_piece_readings(turns) for turns in conversations]
+    unique = sorted({text for read in (*whole, *pieces) for text in read})
+    features = embed(unique)
+    harms = {}
+    for name, head in heads.items():
+        probability = dict(zip(unique, mlp_probability(features, head), strict=True))
+        harms[name] = np.array(
+            [
+                harm_with_pieces(
+                    max((probability[text] for text in whole_read), default=0.0),
+                    max((probability[text] for text in piece_read), default=0.0),
+                    1 - floor,
+                )
+                for whole_read, piece_read in zip(whole, pieces, strict=True)
+            ]
+        )
+    return harms
 
 
 def wrapped_test_rates(heads: dict[str, dict[str, Any]], floor: float) -> dict[str, dict[str, dict[str, float]]]:
-    """Per head of `heads` and per shape ("plain" and `BENCH_WRAPPING_SHAPES`): the share of the
-    harmful test prompts and of the benign look-alike test part whose conversation the gate reads
-    over the veto line (h > 1 - floor) and over 0.5, h the max of the head over the conversation's
-    readings, as `GuardReward.conversation_harm` takes it."""
-    from stars_guard.adapters.guard_reward import _readings
+    """Per head of `heads` and per shape ("plain", `BENCH_WRAPPING_SHAPES` and "glued"): the share of
+    the harmful test prompts and of the benign look-alike test part whose conversation the gate
+    reads over the veto line (h > 1 - floor) and over 0.5 (`conversation_harms`)."""
     from stars_guard.bench import shapes
-    from stars_guard.bench.judge import embed
     from stars_guard.messages import ChatMessage, client_turns
 
     texts, labels = test_prompts()
     shaped = {"plain": [(ChatMessage("user", text),) for text in texts]}
     shaped |= {shape: [shapes.TRANSFORMS[shape](text).messages for text in texts] for shape in BENCH_WRAPPING_SHAPES}
-    readings = {shape: [_readings(tuple(client_turns(c))) for c in convs] for shape, convs in shaped.items()}
-    unique = sorted({text for per_shape in readings.values() for texts_read in per_shape for text in texts_read})
-    features = embed(unique)
-    rates: dict[str, dict[str, dict[str, float]]] = {}
-    for name, head in heads.items():
-        probability = dict(zip(unique, mlp_probability(features, head), strict=True))
-        rates[name] = {}
-        for shape, per_shape in readings.items():
-            harm = np.array([max(probability[text] for text in texts_read) for texts_read in per_shape])
+    shaped["glued"] = [(ChatMessage("user", glued(text)),) for text in texts]
+    rates: dict[str, dict[str, dict[str, float]]] = {name: {} for name in heads}
+    for shape, conversations in shaped.items():
+        harms = conversation_harms([tuple(client_turns(c)) for c in conversations], heads, floor)
+        for name, harm in harms.items():
             rates[name][shape] = {
                 "harmful_over_veto_line": round(float((harm[labels] > 1 - floor).mean()), 4),
                 "benign_over_veto_line": round(float((harm[~labels] > 1 - floor).mean()), 4),
@@ -399,6 +508,39 @@ def wrapped_test_rates(heads: dict[str, dict[str, Any]], floor: float) -> dict[s
                 "benign_over_half": round(float((harm[~labels] > 0.5).mean()), 4),
             }
     return rates
+
+
+def pasted_documents() -> list[str]:
+    """The first `PASTED_CHARS` characters of each `PASTED_MODULES` docstring of this interpreter
+    (benign pasted documents from a source the gate never trains on)."""
+    import importlib
+    import inspect
+    import warnings
+
+    documents = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in PASTED_MODULES:
+            document = inspect.getdoc(importlib.import_module(name)) or ""
+            if len(document) >= 200:
+                documents.append(document[:PASTED_CHARS])
+    return documents
+
+
+def pasted_document_rates(heads: dict[str, dict[str, Any]], floor: float) -> dict[str, dict[str, float]]:
+    """Per head of `heads`: the share of `pasted_documents()`, each sent as one user turn and read
+    as `GuardReward.conversation_harm` reads it (`conversation_harms`), over the veto line
+    (h > 1 - floor) and over 0.5."""
+    documents = pasted_documents()
+    harms = conversation_harms([(document,) for document in documents], heads, floor)
+    return {
+        name: {
+            "documents": len(documents),
+            "over_veto_line": round(float((harm > 1 - floor).mean()), 4),
+            "over_half": round(float((harm > 0.5).mean()), 4),
+        }
+        for name, harm in harms.items()
+    }
 
 
 def _category_accuracy(centroids: dict[str, list[float]], features: np.ndarray, texts: Sequence[str]) -> float:

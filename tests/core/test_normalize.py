@@ -24,9 +24,11 @@ from stars_guard.normalize import (
     MAX_READING_CHARS,
     NORMALIZATIONS,
     SCAN_CHARS,
+    WINDOW_WORDS,
     decoded_spans,
     fold_confusables,
     readings,
+    sentences,
     strip_invisible,
     unleet,
     without_encoded,
@@ -429,3 +431,39 @@ def test_the_frame_of_an_encoded_request_keeps_the_words_around_it() -> None:
     # numbers are hex digits; neither decodes to readable text.
     for plain in ("How do I cook rice?", "Call 44 20 7946 0958 about internationalization", ""):
         assert without_encoded(plain) is None
+
+
+def test_a_document_is_read_sentence_by_sentence_and_a_sentence_is_not_split() -> None:
+    """A pasted document gives each sentence and list item (white space collapsed, closing quotes
+    kept with their sentence, a wrapped line joined to the next); a text of one short sentence
+    gives nothing, as its reading is itself."""
+    assert sentences("How do I bake bread?") == []
+    assert sentences("  Just one line, no full stop  ") == []
+    document = 'The meeting ran long.  She said "no."\nNext:\n\n  budget review! Then a\nwrapped line.\n- item one'
+    expected = ["The meeting ran long.", 'She said "no."', "Next:", "budget review!", "Then a wrapped line."]
+    expected.append("- item one")
+    assert sentences(document) == expected
+    request = HARMFUL[1]
+    padded = "Some notes about our garden club. " * 20 + request + " Tea was served afterwards."
+    assert request in sentences(padded)
+
+
+def test_a_run_on_text_is_read_in_half_overlapping_windows() -> None:
+    """A request inside a long sentence (no full stop around it) comes inside a short reading: a
+    request of at most half a window's words lies whole in one window."""
+    filler = " ".join(f"word{index}" for index in range(200))
+    request = HARMFUL[0].rstrip("?")
+    assert len(request.split()) <= WINDOW_WORDS // 2
+    windows = sentences(f"{filler} {request} {filler}")
+    assert all(len(window.split()) <= WINDOW_WORDS for window in windows)
+    assert any(request in window for window in windows)
+    words = f"{filler} {request} {filler}".split()
+    covered = {word for window in windows for word in window.split()}
+    assert covered == set(words)
+
+
+@pytest.mark.parametrize("text", [" " * 200_000 + "x", "." * 200_000, "a. " * 70_000, "\n" * 200_000])
+def test_splitting_is_linear_in_the_length(text: str) -> None:
+    started = time.perf_counter()
+    sentences(text)
+    assert time.perf_counter() - started < 1.0

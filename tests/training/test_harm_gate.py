@@ -84,6 +84,40 @@ def test_every_written_request_is_unlike_every_test_prompt_and_look_alike() -> N
         assert nearest.max() < limit, texts[int(nearest.argmax())]
 
 
+def test_the_prose_is_unlike_every_test_prompt_and_worded_apart_from_the_benchmark_passage() -> None:
+    """The benign prose trained on (`benign_prose.jsonl`) is under 0.75 cosine similarity (MiniLM) to
+    every test prompt and look-alike, and shares no run of four words with the `padded` shape's
+    pasted passage nor reads within 0.7 of any of its sentences: the padded numbers read text
+    nothing trains on."""
+    from stars_guard.bench import shapes
+    from stars_guard.bench.judge import embed
+    from stars_guard.normalize import sentences
+
+    prose = harm_gate.load_prose()
+    assert len(prose) == len(set(prose)) >= 500
+    harmful_tests, _ = harm_gate.test_prompts()
+    features = embed(prose)
+    nearest = (features @ embed([*harmful_tests, *(p.text for p in redteam.load_benign())]).T).max(axis=1)
+    assert nearest.max() < 0.75, prose[int(nearest.argmax())]
+    passage = f"{shapes.PASSAGE_BEFORE}\n\n{shapes.PASSAGE_AFTER}"
+    passage_runs = _word_runs(passage)
+    for text in prose:
+        assert not _word_runs(text) & passage_runs, text
+    nearest = (features @ embed(sentences(passage)).T).max(axis=1)
+    assert nearest.max() < 0.7, prose[int(nearest.argmax())]
+
+
+def test_no_python_documentation_is_trained_on() -> None:
+    """The pasted-document numbers read standard-library docstrings, held out by source."""
+    texts, _, _ = harm_gate.training_pool()
+    pool = " ".join(texts)
+    documents = harm_gate.pasted_documents()
+    assert len(documents) >= 40
+    for document in documents:
+        first = " ".join(document.split()[:12])
+        assert first not in pool, first
+
+
 def test_the_wrappers_are_worded_apart_from_the_benchmark_shapes_and_the_test_prompts() -> None:
     """The wrapper templates the pool's wrapped copies use (`request_wrappers.jsonl`) are not the
     jailbreak benchmark's own (`stars_guard.bench.shapes`, which the wrapped test numbers read): no
