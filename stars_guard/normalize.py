@@ -25,6 +25,10 @@ What is handled (`NORMALIZATIONS`):
   `ENCODED_MARK` (`without_encoded`), which a reader takes in place of the text as written: the
   encoder reads the blob as noise, and the noise moves it.
 
+A long text is also given in pieces (`sentences`): each sentence, and windows of `WINDOW_WORDS`
+words of a long sentence, so the gate can read a request inside a pasted document as if it had
+been sent alone.
+
 What is not: languages are not translated (the gate's encoder decides what it makes of French or
 Russian); nested encodings are decoded one level only (base64 of rot13 yields the rot13 text);
 no cipher other than rot13 is tried, and rot13 only where the text names it, because rot13 of

@@ -85,6 +85,7 @@ over the veto line (h > 1 - floor, at the floor of the head it replaces) for thi
 fitted the same way without the wrapped copies.
 
     python -m training.harm_gate train     # writes adapters/request_harm_head.json
+    python -m training.harm_gate measure   # its shapes and pasted documents at its calibrated floor
 """
 
 from __future__ import annotations
@@ -574,7 +575,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     training = commands.add_parser("train", help="fit on the development parts and write the head")
     training.add_argument("--out", type=Path, help=f"head file (default: the packaged one, {head_path()})")
+    measuring = commands.add_parser(
+        "measure", help="read the shipped head's wrapped shapes and pasted documents at its calibrated floor"
+    )
+    measuring.add_argument("--head", type=Path, help=f"head file (default: the packaged one, {head_path()})")
     args = parser.parse_args(argv)
+    if args.command == "measure":
+        head = json.loads((args.head or head_path()).read_text())
+        floor = (head.get("veto") or {}).get("floor")
+        if floor is None:
+            parser.error("the head has no calibrated floor: run benchmarks/calibrate_harm_veto.py --write-floor")
+        measured = {
+            "floor": floor,
+            "wrapped_test": wrapped_test_rates({"head": head}, floor)["head"],
+            "pasted_documents": pasted_document_rates({"head": head}, floor)["head"],
+        }
+        print(json.dumps(measured, indent=1))
+        return 0
     from stars_guard.adapters.guard_reward import GuardReward
 
     # The wrapped shapes are read at the floor of the head this one replaces (a new head has none yet).
