@@ -569,10 +569,12 @@ def _piece_readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(reading for reading in dict.fromkeys(found) if reading not in whole)
 
 
-def _payloads(turns: tuple[str, ...]) -> list[str]:
-    """The strings of earlier tool calls and of the tool definitions in the client's turns."""
-    payloads = [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
-    return payloads + [payload for turn in turns for payload in tool_definition_payloads(turn)]
+@lru_cache(maxsize=256)
+def _payloads(turns: tuple[str, ...]) -> tuple[str, ...]:
+    """The strings of earlier tool calls and of the tool definitions in the client's turns (cached:
+    `_readings` and `_piece_readings` both read them, and parsing a tool list is not free)."""
+    calls = [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
+    return (*calls, *(payload for turn in turns for payload in tool_definition_payloads(turn)))
 
 
 def harm_with_pieces(whole: float, pieces: float, sure: float) -> float:

@@ -612,21 +612,18 @@ def sentences(text: str) -> list[str]:
     requests as harmful.
     """
     found = [
-        " ".join(sentence.split())
+        sentence
         for paragraph in _PARAGRAPH_BREAK_RE.split(text)
-        for sentence in _SENTENCE_END_RE.split(" ".join(paragraph.split()))
+        for sentence in _SENTENCE_END_RE.split(" ".join(paragraph.split()))  # one space between words
+        if _LETTER_RE.search(sentence)  # "1." of a numbered list: nothing to read
     ]
-    found = [sentence for sentence in found if _LETTER_RE.search(sentence)]  # "1." of a list: nothing to read
-    pieces: dict[str, None] = dict.fromkeys(found if len(found) > 1 else [])
+    pieces = dict.fromkeys(found if len(found) > 1 else [])
+    half = WINDOW_WORDS // 2
     for sentence in found:
         words = sentence.split()
         if len(words) > WINDOW_WORDS:
-            half = WINDOW_WORDS // 2
-            pieces.update(
-                dict.fromkeys(
-                    " ".join(words[start : start + WINDOW_WORDS]) for start in range(0, len(words) - half, half)
-                )
-            )
+            for start in range(0, len(words) - half, half):
+                pieces[" ".join(words[start : start + WINDOW_WORDS])] = None
     return list(pieces)
 
 
