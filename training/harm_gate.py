@@ -101,6 +101,7 @@ import numpy as np
 from stars_guard.bench import redteam
 from stars_guard.bench.linear_heads import fit_logistic, heldout_mask, logistic
 from stars_guard.bench.statistics import auroc
+from stars_guard.messages import ChatMessage
 
 # The corpora written for training, beside this module (not shipped: the guard runs on the head alone).
 DATA = Path(__file__).with_name("data")
@@ -459,31 +460,25 @@ def glued(request: str) -> str:
 
 
 def conversation_harms(
-    conversations: Sequence[tuple[str, ...]], heads: dict[str, dict[str, Any]], floor: float
+    conversations: Sequence[Sequence[ChatMessage]], heads: dict[str, dict[str, Any]], floor: float
 ) -> dict[str, np.ndarray]:
-    """Per head of `heads`: h of each conversation (its client turns) as `GuardReward.
-    conversation_harm` reads it with that head at that veto floor: the max over its whole readings,
-    and over its sentences and word windows where one is over the veto line (`harm_with_pieces`)."""
-    from stars_guard.adapters.guard_reward import _piece_readings, _readings, harm_with_pieces
+    """Per head of `heads`: h of each conversation as `GuardReward.conversation_harm` reads it with
+    that head at that veto floor (`ConversationReadings.harm`: the max over the whole readings of
+    its client turns, and over their sentences and word windows where one is over the veto line)."""
+    from stars_guard.adapters.guard_reward import conversation_readings
     from stars_guard.bench.judge import embed
+    from stars_guard.messages import client_turns, replayed_answers
 
-    whole = [_readings(turns) for turns in conversations]
-    pieces = [_piece_readings(turns) for turns in conversations]
-    unique = sorted({text for read in (*whole, *pieces) for text in read})
+    read = [
+        conversation_readings(tuple(client_turns(conversation)), replayed_answers(conversation))
+        for conversation in conversations
+    ]
+    unique = sorted({text for readings in read for text in readings.texts})
     features = embed(unique)
     harms = {}
     for name, head in heads.items():
-        probability = dict(zip(unique, mlp_probability(features, head), strict=True))
-        harms[name] = np.array(
-            [
-                harm_with_pieces(
-                    max((probability[text] for text in whole_read), default=0.0),
-                    max((probability[text] for text in piece_read), default=0.0),
-                    1 - floor,
-                )
-                for whole_read, piece_read in zip(whole, pieces, strict=True)
-            ]
-        )
+        probability = dict(zip(unique, (float(value) for value in mlp_probability(features, head)), strict=True))
+        harms[name] = np.array([readings.harm(probability, 1 - floor) for readings in read])
     return harms
 
 
@@ -492,7 +487,6 @@ def wrapped_test_rates(heads: dict[str, dict[str, Any]], floor: float) -> dict[s
     the harmful test prompts and of the benign look-alike test part whose conversation the gate
     reads over the veto line (h > 1 - floor) and over 0.5 (`conversation_harms`)."""
     from stars_guard.bench import shapes
-    from stars_guard.messages import ChatMessage, client_turns
 
     texts, labels = test_prompts()
     shaped = {"plain": [(ChatMessage("user", text),) for text in texts]}
@@ -500,7 +494,7 @@ def wrapped_test_rates(heads: dict[str, dict[str, Any]], floor: float) -> dict[s
     shaped["glued"] = [(ChatMessage("user", glued(text)),) for text in texts]
     rates: dict[str, dict[str, dict[str, float]]] = {name: {} for name in heads}
     for shape, conversations in shaped.items():
-        harms = conversation_harms([tuple(client_turns(c)) for c in conversations], heads, floor)
+        harms = conversation_harms(conversations, heads, floor)
         for name, harm in harms.items():
             rates[name][shape] = {
                 "harmful_over_veto_line": round(float((harm[labels] > 1 - floor).mean()), 4),
@@ -533,7 +527,7 @@ def pasted_document_rates(heads: dict[str, dict[str, Any]], floor: float) -> dic
     as `GuardReward.conversation_harm` reads it (`conversation_harms`), over the veto line
     (h > 1 - floor) and over 0.5."""
     documents = pasted_documents()
-    harms = conversation_harms([(document,) for document in documents], heads, floor)
+    harms = conversation_harms([(ChatMessage("user", document),) for document in documents], heads, floor)
     return {
         name: {
             "documents": len(documents),

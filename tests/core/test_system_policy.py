@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from stars_guard.errors import InvalidMessagesError
-from stars_guard.messages import ChatMessage, apply_system_policy, client_turns
+from stars_guard.messages import ChatMessage, apply_system_policy, client_turns, replayed_answers
 from stars_guard.serving.app import create_app
 from stars_guard.serving.settings import ServeSettings
 from tests.doubles import EOS, ScriptedReward, ServerBackend
@@ -146,3 +146,18 @@ def test_the_operators_prompt_is_not_client_text_but_an_instruction_joined_to_it
     assert client_turns(instructed) == ["The tools: ...", "Hi."]
     kept = with_instruction([ChatMessage("system", "Client rules."), ChatMessage("user", "Hi.")], "The tools: ...")
     assert client_turns(kept) == ["Client rules.", "The tools: ...", "Hi."]
+
+
+def test_replayed_answers_are_indexes_of_client_turns_from_assistant_turns() -> None:
+    turns = apply_system_policy(
+        [
+            ChatMessage("system", "Be brief."),
+            ChatMessage("user", "Hi."),
+            ChatMessage("assistant", "  "),  # nothing written: not a client turn
+            ChatMessage("assistant", "Hello! How can I help?"),
+            ChatMessage("user", "Hello! How can I help?"),  # the same words as a user turn stay a request
+        ],
+        "demote",
+    )
+    assert client_turns(turns) == ["Be brief.", "Hi.", "Hello! How can I help?", "Hello! How can I help?"]
+    assert replayed_answers(turns) == (2,)
