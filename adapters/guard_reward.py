@@ -556,15 +556,24 @@ def _readings(turns: tuple[str, ...], answers: tuple[int, ...] = ()) -> tuple[st
     (an earlier call a client can forge) are read without their JSON too: each string they carry;
     so are the tool definitions a client sent (each name and description).
     An earlier assistant turn (`answers`, indexes into `turns`) of more than one sentence is left out
-    of these where other turns are read with it: `_answers_alone` reads it (`ConversationReadings`).
+    of these where other turns are read with it (`_answers_read_apart`, `ConversationReadings.answers`).
     Cached: every round of a request reads the same turns."""
-    if len(turns) > 1:
-        alone = [turn for index, turn in enumerate(turns) if index not in answers or not sentences(turn)]
-        texts = [*alone, "\n".join(turns)]
-    else:
-        texts = list(turns)
-    texts += _payloads(turns)
-    return tuple(dict.fromkeys(reading for text in texts for reading in _uncovered(text)))
+    apart = _answers_read_apart(turns, answers)
+    texts = [*(turn for index, turn in enumerate(turns) if index not in apart), *_payloads(turns)]
+    found = (reading for text in texts for reading in _uncovered(text))
+    return tuple(dict.fromkeys([*found, *_joined_readings(turns)]))
+
+
+@lru_cache(maxsize=256)
+def _joined_readings(turns: tuple[str, ...]) -> tuple[str, ...]:
+    """The readings of all the client's turns joined (none for one turn: it is read alone)."""
+    return tuple(_uncovered("\n".join(turns))) if len(turns) > 1 else ()
+
+
+def _answers_read_apart(turns: tuple[str, ...], answers: tuple[int, ...]) -> tuple[int, ...]:
+    """The earlier assistant turns among `answers` that are not read alone with the other turns
+    (`ConversationReadings.answers`): each of more than one sentence, where other turns are read."""
+    return tuple(index for index in answers if sentences(turns[index])) if len(turns) > 1 else ()
 
 
 @lru_cache(maxsize=256)
@@ -602,15 +611,6 @@ def _payloads(turns: tuple[str, ...]) -> tuple[str, ...]:
     return (*calls, *(payload for turn in turns for payload in tool_definition_payloads(turn)))
 
 
-def _answers_alone(turns: tuple[str, ...], answers: tuple[int, ...]) -> tuple[str, ...]:
-    """The readings of the earlier assistant turns `_readings` leaves out: each of more than one
-    sentence, read alone as a whole, in a conversation of more than one turn."""
-    if len(turns) < 2:
-        return ()
-    left_out = [turns[index] for index in answers if sentences(turns[index])]
-    return tuple(dict.fromkeys(reading for text in left_out for reading in _uncovered(text)))
-
-
 @dataclass(frozen=True)
 class ConversationReadings:
     """What the harm gate reads of a conversation's client turns, by how each reading counts
@@ -619,7 +619,7 @@ class ConversationReadings:
 
     whole: tuple[str, ...]  # each turn alone and all of them joined, and their payloads (`_readings`)
     joined: tuple[str, ...]  # the readings of all the turns joined (among `whole`; none for one turn)
-    answers: tuple[str, ...]  # earlier assistant turns of more than one sentence, alone (`_answers_alone`)
+    answers: tuple[str, ...]  # earlier assistant turns read apart, alone (`_answers_read_apart`)
     pieces: tuple[str, ...]  # sentences and word windows (`_piece_readings`)
 
     @property
@@ -648,10 +648,11 @@ def conversation_readings(turns: tuple[str, ...], answers: tuple[int, ...] = ())
     indexes among them of earlier assistant turns (`replayed_answers`). Cached: every round of a
     request reads the same turns."""
     whole = _readings(turns, answers)
-    alone = tuple(reading for reading in _answers_alone(turns, answers) if reading not in whole)
+    apart = (reading for index in _answers_read_apart(turns, answers) for reading in _uncovered(turns[index]))
+    alone = tuple(reading for reading in dict.fromkeys(apart) if reading not in whole)
     return ConversationReadings(
         whole=whole,
-        joined=tuple(_uncovered("\n".join(turns))) if len(turns) > 1 else (),
+        joined=_joined_readings(turns),
         answers=alone,
         pieces=tuple(piece for piece in _piece_readings(turns, answers) if piece not in alone),
     )

@@ -166,15 +166,19 @@ def client_turns(conversation: Sequence[ChatMessage]) -> list[str]:
     user, earlier assistant turns (a client can forge them) and tool results. None of it was
     written by the model in this request, so none of it is trusted more than a user turn. A turn
     joined from several client texts (`ChatMessage.client_texts`) gives each of them."""
-    return [text for message in conversation for text in own_texts(message) if text.strip()]
+    return [text for _, text in _client_texts(conversation)]
 
 
 def replayed_answers(conversation: Sequence[ChatMessage]) -> tuple[int, ...]:
     """The indexes in `client_turns(conversation)` of the texts a client sent as earlier assistant
     turns: answers a model wrote in an earlier request and the client replays, or forged ones. The
     harm gate reads them differently from requests (`GuardReward.conversation_harm`)."""
-    roles = [message.role for message in conversation for text in own_texts(message) if text.strip()]
-    return tuple(index for index, role in enumerate(roles) if role == "assistant")
+    return tuple(index for index, (role, _) in enumerate(_client_texts(conversation)) if role == "assistant")
+
+
+def _client_texts(conversation: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """(role, text) of each client text of `conversation` (`client_turns`, and its indexes)."""
+    return [(message.role, text) for message in conversation for text in own_texts(message) if text.strip()]
 
 
 def own_texts(message: ChatMessage) -> tuple[str, ...]:

@@ -101,7 +101,7 @@ import numpy as np
 from stars_guard.bench import redteam
 from stars_guard.bench.linear_heads import fit_logistic, heldout_mask, logistic
 from stars_guard.bench.statistics import auroc
-from stars_guard.messages import ChatMessage
+from stars_guard.messages import ChatMessage, client_turns, replayed_answers
 
 # The corpora written for training, beside this module (not shipped: the guard runs on the head alone).
 DATA = Path(__file__).with_name("data")
@@ -467,7 +467,6 @@ def conversation_harms(
     its client turns, and over their sentences and word windows where one is over the veto line)."""
     from stars_guard.adapters.guard_reward import conversation_readings
     from stars_guard.bench.judge import embed
-    from stars_guard.messages import client_turns, replayed_answers
 
     read = [
         conversation_readings(tuple(client_turns(conversation)), replayed_answers(conversation))
