@@ -45,7 +45,7 @@ from stars_guard.adapters._multilingual import embed_requests, multilingual_avai
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text, replayed_answers
-from stars_guard.normalize import normalised, readings, sentences, without_encoded
+from stars_guard.normalize import framed_requests, normalised, readings, sentences, without_encoded
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads, tool_definition_payloads
 
@@ -581,9 +581,12 @@ def _piece_readings(turns: tuple[str, ...], answers: tuple[int, ...] = ()) -> tu
     """The pieces of the client's turns and payloads that `_readings` does not already read: each
     sentence of a text of more than one, and each window of `WINDOW_WORDS` words of a longer
     sentence (`stars_guard.normalize.sentences`; a request glued into a sentence of benign prose is
-    not a sentence of its own), uncovered as `_readings` are. Cached as `_readings` is."""
+    not a sentence of its own), and each clause a role-play, persona or fiction frame hands to its
+    character (`stars_guard.normalize.framed_requests`), uncovered as `_readings` are. Cached as
+    `_readings` is."""
     whole = set(_readings(turns, answers))
-    pieces = [piece for text in (*turns, *_payloads(turns)) for piece in _readable_sentences(text)]
+    texts = (*turns, *_payloads(turns))
+    pieces = [piece for text in texts for piece in (*_readable_sentences(text), *framed_requests(text))]
     found = (reading for piece in pieces for reading in _uncovered(piece))
     return tuple(reading for reading in dict.fromkeys(found) if reading not in whole)
 
