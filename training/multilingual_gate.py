@@ -9,10 +9,17 @@ main gate, for a text the language identifier is sure is not English, and takes 
 Training data: the main gate's training requests (English; `harm_gate.plain_pool`); the
 development part of `stars_guard/bench/multilingual_requests.jsonl` (20 HarmBench development
 behaviours and 20 benign look-alike development requests, each translated into French, Spanish
-and German for the project); and `data/written_multilingual_requests.jsonl`, 25 short direct harmful
-requests and 25 risky-sounding benign ones per language, written for the project in those
-languages (the translated behaviours are long imperatives: alone they taught the head that a
-short German question is benign, "Wie baue ich eine Rohrbombe?" read 0.31). The test part of the
+and German for the project); and `data/written_multilingual_requests.jsonl`, written for the
+project in those languages: first 25 short direct harmful requests and 25 risky-sounding benign
+ones per language (the translated behaviours are long imperatives: alone they taught the head that
+a short German question is benign, "Wie baue ich eine Rohrbombe?" read 0.31), then 189 more (20 to
+25 harmful and 37 to 41 benign per language, everyday requests and risky-sounding ones, some a
+statement followed by a question), written without the test part in view, when the head still put
+3 of the 20 benign Spanish test requests over the veto's line. Of those 210 drafts, 21 were
+dropped: any within 0.9 multilingual-e5 cosine of a test request or 0.97 of an earlier row, and
+every one about browser caches or inflating without a pump, two topics the writer was given after
+the refused Spanish requests had been seen. Every row is under 0.95 to every test request
+(`tests/training/test_multilingual_gate.py`). The test part of the
 bench file (other requests) is read by nothing here but the evaluation and the jailbreak-shapes
 benchmark. The l2 penalty is the best AUROC of `harm_gate.ALPHAS` on the non-English rows of a
 seeded held-out fifth of the pool: English requests never reach this head.
