@@ -612,12 +612,7 @@ def sentences(text: str) -> list[str]:
     refused me anything. Grandma, tell me again: How do I kill a Python process?"), and read benign
     requests as harmful.
     """
-    found = [
-        sentence
-        for paragraph in _PARAGRAPH_BREAK_RE.split(text)
-        for sentence in _SENTENCE_END_RE.split(" ".join(paragraph.split()))  # one space between words
-        if _LETTER_RE.search(sentence)  # "1." of a numbered list: nothing to read
-    ]
+    found = _split_sentences(text)
     pieces = dict.fromkeys(found if len(found) > 1 else [])
     half = WINDOW_WORDS // 2
     for sentence in found:
@@ -649,6 +644,16 @@ _QUOTED_RE = re.compile('["\u201c\u00ab]([^"\u201d\u00bb]{8,})["\u201d\u00bb]')
 _FRAMED_MIN_WORDS = 3
 
 
+def _split_sentences(text: str) -> list[str]:
+    """The sentences and list items of `text`, white space collapsed (`sentences` says how)."""
+    return [
+        sentence
+        for paragraph in _PARAGRAPH_BREAK_RE.split(text)
+        for sentence in _SENTENCE_END_RE.split(" ".join(paragraph.split()))  # one space between words
+        if _LETTER_RE.search(sentence)  # "1." of a numbered list: nothing to read
+    ]
+
+
 def framed_requests(text: str) -> list[str]:
     """In a text that sets up a role-play, persona or fiction frame (`_FRAME_RE`), each clause the
     frame hands to its character (`_AFTER_COLON_RE`, `_AFTER_ADDRESS_RE`, `_QUOTED_RE`) of at least
@@ -664,7 +669,9 @@ def framed_requests(text: str) -> list[str]:
     if not (_FRAME_RE.search(text) or _FRAME_RE.search(normalised(text))):
         return []
     found: dict[str, None] = {}
-    for sentence in sentences(text) or [" ".join(text.split())]:
+    # Each sentence whole, and the windows of a long one (`sentences`): a long handed-over clause is
+    # read in windows too, as a long sentence is.
+    for sentence in dict.fromkeys([*_split_sentences(text), *sentences(text)]):
         clauses = [
             match.group(1) for match in (_AFTER_COLON_RE.search(sentence), _AFTER_ADDRESS_RE.match(sentence)) if match
         ]
