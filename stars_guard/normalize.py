@@ -613,14 +613,18 @@ def sentences(text: str) -> list[str]:
     requests as harmful.
     """
     found = _split_sentences(text)
-    pieces = dict.fromkeys(found if len(found) > 1 else [])
+    return list(dict.fromkeys([*(found if len(found) > 1 else []), *_windows(found)]))
+
+
+def _windows(found: list[str]) -> list[str]:
+    """The half-overlapping windows of `WINDOW_WORDS` words of each sentence in `found` longer than that."""
     half = WINDOW_WORDS // 2
+    windows = []
     for sentence in found:
         words = sentence.split()
         if len(words) > WINDOW_WORDS:
-            for start in range(0, len(words) - half, half):
-                pieces[" ".join(words[start : start + WINDOW_WORDS])] = None
-    return list(pieces)
+            windows += [" ".join(words[start : start + WINDOW_WORDS]) for start in range(0, len(words) - half, half)]
+    return windows
 
 
 # Words that set up a character or a fiction for the model to speak from: the frames of role-play
@@ -669,9 +673,10 @@ def framed_requests(text: str) -> list[str]:
     if not (_FRAME_RE.search(text) or _FRAME_RE.search(normalised(text))):
         return []
     found: dict[str, None] = {}
-    # Each sentence whole, and the windows of a long one (`sentences`): a long handed-over clause is
-    # read in windows too, as a long sentence is.
-    for sentence in dict.fromkeys([*_split_sentences(text), *sentences(text)]):
+    # Each sentence whole, and the windows of a long one: a long handed-over clause is read in
+    # windows too, as a long sentence is.
+    split = _split_sentences(text)
+    for sentence in dict.fromkeys([*split, *_windows(split)]):
         clauses = [
             match.group(1) for match in (_AFTER_COLON_RE.search(sentence), _AFTER_ADDRESS_RE.match(sentence)) if match
         ]
