@@ -45,7 +45,7 @@ from stars_guard.adapters._multilingual import embed_requests, multilingual_avai
 from stars_guard.capabilities import RewardCapabilities
 from stars_guard.errors import ConfigError, ModelNotFoundError
 from stars_guard.messages import ChatMessage, as_conversation, client_turns, last_user_text, replayed_answers
-from stars_guard.normalize import framed_requests, normalised, readings, sentences, without_encoded
+from stars_guard.normalize import framed_requests, normalised, readings, sentences, sets_a_frame, without_encoded
 from stars_guard.protocols import RewardScores
 from stars_guard.tools import TOOL_CALL_OPEN, strip_tool_calls, tool_call_payloads, tool_definition_payloads
 
@@ -581,12 +581,14 @@ def _piece_readings(turns: tuple[str, ...], answers: tuple[int, ...] = ()) -> tu
     """The pieces of the client's turns and payloads that `_readings` does not already read: each
     sentence of a text of more than one, and each window of `WINDOW_WORDS` words of a longer
     sentence (`stars_guard.normalize.sentences`; a request glued into a sentence of benign prose is
-    not a sentence of its own), and each clause a role-play, persona or fiction frame hands to its
-    character (`stars_guard.normalize.framed_requests`), uncovered as `_readings` are. Cached as
-    `_readings` is."""
+    not a sentence of its own), and, where any of them sets up a role-play, persona or fiction frame,
+    each clause a frame hands to its character in any of them (`stars_guard.normalize.framed_requests`:
+    the frame may be set in a system turn and the request handed over in the user turn), uncovered
+    as `_readings` are. Cached as `_readings` is."""
     whole = set(_readings(turns, answers))
     texts = (*turns, *_payloads(turns))
-    pieces = [piece for text in texts for piece in (*_readable_sentences(text), *framed_requests(text))]
+    framed = any(sets_a_frame(text) for text in texts)
+    pieces = [piece for text in texts for piece in (*_readable_sentences(text), *framed_requests(text, framed=framed))]
     found = (reading for piece in pieces for reading in _uncovered(piece))
     return tuple(reading for reading in dict.fromkeys(found) if reading not in whole)
 
