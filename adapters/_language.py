@@ -25,6 +25,11 @@ MIN_CONFIDENCE = 0.7
 # A text the identifier gives at least this much probability of a supported language is readable.
 MIN_SUPPORTED_SHARE = 0.2
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+# A word that mixes letters and digits ("w34p0n5", "h0w", a base64 run, "mp3") is a word of no
+# language: the identifier, reading its character n-grams, called leetspeak English Korean, Chinese
+# or Russian with confidence. It reads the rest of the text; the guard also identifies the decoded
+# reading (`stars_guard.normalize.readings`), where leetspeak is spelled out.
+_LETTERS_AND_DIGITS = re.compile(r"\b(?=\w*\d)(?=\w*[^\W\d_])\w+\b")
 _LOCK = threading.Lock()
 _DETECT: list[Any] = []
 
@@ -59,7 +64,9 @@ def unsupported_language(text: str, supported: Sequence[str]) -> str | None:
 
 def sure_other_language(text: str, supported: Sequence[str]) -> str | None:
     """The language the identifier is sure `text`, read as a whole, is written in, when it is none
-    of `supported`; else None (too short, unsure, or readable as a supported one)."""
+    of `supported`; else None (too short, unsure, or readable as a supported one). Words that mix
+    letters and digits are not read (`_LETTERS_AND_DIGITS`)."""
+    text = _LETTERS_AND_DIGITS.sub(" ", text)
     if sum(char.isalpha() for char in text) < MIN_LETTERS:
         return None
     flat = " ".join(text.split())  # fastText reads one line
