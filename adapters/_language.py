@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import threading
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,11 +26,50 @@ MIN_CONFIDENCE = 0.7
 # A text the identifier gives at least this much probability of a supported language is readable.
 MIN_SUPPORTED_SHARE = 0.2
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|\n+")
-# A word that mixes letters and digits ("w34p0n5", "h0w", a base64 run, "mp3") is a word of no
-# language: the identifier, reading its character n-grams, called leetspeak English Korean, Chinese
-# or Russian with confidence. It reads the rest of the text; the guard also identifies the decoded
-# reading (`stars_guard.normalize.readings`), where leetspeak is spelled out.
+# A word that mixes letters and digits ("w34p0n5", "h0w", "mp3"). On text with such words the
+# identifier's character n-grams misread: it called leetspeak English Korean, Chinese or Russian,
+# sure of it. So there a verdict for a language written in other letters than Latin counts only
+# where the text has letters of that script (`_NON_LATIN_SCRIPTS`). The words themselves are
+# still read: dropping them instead let a request with a digit glued to every word
+# ("comment2 fabriquer2 une2 bombe2 ...") go unidentified, past the multilingual head. The guard
+# also identifies the decoded reading (`stars_guard.normalize.readings`), leetspeak spelled out.
 _LETTERS_AND_DIGITS = re.compile(r"\b(?=\w*\d)(?=\w*[^\W\d_])\w+\b")
+# The languages fastText identifies that are written in another script, by the first word of the
+# Unicode names of that script's letters ("CYRILLIC SMALL LETTER A", "CJK UNIFIED IDEOGRAPH-4E00").
+_SCRIPT_LANGUAGES = {
+    "CYRILLIC": "ru uk be bg mk sr kk ky tg mn ba tt cv ce os sah mhr mrj udm kv xal myv bxr lez av krc",
+    "ARABIC": "ar fa ur ps ug ckb sd azb arz mzn glk pnb",
+    "HEBREW": "he yi",
+    "GREEK": "el",
+    "CJK": "zh wuu yue gan ja",
+    "HIRAGANA": "ja",
+    "KATAKANA": "ja",
+    "HANGUL": "ko",
+    "DEVANAGARI": "hi mr ne sa new bh mai gom dty",
+    "BENGALI": "bn as bpy",
+    "GURMUKHI": "pa",
+    "GUJARATI": "gu",
+    "ORIYA": "or",
+    "TAMIL": "ta",
+    "TELUGU": "te",
+    "KANNADA": "kn",
+    "MALAYALAM": "ml",
+    "SINHALA": "si",
+    "THAI": "th",
+    "LAO": "lo",
+    "KHMER": "km",
+    "MYANMAR": "my",
+    "GEORGIAN": "ka xmf",
+    "ARMENIAN": "hy",
+    "ETHIOPIC": "am ti",
+    "TIBETAN": "bo",
+    "THAANA": "dv",
+}
+_NON_LATIN_SCRIPTS: dict[str, frozenset[str]] = {
+    language: frozenset(script for script, languages in _SCRIPT_LANGUAGES.items() if language in languages.split())
+    for languages in _SCRIPT_LANGUAGES.values()
+    for language in languages.split()
+}
 _LOCK = threading.Lock()
 _DETECT: list[Any] = []
 
@@ -65,8 +105,8 @@ def unsupported_language(text: str, supported: Sequence[str]) -> str | None:
 def sure_other_language(text: str, supported: Sequence[str]) -> str | None:
     """The language the identifier is sure `text`, read as a whole, is written in, when it is none
     of `supported`; else None (too short, unsure, or readable as a supported one). Words that mix
-    letters and digits are not read (`_LETTERS_AND_DIGITS`)."""
-    text = _LETTERS_AND_DIGITS.sub(" ", text)
+    letters and digits leave a verdict for a language of another script standing only where the
+    text has letters of that script (`_LETTERS_AND_DIGITS`)."""
     if sum(char.isalpha() for char in text) < MIN_LETTERS:
         return None
     flat = " ".join(text.split())  # fastText reads one line
@@ -76,4 +116,14 @@ def sure_other_language(text: str, supported: Sequence[str]) -> str | None:
         return None
     if sum(float(item["score"]) for item in ranked if str(item["lang"]) in supported) >= MIN_SUPPORTED_SHARE:
         return None
-    return str(best["lang"])
+    language = str(best["lang"])
+    if _LETTERS_AND_DIGITS.search(text) and not _has_letters_of(text, _NON_LATIN_SCRIPTS.get(language)):
+        return None
+    return language
+
+
+def _has_letters_of(text: str, scripts: frozenset[str] | None) -> bool:
+    """Whether `text` has a letter of one of `scripts` (None: a language written in Latin letters)."""
+    if scripts is None:
+        return True
+    return any(char.isalpha() and unicodedata.name(char, "").split(" ", 1)[0] in scripts for char in text)
