@@ -65,11 +65,18 @@ _SCRIPT_LANGUAGES = {
     "TIBETAN": "bo",
     "THAANA": "dv",
 }
-_NON_LATIN_SCRIPTS: dict[str, frozenset[str]] = {
-    language: frozenset(script for script, languages in _SCRIPT_LANGUAGES.items() if language in languages.split())
-    for languages in _SCRIPT_LANGUAGES.values()
-    for language in languages.split()
-}
+
+
+def _scripts_by_language() -> dict[str, frozenset[str]]:
+    """Each language of `_SCRIPT_LANGUAGES` and the scripts it is written in (Japanese in three)."""
+    scripts: dict[str, set[str]] = {}
+    for script, languages in _SCRIPT_LANGUAGES.items():
+        for language in languages.split():
+            scripts.setdefault(language, set()).add(script)
+    return {language: frozenset(names) for language, names in scripts.items()}
+
+
+_NON_LATIN_SCRIPTS = _scripts_by_language()
 _LOCK = threading.Lock()
 _DETECT: list[Any] = []
 
